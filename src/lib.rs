@@ -1,0 +1,15 @@
+//! doppel: record a service's real traffic as tests and mocks, replay it hermetically, report regressions.
+//!
+//! The flow runs one way: `capture` brings connections to doppel, `protocols` turn bytes into exchanges,
+//! `store` writes them; `replay` serves mocks and sends recorded requests, `diff` compares, `report` tells.
+
+pub mod capture;
+pub mod cli;
+pub mod demo;
+pub mod diff;
+pub mod error;
+pub mod protocols;
+pub mod record;
+pub mod replay;
+pub mod report;
+pub mod store;

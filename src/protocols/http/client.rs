@@ -1,0 +1,85 @@
+//! Sends a recorded request to the app exactly as recorded (no added headers, same framing) and reads the
+//! response. Used by `doppel test` against the sandboxed app and by `--target` replays.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::parse::{Event, Parser, ResponseHead, Side};
+use super::wire;
+use crate::store::{self, Header, HttpRequest, SpillBuffer};
+
+pub struct Response {
+    pub head: ResponseHead,
+    pub body: SpillBuffer,
+    pub trailers: Vec<Header>,
+    /// From the first byte sent to the last byte received.
+    pub elapsed: Duration,
+}
+
+/// Sends `req` (its body read from `dir` when stored as a file) and reads one response.
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut S,
+    req: &HttpRequest,
+    dir: &std::path::Path,
+    body_sink: SpillBuffer,
+    timeout: Duration,
+) -> Result<Response, String> {
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, exchange_inner(conn, req, dir, body_sink, started)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no complete response within {:.1}s", timeout.as_secs_f64())),
+    }
+}
+
+async fn exchange_inner<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut S,
+    req: &HttpRequest,
+    dir: &std::path::Path,
+    mut body: SpillBuffer,
+    started: Instant,
+) -> Result<Response, String> {
+    let mut pieces = store::body_pieces(dir, &req.body).map_err(|e| e.to_string())?;
+    let send = async {
+        conn.write_all(&wire::request_head(req)).await?;
+        wire::write_body(conn, wire::is_chunked(&req.headers), &mut pieces, &req.trailers).await?;
+        conn.flush().await
+    };
+    send.await.map_err(|e| format!("sending the request failed: {e}"))?;
+
+    let mut parser = Parser::new(Side::Response);
+    parser.expect_response_to(&req.method);
+    let mut events = Vec::new();
+    let mut head = None;
+    let mut trailers = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = conn.read(&mut buf).await.map_err(|e| format!("reading the response failed: {e}"))?;
+        if n == 0 {
+            parser.finish(&mut events).map_err(|_| {
+                if head.is_none() {
+                    "the app closed the connection without answering".to_string()
+                } else {
+                    "the app closed the connection in the middle of the response".to_string()
+                }
+            })?;
+        } else {
+            parser.feed(&buf[..n], &mut events).map_err(|e| format!("the app's response is not valid HTTP: {e}"))?;
+        }
+        for ev in events.drain(..) {
+            match ev {
+                Event::Response(h) => head = Some(h),
+                Event::Body(b) => body.push(&b).map_err(|e| format!("cannot buffer the response body: {e}"))?,
+                Event::Trailers(t) => trailers = t,
+                Event::End | Event::Upgrade => {
+                    let head = head.take().ok_or("response ended before its head")?;
+                    return Ok(Response { head, body, trailers, elapsed: started.elapsed() });
+                }
+                Event::Request(_) => {}
+            }
+        }
+        if n == 0 {
+            return Err("the app closed the connection without answering".into());
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! One folder per protocol, each implementing `Protocol`: detect it from the first bytes, observe a
+//! recorded connection and turn it into exchanges, and serve the app's connections from mocks in replay.
+//! Adding a protocol = adding a folder and one line in `registry()`.
+
+pub mod dns;
+pub mod http;
+pub mod tcp;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::net::TcpStream;
+
+use crate::capture::BoxFuture;
+use crate::store::{Mock, RecordSink};
+
+/// What the first bytes of a connection say about a protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detect {
+    Yes,
+    No,
+    /// Not enough bytes yet to tell.
+    NeedMore,
+}
+
+/// Which side of the app a recorded connection is on.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// A client calling the app on one of its ports: exchanges become test cases.
+    Ingress { port: u16 },
+    /// The app calling a dependency: exchanges become mocks.
+    Egress { dest: String },
+}
+
+/// What an observer needs to emit exchanges.
+#[derive(Clone)]
+pub struct RecordCtx {
+    pub sink: RecordSink,
+    pub role: Role,
+    pub connection: u64,
+    pub opened_at: SystemTime,
+    pub opened: Instant,
+}
+
+impl RecordCtx {
+    /// Wall-clock time of an instant during this connection.
+    pub fn wall(&self, at: Instant) -> SystemTime {
+        self.opened_at + at.saturating_duration_since(self.opened)
+    }
+}
+
+/// A passive observer of one proxied connection. It sees every byte after it was forwarded; an error means
+/// it could not follow the protocol, and the proxy carries on recording the connection as opaque bytes.
+pub trait Observer: Send {
+    /// Bytes from the side that opened the connection.
+    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), String>;
+    /// Bytes from the side that accepted it.
+    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String>;
+    /// The connection ended (both directions closed, or the proxy stopped).
+    fn close(&mut self, at: Instant);
+}
+
+/// A request the mocks could not answer, with when it happened, so the test running then can fail.
+#[derive(Debug, Clone)]
+pub struct Miss {
+    pub at: Instant,
+    pub protocol: &'static str,
+    pub dest: String,
+    pub what: String,
+}
+
+/// Shared state of a replay: the mocks of the test set, which were used, and the misses.
+pub struct MockPool {
+    pub mocks: Vec<Mock>,
+    used: Mutex<Vec<u32>>,
+    misses: Mutex<Vec<Miss>>,
+    /// Directory of the test set, for file bodies.
+    pub dir: std::path::PathBuf,
+}
+
+impl MockPool {
+    pub fn new(mocks: Vec<Mock>, dir: std::path::PathBuf) -> MockPool {
+        let n = mocks.len();
+        MockPool { mocks, used: Mutex::new(vec![0; n]), misses: Mutex::new(Vec::new()), dir }
+    }
+
+    /// Picks, among `candidates` (indexes in recorded order), the first unused one; when all were used, the
+    /// last one again. Marks it used and tells whether it was a reuse.
+    pub fn take(&self, candidates: &[usize]) -> Option<(usize, bool)> {
+        let mut used = self.used.lock().ok()?;
+        let pick = candidates.iter().copied().find(|i| used[*i] == 0);
+        let (i, reused) = match pick {
+            Some(i) => (i, false),
+            None => (*candidates.last()?, true),
+        };
+        used[i] += 1;
+        Some((i, reused))
+    }
+
+    pub fn miss(&self, protocol: &'static str, dest: &str, what: String) {
+        tracing::debug!("mock miss ({protocol}, {dest}): {what}");
+        if let Ok(mut m) = self.misses.lock() {
+            m.push(Miss { at: Instant::now(), protocol, dest: dest.to_string(), what });
+        }
+    }
+
+    pub fn misses(&self) -> Vec<Miss> {
+        self.misses.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// How many times each mock was used.
+    pub fn usage(&self) -> Vec<u32> {
+        self.used.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+
+    pub fn of_kind(&self, kind: &str) -> impl Iterator<Item = (usize, &Mock)> {
+        self.mocks.iter().enumerate().filter(move |(_, m)| m.kind == kind)
+    }
+}
+
+/// Everything a protocol server needs to answer one connection of the app in replay.
+#[derive(Clone)]
+pub struct ServeCtx {
+    pub pool: Arc<MockPool>,
+    /// Where the app meant to connect.
+    pub dest: String,
+}
+
+pub trait Protocol: Send + Sync + 'static {
+    /// The `kind` of its mocks: `http`, `tcp`, `postgres`, ...
+    fn name(&self) -> &'static str;
+    /// Decides from the first bytes the client sent.
+    fn detect_client(&self, first: &[u8], port: u16) -> Detect;
+    /// Decides from the first bytes the server sent, for protocols where the server speaks first.
+    fn detect_server(&self, _first: &[u8], _port: u16) -> Detect {
+        Detect::No
+    }
+    fn observer(&self, ctx: RecordCtx) -> Box<dyn Observer>;
+    /// Answers one connection of the app from the mocks. `first` holds bytes already read from it.
+    fn serve(&self, conn: TcpStream, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()>;
+}
+
+/// Every protocol doppel parses, in detection order. The opaque `tcp` protocol is the fallback and is not
+/// listed.
+pub fn registry() -> Vec<Arc<dyn Protocol>> {
+    vec![Arc::new(http::Http)]
+}
+
+/// The protocol of a connection from its first client bytes, or `None` while undecided. `done` means no
+/// more bytes will come to decide with.
+pub fn detect(protocols: &[Arc<dyn Protocol>], client_first: &[u8], server_first: &[u8], port: u16, done: bool) -> Option<Arc<dyn Protocol>> {
+    let mut undecided = false;
+    for p in protocols {
+        let d = if !server_first.is_empty() && client_first.is_empty() {
+            p.detect_server(server_first, port)
+        } else {
+            p.detect_client(client_first, port)
+        };
+        match d {
+            Detect::Yes => return Some(p.clone()),
+            Detect::NeedMore => undecided = true,
+            Detect::No => {}
+        }
+    }
+    if undecided && !done {
+        return None;
+    }
+    Some(Arc::new(tcp::Tcp))
+}
+
+/// A readable endpoint for messages.
+pub fn endpoint(addr: &SocketAddr) -> String {
+    addr.to_string()
+}

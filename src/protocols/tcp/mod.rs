@@ -1,0 +1,229 @@
+//! Opaque TCP: connections in a protocol doppel does not parse (or stopped parsing) are recorded as ordered
+//! chunks with timings and replayed byte for byte.
+
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{BoxFuture, Detect, Observer, Protocol, RecordCtx, Role, ServeCtx};
+use crate::store::{Chunk, Direction, FORMAT_VERSION, Mock, Record, TcpMock, format_time};
+
+/// Beyond this many bytes a connection's recording stops (the traffic still flows).
+const MAX_RECORDED: usize = 64 * 1024 * 1024;
+
+pub struct Tcp;
+
+impl Protocol for Tcp {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn detect_client(&self, _first: &[u8], _port: u16) -> Detect {
+        Detect::Yes
+    }
+
+    fn observer(&self, ctx: RecordCtx) -> Box<dyn Observer> {
+        Box::new(TcpObserver::new(ctx, None))
+    }
+
+    fn serve(&self, conn: TcpStream, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()> {
+        Box::pin(serve(conn, first, ctx))
+    }
+}
+
+pub struct TcpObserver {
+    ctx: RecordCtx,
+    chunks: Vec<(Direction, Instant, Vec<u8>)>,
+    size: usize,
+    note: Option<String>,
+    closed_by: Option<&'static str>,
+    done: bool,
+}
+
+impl TcpObserver {
+    pub fn new(ctx: RecordCtx, note: Option<String>) -> TcpObserver {
+        TcpObserver { ctx, chunks: Vec::new(), size: 0, note, closed_by: None, done: false }
+    }
+
+    fn push(&mut self, dir: Direction, data: &[u8], at: Instant) {
+        if data.is_empty() {
+            return;
+        }
+        if self.size + data.len() > MAX_RECORDED {
+            if self.size < MAX_RECORDED {
+                self.size = MAX_RECORDED;
+                let note = format!("recording stopped after {MAX_RECORDED} bytes");
+                self.note = Some(match self.note.take() {
+                    Some(n) => format!("{n}; {note}"),
+                    None => note,
+                });
+            }
+            return;
+        }
+        self.size += data.len();
+        // Consecutive reads in one direction are one chunk: TCP segmentation is not part of the protocol.
+        match self.chunks.last_mut() {
+            Some((d, _, buf)) if *d == dir => buf.extend_from_slice(data),
+            _ => self.chunks.push((dir, at, data.to_vec())),
+        }
+    }
+
+    /// Notes which side closed first (the proxy calls this when one direction reaches end of stream).
+    pub fn closed(&mut self, by_client: bool) {
+        if self.closed_by.is_none() {
+            self.closed_by = Some(if by_client { "app" } else { "dependency" });
+        }
+    }
+}
+
+impl Observer for TcpObserver {
+    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+        if data.is_empty() {
+            self.closed(true);
+        }
+        self.push(Direction::Out, data, at);
+        Ok(())
+    }
+
+    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+        if data.is_empty() {
+            self.closed(false);
+        }
+        self.push(Direction::In, data, at);
+        Ok(())
+    }
+
+    fn close(&mut self, at: Instant) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let Role::Egress { dest } = &self.ctx.role else {
+            if !self.chunks.is_empty() {
+                tracing::info!("a connection to the app's port is not HTTP; it was forwarded but not recorded");
+            }
+            return;
+        };
+        let chunks = self
+            .chunks
+            .iter()
+            .map(|(dir, t, data)| Chunk::new(*dir, ms(t.saturating_duration_since(self.ctx.opened)), data))
+            .collect();
+        let mock = Mock {
+            version: FORMAT_VERSION,
+            id: self.ctx.sink.next_mock_id(),
+            kind: "tcp".into(),
+            dest: dest.clone(),
+            connection: self.ctx.connection,
+            started_at: format_time(time::OffsetDateTime::from(self.ctx.opened_at)),
+            duration_ms: ms(at.saturating_duration_since(self.ctx.opened)),
+            http: None,
+            tcp: Some(TcpMock {
+                chunks,
+                note: self.note.clone(),
+                closed_by: self.closed_by.map(String::from),
+                connect_error: None,
+            }),
+            dns: None,
+        };
+        self.ctx.sink.submit(Record::Mock(Box::new(mock)));
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// Picks the recorded connection to replay: same destination, unused, whose first bytes agree with `first`.
+fn pick(ctx: &ServeCtx, first: &[u8]) -> Option<usize> {
+    let fits = |m: &crate::store::Mock| {
+        let Some(tcp) = &m.tcp else { return false };
+        let out: Vec<u8> = tcp
+            .chunks
+            .iter()
+            .find(|c| c.dir == Direction::Out)
+            .and_then(|c| c.bytes().ok())
+            .unwrap_or_default();
+        let n = first.len().min(out.len());
+        first[..n] == out[..n]
+    };
+    let candidates: Vec<usize> = ctx.pool.of_kind("tcp").filter(|(_, m)| m.dest == ctx.dest && fits(m)).map(|(i, _)| i).collect();
+    ctx.pool.take(&candidates).map(|(i, _)| i)
+}
+
+pub async fn serve(mut conn: TcpStream, first: Vec<u8>, ctx: ServeCtx) {
+    let Some(i) = pick(&ctx, &first) else {
+        let what = if first.is_empty() {
+            format!("a connection to {}", ctx.dest)
+        } else {
+            format!("a connection to {} starting with {:?}", ctx.dest, String::from_utf8_lossy(&first[..first.len().min(40)]))
+        };
+        ctx.pool.miss("tcp", &ctx.dest, format!("no recorded conversation for {what}"));
+        return;
+    };
+    let Some(tcp) = ctx.pool.mocks[i].tcp.clone() else { return };
+    if tcp.connect_error.is_some() {
+        // Recorded as unreachable: reset, as a refused connection would look to a connected socket.
+        let _ = socket2::SockRef::from(&conn).set_linger(Some(std::time::Duration::ZERO));
+        return;
+    }
+    let mut pending_in = first;
+    let mut buf = vec![0u8; 64 * 1024];
+    for (n, chunk) in tcp.chunks.iter().enumerate() {
+        let Ok(bytes) = chunk.bytes() else { return };
+        match chunk.dir {
+            Direction::In => {
+                if conn.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            Direction::Out => {
+                while pending_in.len() < bytes.len() {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            if pending_in.is_empty() && n > 0 {
+                                return; // the app hung up between messages: fine
+                            }
+                            ctx.pool.miss("tcp", &ctx.dest, format!("the app closed the connection {}", describe(n, &tcp.chunks)));
+                            return;
+                        }
+                        Ok(k) => pending_in.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let got: Vec<u8> = pending_in.drain(..bytes.len()).collect();
+                if got != bytes {
+                    let at = got.iter().zip(&bytes).position(|(a, b)| a != b).unwrap_or(0);
+                    ctx.pool.miss(
+                        "tcp",
+                        &ctx.dest,
+                        format!(
+                            "bytes sent to {} differ from the recording at byte {at} of chunk {n}: expected {:?}, got {:?}",
+                            ctx.dest,
+                            String::from_utf8_lossy(&bytes[at..(at + 24).min(bytes.len())]),
+                            String::from_utf8_lossy(&got[at..(at + 24).min(got.len())])
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+    if tcp.closed_by.as_deref() == Some("dependency") {
+        return;
+    }
+    // The recording ends with the app closing: wait for it, reporting anything more it sends.
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(k) => {
+                ctx.pool.miss("tcp", &ctx.dest, format!("the app sent {k} bytes more to {} than recorded", ctx.dest));
+                return;
+            }
+        }
+    }
+}
+
+fn describe(n: usize, chunks: &[Chunk]) -> String {
+    format!("before sending chunk {n} of {}", chunks.len())
+}

@@ -1,0 +1,551 @@
+//! The on-disk format: the only module that reads or writes test sets.
+//!
+//! ```text
+//! doppel/                         (--path)
+//!   test-set-0/
+//!     set.yaml                    facts about the recording
+//!     tests/get-api-users.yaml    one file per test case
+//!     mocks.yaml                  outbound exchanges, one YAML document each, appended as they complete
+//!     bodies/                     bodies larger than 1 MiB, referenced from the YAML
+//!   reports/                      one JSON report per `doppel test` run
+//! doppel.yaml                     (project root) noise rules and defaults
+//! ```
+//! Tests are written atomically (temporary file, then rename) and mocks are appended with one write each,
+//! ended by the YAML document-end marker `...`: a kill at any moment loses at most the exchange in flight,
+//! and a mock document cut short by a crash is recognised and dropped on load.
+
+pub mod body;
+pub mod format;
+mod spill;
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use body::Body;
+pub use format::*;
+pub use spill::SpillBuffer;
+
+use crate::error::{Error, Result};
+
+/// Parses YAML the way every doppel file is parsed: strict booleans, errors with line and column.
+pub fn parse_yaml<T: DeserializeOwned>(text: &str, file: &Path, first_line: usize) -> Result<T> {
+    let opts = serde_saphyr::options! { strict_booleans: true };
+    serde_saphyr::from_str_with_options(text, opts).map_err(|e| {
+        let line = e.location().map(|l| l.line() as usize + first_line - 1);
+        let msg = e.to_string();
+        // The library's first line already says "line L column C: ..."; keep only the message part.
+        let first = msg.lines().next().unwrap_or("").trim_start_matches("error: ");
+        let detail = first.split_once(": ").map(|(_, m)| m).unwrap_or(first);
+        Error::input(format!("{}:{}: {}", file.display(), line.map(|l| l.to_string()).unwrap_or("?".into()), detail))
+    })
+}
+
+/// Serializes to YAML with doppel's layout.
+pub fn to_yaml<T: Serialize>(value: &T) -> Result<String> {
+    serde_saphyr::to_string(value).map_err(|e| Error::internal(format!("cannot write YAML: {e}")))
+}
+
+#[derive(serde::Deserialize)]
+struct VersionOnly {
+    version: Option<u32>,
+}
+
+fn check_version(text: &str, file: &Path, first_line: usize) -> Result<()> {
+    let v: VersionOnly = parse_yaml(text, file, first_line)?;
+    match v.version {
+        Some(FORMAT_VERSION) => Ok(()),
+        Some(n) => Err(Error::input(format!(
+            "{}:{first_line}: format version {n} is not known to this doppel (it reads version {FORMAT_VERSION}); \
+             upgrade doppel or re-record",
+            file.display()
+        ))),
+        None => Err(Error::input(format!("{}:{first_line}: missing `version` field", file.display()))),
+    }
+}
+
+/// Reads a versioned YAML file: version checked first, so a newer format gets a clear message.
+fn read_versioned<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = fs::read_to_string(path).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+    check_version(&text, path, 1)?;
+    parse_yaml(&text, path, 1)
+}
+
+pub fn now_rfc3339() -> String {
+    format_time(time::OffsetDateTime::now_utc())
+}
+
+pub fn format_time(t: time::OffsetDateTime) -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC).format(&fmt).unwrap_or_default()
+}
+
+/// A project's recordings directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Everything of one test set, loaded and checked.
+#[derive(Debug, Clone)]
+pub struct LoadedSet {
+    pub name: String,
+    pub dir: PathBuf,
+    pub meta: SetMeta,
+    /// Test cases in recorded order, each with its file.
+    pub tests: Vec<(PathBuf, TestCase)>,
+    pub mocks: Vec<Mock>,
+    /// Problems that did not stop loading (a mock cut short by a crash).
+    pub warnings: Vec<String>,
+}
+
+impl Store {
+    pub fn new(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Test set names, in numeric order for `test-set-N`, then by name.
+    pub fn list_sets(&self) -> Result<Vec<String>> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::input(format!("{}: {e}", self.root.display()))),
+        };
+        let mut sets: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("set.yaml").is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        sets.sort_by_key(|n| (n.strip_prefix("test-set-").and_then(|x| x.parse::<u64>().ok()), n.clone()));
+        Ok(sets)
+    }
+
+    /// Creates a new test set directory; never reuses an existing one.
+    pub fn create_set(&self, name: Option<&str>, meta: &SetMeta) -> Result<SetWriter> {
+        fs::create_dir_all(&self.root)
+            .map_err(|e| Error::input(format!("cannot create {}: {e}", self.root.display())))?;
+        let name = match name {
+            Some(n) => {
+                if n.is_empty() || n.contains('/') || n.starts_with('.') || n == "reports" {
+                    return Err(Error::input(format!("{n:?} is not a usable test set name")));
+                }
+                n.to_string()
+            }
+            None => {
+                let existing: BTreeSet<String> = fs::read_dir(&self.root)
+                    .map_err(|e| Error::input(format!("{}: {e}", self.root.display())))?
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect();
+                (0..).map(|i| format!("test-set-{i}")).find(|n| !existing.contains(n)).unwrap_or_default()
+            }
+        };
+        let dir = self.root.join(&name);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::input(format!(
+                    "test set {} already exists; doppel never overwrites a recording (choose another --test-set)",
+                    dir.display()
+                )));
+            }
+            Err(e) => return Err(Error::input(format!("cannot create {}: {e}", dir.display()))),
+        }
+        fs::create_dir_all(dir.join("tests"))
+            .map_err(|e| Error::input(format!("cannot create {}: {e}", dir.join("tests").display())))?;
+        write_atomic(&dir.join("set.yaml"), to_yaml(meta)?.as_bytes())?;
+        SetWriter::start(name, dir)
+    }
+
+    pub fn load_set(&self, name: &str) -> Result<LoadedSet> {
+        let dir = self.root.join(name);
+        if !dir.join("set.yaml").is_file() {
+            let known = self.list_sets()?;
+            return Err(Error::input(format!(
+                "no test set {name:?} in {} (known: {})",
+                self.root.display(),
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )));
+        }
+        let meta: SetMeta = read_versioned(&dir.join("set.yaml"))?;
+        let mut tests = Vec::new();
+        let tests_dir = dir.join("tests");
+        if tests_dir.is_dir() {
+            let mut files: Vec<PathBuf> = fs::read_dir(&tests_dir)
+                .map_err(|e| Error::input(format!("{}: {e}", tests_dir.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            files.sort();
+            for f in files {
+                let t: TestCase = read_versioned(&f)?;
+                if t.kind != "http" {
+                    return Err(Error::input(format!("{}: unknown test kind {:?}", f.display(), t.kind)));
+                }
+                for b in [&t.request.body, &t.response.body].into_iter().flatten() {
+                    b.validate().map_err(|e| Error::input(format!("{}: {e}", f.display())))?;
+                }
+                tests.push((f, t));
+            }
+        }
+        tests.sort_by(|a, b| a.1.recorded_at.cmp(&b.1.recorded_at).then(a.0.cmp(&b.0)));
+        let (mocks, warnings) = load_mocks(&dir.join("mocks.yaml"))?;
+        Ok(LoadedSet { name: name.to_string(), dir, meta, tests, mocks, warnings })
+    }
+
+    /// Loads `doppel.yaml` from a project directory; a missing file is an empty config.
+    pub fn load_config(path: &Path) -> Result<Config> {
+        match fs::read_to_string(path) {
+            Ok(text) => {
+                let cfg: Config = parse_yaml(&text, path, 1)?;
+                if let Some(v) = cfg.version.filter(|v| *v != FORMAT_VERSION) {
+                    return Err(Error::input(format!(
+                        "{}: format version {v} is not known to this doppel (it reads {FORMAT_VERSION})",
+                        path.display()
+                    )));
+                }
+                Ok(cfg)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(Error::input(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    pub fn reports_dir(&self) -> PathBuf {
+        self.root.join("reports")
+    }
+
+    /// Rewrites one test file (used when doppel adds learned rules).
+    pub fn rewrite_test(path: &Path, test: &TestCase) -> Result<()> {
+        write_atomic(path, to_yaml(test)?.as_bytes())
+    }
+}
+
+impl LoadedSet {
+    /// The bytes of a body, reading file bodies from the set directory.
+    pub fn body_bytes(&self, body: &Option<Body>) -> Result<Vec<u8>> {
+        body_bytes(&self.dir, body)
+    }
+}
+
+pub fn body_bytes(dir: &Path, body: &Option<Body>) -> Result<Vec<u8>> {
+    let Some(b) = body else { return Ok(Vec::new()) };
+    if let Some(bytes) = b.inline_bytes().map_err(Error::input)? {
+        return Ok(bytes);
+    }
+    let file = b.file.as_deref().unwrap_or_default();
+    let path = dir.join(file);
+    if file.contains("..") || file.starts_with('/') {
+        return Err(Error::input(format!("body file {file:?} must stay inside {}", dir.display())));
+    }
+    fs::read(&path).map_err(|e| Error::input(format!("body file {}: {e}", path.display())))
+}
+
+/// Splits `mocks.yaml` into documents, each with its first line number, and parses them.
+fn load_mocks(path: &Path) -> Result<(Vec<Mock>, Vec<String>)> {
+    let text = match fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+        Err(e) => return Err(Error::input(format!("{}: {e}", path.display()))),
+    };
+    let mut docs: Vec<(usize, String, bool)> = Vec::new(); // (first line, text, ended with `...`)
+    let mut current: Option<(usize, String)> = None;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end();
+        if bare == "---" {
+            if let Some((start, doc)) = current.take() {
+                docs.push((start, doc, false));
+            }
+            current = Some((i + 2, String::new()));
+        } else if bare == "..." && line.ends_with('\n') {
+            if let Some((start, doc)) = current.take() {
+                docs.push((start, doc, true));
+            }
+        } else if let Some((_, doc)) = current.as_mut() {
+            doc.push_str(line);
+        } else if !bare.is_empty() && !bare.starts_with('#') {
+            return Err(Error::input(format!("{}:{}: text outside a `---` document", path.display(), i + 1)));
+        }
+    }
+    if let Some((start, doc)) = current.take() {
+        docs.push((start, doc, false));
+    }
+    let mut mocks = Vec::new();
+    let mut warnings = Vec::new();
+    let last = docs.len().saturating_sub(1);
+    for (n, (start, doc, complete)) in docs.into_iter().enumerate() {
+        if !complete && n == last {
+            warnings.push(format!(
+                "{}:{}: the last mock was cut short (doppel was stopped while writing it); it is ignored",
+                path.display(),
+                start
+            ));
+            continue;
+        }
+        check_version(&doc, path, start)?;
+        let mock: Mock = parse_yaml(&doc, path, start)?;
+        mock.validate().map_err(|e| Error::input(format!("{}:{start}: {e}", path.display())))?;
+        mocks.push(mock);
+    }
+    Ok((mocks, warnings))
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let io = |e: std::io::Error| Error::io(format!("cannot write {}: {e}", path.display()));
+    let mut f = File::create(&tmp).map_err(io)?;
+    f.write_all(data).map_err(io)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io)
+}
+
+/// What the recorder hands to the store.
+pub enum Record {
+    Test(Box<TestCase>),
+    Mock(Box<Mock>),
+}
+
+/// Counts of what was written, per kind.
+#[derive(Debug, Default, Clone)]
+pub struct WriteSummary {
+    pub tests: usize,
+    pub mocks_by_kind: std::collections::BTreeMap<String, usize>,
+    pub errors: Vec<String>,
+}
+
+/// Writes one test set as exchanges complete, on its own thread so that proxies never wait on the disk.
+pub struct SetWriter {
+    pub name: String,
+    pub dir: PathBuf,
+    tx: Option<mpsc::Sender<Record>>,
+    thread: Option<thread::JoinHandle<()>>,
+    summary: Arc<Mutex<WriteSummary>>,
+    next_mock_id: Arc<std::sync::atomic::AtomicU64>,
+    next_blob: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A cheap handle the proxies use to submit records.
+#[derive(Clone)]
+pub struct RecordSink {
+    tx: mpsc::Sender<Record>,
+    dir: PathBuf,
+    next_mock_id: Arc<std::sync::atomic::AtomicU64>,
+    next_blob: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RecordSink {
+    pub fn submit(&self, record: Record) {
+        // The writer thread only stops after every sink is dropped, so a send error cannot lose a record
+        // that anyone is still waiting for.
+        let _ = self.tx.send(record);
+    }
+
+    pub fn next_mock_id(&self) -> u64 {
+        self.next_mock_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A body buffer that moves to `bodies/` when it grows past the inline limit.
+    pub fn spill_buffer(&self) -> SpillBuffer {
+        SpillBuffer::new(self.dir.join("bodies"), self.next_blob.clone())
+    }
+}
+
+impl SetWriter {
+    fn start(name: String, dir: PathBuf) -> Result<SetWriter> {
+        let (tx, rx) = mpsc::channel::<Record>();
+        let summary = Arc::new(Mutex::new(WriteSummary::default()));
+        let mocks_path = dir.join("mocks.yaml");
+        let tests_dir = dir.join("tests");
+        let sum = summary.clone();
+        let thread = thread::Builder::new()
+            .name("doppel-store".into())
+            .spawn(move || writer_loop(rx, &tests_dir, &mocks_path, &sum))
+            .map_err(|e| Error::internal(format!("cannot start the store writer: {e}")))?;
+        Ok(SetWriter {
+            name,
+            dir,
+            tx: Some(tx),
+            thread: Some(thread),
+            summary,
+            next_mock_id: Arc::new(1.into()),
+            next_blob: Arc::new(1.into()),
+        })
+    }
+
+    pub fn sink(&self) -> RecordSink {
+        RecordSink {
+            tx: self.tx.clone().unwrap_or_else(|| mpsc::channel().0),
+            dir: self.dir.clone(),
+            next_mock_id: self.next_mock_id.clone(),
+            next_blob: self.next_blob.clone(),
+        }
+    }
+
+    /// Waits until everything submitted so far (by sinks already dropped) is on disk.
+    pub fn finish(mut self) -> WriteSummary {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.summary.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn summary(&self) -> WriteSummary {
+        self.summary.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+fn writer_loop(rx: mpsc::Receiver<Record>, tests_dir: &Path, mocks_path: &Path, summary: &Mutex<WriteSummary>) {
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    let mut mocks: Option<File> = None;
+    for record in rx {
+        let result = match record {
+            Record::Test(mut test) => {
+                let base = slug(&test.request.method, &test.request.target);
+                let name = (1..)
+                    .map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") })
+                    .find(|n| !names.contains(n))
+                    .unwrap_or(base);
+                names.insert(name.clone());
+                test.name = name.clone();
+                let r = to_yaml(&test).and_then(|y| write_atomic(&tests_dir.join(format!("{name}.yaml")), y.as_bytes()));
+                if r.is_ok() {
+                    if let Ok(mut s) = summary.lock() {
+                        s.tests += 1;
+                    }
+                }
+                r
+            }
+            Record::Mock(mock) => {
+                let file = match &mut mocks {
+                    Some(f) => Ok(f),
+                    None => OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(mocks_path)
+                        .map(|f| mocks.insert(f))
+                        .map_err(|e| Error::io(format!("cannot open {}: {e}", mocks_path.display()))),
+                };
+                let kind = mock.kind.clone();
+                file.and_then(|f| {
+                    let doc = format!("---\n{}...\n", to_yaml(&mock)?);
+                    // One write per document: a kill leaves whole documents or a detectably cut last one.
+                    f.write_all(doc.as_bytes())
+                        .map_err(|e| Error::io(format!("cannot write {}: {e}", mocks_path.display())))
+                })
+                .map(|_| {
+                    if let Ok(mut s) = summary.lock() {
+                        *s.mocks_by_kind.entry(kind).or_default() += 1;
+                    }
+                })
+            }
+        };
+        if let Err(e) = result {
+            if let Ok(mut s) = summary.lock() {
+                if s.errors.len() < 20 {
+                    eprintln!("doppel: {e}");
+                    s.errors.push(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// `POST /api/users/42?x=1` -> `post-api-users-42`.
+pub fn slug(method: &str, target: &str) -> String {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    let mut out = method.to_ascii_lowercase();
+    let mut dash = true;
+    for c in path.chars() {
+        if c.is_ascii_alphanumeric() {
+            if dash {
+                out.push('-');
+                dash = false;
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            dash = true;
+        }
+        if out.len() > 80 {
+            break;
+        }
+    }
+    if out == method.to_ascii_lowercase() {
+        out.push_str("-root");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_readable() {
+        assert_eq!(slug("GET", "/api/users/42?x=1"), "get-api-users-42");
+        assert_eq!(slug("POST", "/"), "post-root");
+        assert_eq!(slug("GET", "/a//b.json"), "get-a-b-json");
+    }
+
+    #[test]
+    fn truncated_last_mock_is_dropped_and_malformed_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mocks.yaml");
+        let good = "---\nversion: 1\nid: 1\nkind: tcp\ndest: 1.2.3.4:5\nstarted_at: x\ntcp:\n  chunks: []\n...\n";
+        fs::write(&p, format!("{good}---\nversion: 1\nid: 2\nki")).unwrap();
+        let (m, w) = load_mocks(&p).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(w.len(), 1);
+        fs::write(&p, format!("{good}---\nversion: 1\nid: two\n...\n{good}")).unwrap();
+        let err = load_mocks(&p).unwrap_err().to_string();
+        assert!(err.contains("mocks.yaml:12:"), "{err}");
+        fs::write(&p, good.replace("version: 1", "version: 9")).unwrap();
+        let err = load_mocks(&p).unwrap_err().to_string();
+        assert!(err.contains("format version 9"), "{err}");
+    }
+}
+
+/// A body as pieces of at most 64 KiB, reading file bodies as it goes (never the whole file at once).
+pub fn body_pieces(dir: &Path, body: &Option<Body>) -> Result<Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send>> {
+    let Some(b) = body else { return Ok(Box::new(std::iter::empty())) };
+    if let Some(bytes) = b.inline_bytes().map_err(Error::input)? {
+        return Ok(Box::new(std::iter::once(Ok(bytes))));
+    }
+    let file = b.file.as_deref().unwrap_or_default();
+    if file.contains("..") || file.starts_with('/') {
+        return Err(Error::input(format!("body file {file:?} must stay inside {}", dir.display())));
+    }
+    let path = dir.join(file);
+    let mut f = File::open(&path).map_err(|e| Error::input(format!("body file {}: {e}", path.display())))?;
+    Ok(Box::new(std::iter::from_fn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        match std::io::Read::read(&mut f, &mut buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some(Ok(buf))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    })))
+}
+
+/// Size of a body in bytes.
+pub fn body_len(body: &Option<Body>) -> u64 {
+    match body {
+        None => 0,
+        Some(b) => b.size.unwrap_or_else(|| b.inline_bytes().ok().flatten().map(|v| v.len() as u64).unwrap_or(0)),
+    }
+}
