@@ -1,1 +1,317 @@
-pub fn main() -> i32 { 0 }
+//! Command line: parses flags, picks the capture mechanism, runs the command, maps errors to exit codes
+//! (0 all good, 1 tests failed, 2 usage, configuration, input or environment errors).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::capture::explicit::{DepSpec, Explicit};
+use crate::capture::sandbox::Sandbox;
+use crate::capture::{AppCommand, AppExit};
+use crate::error::{Error, Result};
+use crate::record::{self, PortMap, RecordOptions};
+use crate::replay::{self, ReplayOptions, Target};
+use crate::report;
+use crate::store::{Config, Store};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "doppel",
+    version,
+    about = "Record a service's real traffic as tests and mocks; replay it hermetically and catch regressions.",
+    after_help = "Examples:\n  doppel demo\n  doppel record -- python3 app.py\n  doppel test -- python3 app.py\n  doppel test --target http://staging:8080"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Project config file (noise rules, defaults).
+    #[arg(long, global = true, default_value = "doppel.yaml")]
+    config: PathBuf,
+    /// Print only errors and the final result.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a command and record its traffic: inbound HTTP as test cases, outbound calls as mocks.
+    ///
+    /// Example: doppel record --port 8080 -- python3 app.py
+    Record(RecordArgs),
+    /// Run a command with every dependency mocked and replay the recorded tests against it.
+    ///
+    /// Example: doppel test --junit junit.xml -- python3 app.py
+    Test(TestArgs),
+    /// Record, replay and catch a change on a bundled demo service (self-contained).
+    ///
+    /// Example: doppel demo
+    Demo(DemoArgs),
+    /// List the test sets under --path with their tests and mocks.
+    ///
+    /// Example: doppel list
+    List(PathArgs),
+    #[command(hide = true, name = "__demo-app")]
+    DemoApp,
+    #[command(hide = true, name = "__demo-rates")]
+    DemoRates,
+}
+
+#[derive(Args, Debug)]
+struct PathArgs {
+    /// Directory holding the test sets (default: `path` in doppel.yaml, else ./doppel).
+    #[arg(long)]
+    path: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct CaptureArgs {
+    /// Do not use the Linux sandbox; capture only the dependencies named with --dep.
+    #[arg(long)]
+    no_sandbox: bool,
+    /// A dependency for explicit mode: NAME=HOST:PORT[@LISTEN_PORT]. doppel listens locally (the app gets the
+    /// address in $DOPPEL_DEP_<NAME>) and records or mocks the traffic. Implies --no-sandbox.
+    /// Example: --dep rates=127.0.0.1:9000@19000
+    #[arg(long = "dep", value_name = "NAME=HOST:PORT[@LISTEN]")]
+    deps: Vec<String>,
+    /// Seconds the app gets to exit after SIGTERM before SIGKILL.
+    #[arg(long, default_value_t = 5.0)]
+    grace: f64,
+}
+
+#[derive(Args, Debug)]
+struct RecordArgs {
+    #[command(flatten)]
+    path: PathArgs,
+    /// Name of the new test set (default: the next free test-set-N). Never overwrites.
+    #[arg(long)]
+    test_set: Option<String>,
+    /// App port to expose and record: PORT or EXPOSED:APP. Default: every port the app listens on.
+    /// Example: --port 8080 --port 9090:9000
+    #[arg(long = "port", value_name = "PORT|EXPOSED:APP")]
+    ports: Vec<String>,
+    /// DNS server to forward the app's queries to while recording (default: first nameserver of /etc/resolv.conf).
+    #[arg(long, value_name = "IP:PORT")]
+    dns_upstream: Option<SocketAddr>,
+    #[command(flatten)]
+    capture: CaptureArgs,
+    /// The command that runs the app.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct TestArgs {
+    #[command(flatten)]
+    path: PathArgs,
+    /// Test set to run (repeatable; default: all).
+    #[arg(long = "test-set", value_name = "NAME")]
+    test_sets: Vec<String>,
+    /// Write a JUnit XML report here.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Where the JSON report of the run goes (default: <path>/reports).
+    #[arg(long, value_name = "DIR")]
+    report_dir: Option<PathBuf>,
+    /// Replay against a running deployment (no sandbox, no mocks). Example: --target http://staging:8080
+    #[arg(long, value_name = "URL")]
+    target: Option<String>,
+    /// Wait until this path (or http://localhost:PORT/path) answers below 500 before testing.
+    /// Example: --ready-url /health
+    #[arg(long, value_name = "PATH|URL")]
+    ready_url: Option<String>,
+    /// Seconds to wait for the app to open its ports.
+    #[arg(long, default_value_t = 30.0)]
+    ready_timeout: f64,
+    /// Seconds to wait for each response.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// App port in explicit mode when it cannot be detected: PORT.
+    #[arg(long = "port", value_name = "PORT")]
+    ports: Vec<u16>,
+    #[command(flatten)]
+    capture: CaptureArgs,
+    /// The command that runs the app (not needed with --target).
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Keep the demo's recordings in this directory (default: a temporary directory, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Use explicit mode instead of the sandbox.
+    #[arg(long)]
+    pub no_sandbox: bool,
+}
+
+fn secs(s: f64, flag: &str) -> Result<Duration> {
+    if s.is_finite() && s >= 0.0 {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(Error::input(format!("{flag} must be a number of seconds")))
+    }
+}
+
+fn store_for(path: &Option<PathBuf>, config: &Config) -> Store {
+    Store::new(path.clone().or_else(|| config.path.clone().map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("doppel")))
+}
+
+fn explicit_of(c: &CaptureArgs, ports: Vec<u16>) -> Result<Option<Explicit>> {
+    if !c.no_sandbox && c.deps.is_empty() {
+        return Ok(None);
+    }
+    let deps = c.deps.iter().map(|d| DepSpec::parse(d)).collect::<Result<Vec<_>>>()?;
+    Ok(Some(Explicit { deps, app_ports: ports }))
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("doppel: error: cannot start the async runtime: {e}");
+            return 2;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{} {}", console::style("doppel: error:").red().bold(), e);
+            2
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DOPPEL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+async fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::DemoApp => return crate::demo::app::main().await,
+        Command::DemoRates => return crate::demo::rates::main().await,
+        Command::Demo(args) => return crate::demo::run(args).await,
+        _ => {}
+    }
+    let config = Store::load_config(&cli.config)?;
+    match cli.command {
+        Command::Record(args) => cmd_record(args, config, cli.quiet).await,
+        Command::Test(args) => cmd_test(args, config, cli.quiet).await,
+        Command::List(args) => cmd_list(args, config),
+        Command::Demo(_) | Command::DemoApp | Command::DemoRates => Ok(0),
+    }
+}
+
+async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32> {
+    let ports = args.ports.iter().map(|p| PortMap::parse(p)).collect::<Result<Vec<_>>>()?;
+    let explicit = explicit_of(&args.capture, ports.iter().map(|p| p.app).collect())?;
+    if explicit.is_some() {
+        if let Some(p) = ports.iter().find(|p| p.exposed == p.app) {
+            return Err(Error::input(format!(
+                "--port {}: without the sandbox the app and doppel share this machine's ports; expose the app on \
+                 another port, e.g. --port {}:{}",
+                p.app,
+                p.app.wrapping_add(10000),
+                p.app
+            )));
+        }
+    }
+    let opts = RecordOptions {
+        store: store_for(&args.path.path, &config),
+        test_set: args.test_set,
+        ports,
+        command: AppCommand { argv: args.command, env: Vec::new() },
+        grace: secs(args.capture.grace, "--grace")?,
+        dns_upstream: args.dns_upstream,
+        quiet,
+    };
+    let outcome = match &explicit {
+        Some(e) => record::record(e, opts).await?,
+        None => record::record(&Sandbox::default(), opts).await?,
+    };
+    print_record_summary(&outcome);
+    if outcome.app_exited_by_itself {
+        if let Some(AppExit::Code(c)) = outcome.app_exit {
+            if c != 0 {
+                eprintln!("doppel: the app exited by itself with code {c}");
+                return Ok(2);
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn print_record_summary(o: &record::RecordOutcome) {
+    let mocks: usize = o.summary.mocks_by_kind.values().sum();
+    let kinds: Vec<String> = o.summary.mocks_by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    println!(
+        "doppel: recorded {} test{} and {} mock{}{} into {}",
+        o.summary.tests,
+        if o.summary.tests == 1 { "" } else { "s" },
+        mocks,
+        if mocks == 1 { "" } else { "s" },
+        if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(", ")) },
+        o.dir.display()
+    );
+    for e in &o.summary.errors {
+        println!("doppel: write error: {e}");
+    }
+}
+
+async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
+    let target = args.target.as_deref().map(Target::parse).transpose()?;
+    if target.is_none() && args.command.is_empty() {
+        return Err(Error::input("give the command that runs the app after --, or --target URL"));
+    }
+    let explicit = explicit_of(&args.capture, args.ports.clone())?;
+    let opts = ReplayOptions {
+        store: store_for(&args.path.path, &config),
+        sets: args.test_sets,
+        command: (!args.command.is_empty()).then(|| AppCommand { argv: args.command, env: Vec::new() }),
+        target,
+        ready_url: args.ready_url,
+        ready_timeout: secs(args.ready_timeout, "--ready-timeout")?,
+        request_timeout: secs(args.timeout, "--timeout")?,
+        grace: secs(args.capture.grace, "--grace")?,
+        config,
+        junit: args.junit,
+        report_dir: args.report_dir,
+        quiet,
+    };
+    let report = match &explicit {
+        Some(e) => replay::run(Some(e), &opts).await?,
+        None if opts.target.is_some() => replay::run::<Sandbox>(None, &opts).await?,
+        None => replay::run(Some(&Sandbox::default()), &opts).await?,
+    };
+    println!("{}", report::summary_line(&report));
+    Ok(if report.failed > 0 { 1 } else { 0 })
+}
+
+fn cmd_list(args: PathArgs, config: Config) -> Result<i32> {
+    let store = store_for(&args.path, &config);
+    let sets = store.list_sets()?;
+    if sets.is_empty() {
+        println!("no test sets in {}", store.root().display());
+    }
+    for name in sets {
+        let set = store.load_set(&name)?;
+        let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+        for m in &set.mocks {
+            *kinds.entry(m.kind.as_str()).or_default() += 1;
+        }
+        let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        println!("{name}: {} tests, {} mocks ({}) — recorded {} from `{}`", set.tests.len(), set.mocks.len(), kinds.join(", "), set.meta.created_at, set.meta.command.join(" "));
+    }
+    Ok(0)
+}

@@ -1,1 +1,5 @@
-//! TODO
+//! `doppel demo`: placeholder.
+pub mod app;
+pub mod rates;
+use crate::error::Result;
+pub async fn run(_args: crate::cli::DemoArgs) -> Result<i32> { Ok(0) }

@@ -54,6 +54,11 @@ impl SpillBuffer {
         self.file.is_none().then_some(&self.mem[..])
     }
 
+    /// The file holding the body once it moved out of memory.
+    pub fn file_path(&self) -> Option<PathBuf> {
+        self.file.as_ref().map(|(_, name)| self.dir.join(name))
+    }
+
     /// The body as written in YAML: inline for small bodies, `bodies/<file>` for large ones.
     pub fn into_body(self) -> Option<Body> {
         match self.file {

@@ -1,0 +1,155 @@
+//! The recording proxy: bytes are forwarded as they arrive, and a copy goes to the protocol observer. The
+//! observer is chosen from the first bytes; if it cannot follow the traffic, the connection carries on as
+//! opaque bytes. The app's traffic never waits on parsing beyond a copy, and a parser never breaks it.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
+
+use crate::protocols::tcp::TcpObserver;
+use crate::protocols::{self, Observer, Protocol, RecordCtx};
+
+/// Counts running proxies, so that stopping can wait for the last exchanges to be written.
+#[derive(Clone, Default)]
+pub struct Tracker {
+    inner: Arc<(AtomicUsize, Notify)>,
+}
+
+impl Tracker {
+    pub fn track<F: Future<Output = ()> + Send + 'static>(&self, fut: F) -> impl Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        inner.0.fetch_add(1, Ordering::SeqCst);
+        async move {
+            fut.await;
+            if inner.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+                inner.1.notify_waiters();
+            }
+        }
+    }
+
+    pub async fn wait_idle(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.inner.0.load(Ordering::SeqCst) > 0 {
+            let notified = self.inner.1.notified();
+            if self.inner.0.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+enum Slot {
+    /// Protocol not known yet: bytes seen so far, in order.
+    Detecting { client: Vec<u8>, server: Vec<u8>, seen: Vec<(bool, Vec<u8>, Instant)> },
+    Active(Box<dyn Observer>),
+}
+
+struct Watch {
+    slot: Slot,
+    ctx: RecordCtx,
+    port: u16,
+    protocols: Vec<Arc<dyn Protocol>>,
+    /// Bytes seen per direction, for the note when parsing gives up.
+    offsets: [u64; 2],
+}
+
+/// Detection gives up after this many bytes and records the connection as opaque.
+const DETECT_LIMIT: usize = 64;
+
+impl Watch {
+    fn feed(&mut self, from_client: bool, data: &[u8], at: Instant) {
+        let side = usize::from(!from_client);
+        if let Slot::Detecting { client, server, seen } = &mut self.slot {
+            if from_client { client.extend_from_slice(data) } else { server.extend_from_slice(data) }
+            seen.push((from_client, data.to_vec(), at));
+            let done = data.is_empty() || client.len() + server.len() > DETECT_LIMIT;
+            let Some(protocol) = protocols::detect(&self.protocols, client, server, self.port, done) else {
+                return;
+            };
+            let seen = std::mem::take(seen);
+            self.slot = Slot::Active(protocol.observer(self.ctx.clone()));
+            for (c, bytes, t) in seen {
+                self.deliver(c, &bytes, t);
+            }
+            return;
+        }
+        self.deliver(from_client, data, at);
+        self.offsets[side] += data.len() as u64;
+    }
+
+    fn deliver(&mut self, from_client: bool, data: &[u8], at: Instant) {
+        let Slot::Active(obs) = &mut self.slot else { return };
+        let r = if from_client { obs.client(data, at) } else { obs.server(data, at) };
+        if let Err(why) = r {
+            // Degrade: the rest of this connection is recorded as opaque bytes, starting with this piece.
+            let note = format!(
+                "parsing stopped after {} bytes from the client and {} from the server: {why}",
+                self.offsets[0], self.offsets[1]
+            );
+            tracing::info!("connection {}: {note}", self.ctx.connection);
+            obs.close(at);
+            let mut fallback = TcpObserver::new(self.ctx.clone(), Some(note));
+            let _ = if from_client { fallback.client(data, at) } else { fallback.server(data, at) };
+            self.slot = Slot::Active(Box::new(fallback));
+        }
+    }
+
+    fn close(&mut self, at: Instant) {
+        if let Slot::Detecting { .. } = self.slot {
+            self.feed(true, &[], at);
+        }
+        if let Slot::Active(obs) = &mut self.slot {
+            obs.close(at);
+        }
+    }
+}
+
+/// Proxies `client` <-> `server` until both directions end, observing every byte.
+pub async fn run(client: TcpStream, server: TcpStream, ctx: RecordCtx, port: u16) {
+    let watch = Arc::new(Mutex::new(Watch {
+        slot: Slot::Detecting { client: Vec::new(), server: Vec::new(), seen: Vec::new() },
+        ctx,
+        port,
+        protocols: protocols::registry(),
+        offsets: [0, 0],
+    }));
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    tokio::join!(pump(cr, sw, watch.clone(), true), pump(sr, cw, watch.clone(), false));
+    if let Ok(mut w) = watch.lock() {
+        w.close(Instant::now());
+    }
+}
+
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, watch: Arc<Mutex<Watch>>, from_client: bool) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                if let Ok(mut w) = watch.lock() {
+                    w.feed(from_client, &[], Instant::now());
+                }
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => {
+                // Observe before forwarding, so a request is always seen before its response.
+                if let Ok(mut w) = watch.lock() {
+                    w.feed(from_client, &buf[..n], Instant::now());
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Replay side of capture: every outbound connection of the app is answered by the protocol its mocks were
+//! recorded in (or, for a destination with no mocks, the protocol its first bytes show), never by the real
+//! dependency.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::capture::Egress;
+use crate::protocols::{self, MockPool, Protocol, ServeCtx, tcp::Tcp};
+use crate::store::Direction;
+
+pub fn spawn(mut rx: mpsc::Receiver<Egress>, pool: Arc<MockPool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            tokio::spawn(serve(e, pool.clone()));
+        }
+    })
+}
+
+fn by_name(name: &str) -> Option<Arc<dyn Protocol>> {
+    if name == "tcp" {
+        return Some(Arc::new(Tcp));
+    }
+    protocols::registry().into_iter().find(|p| p.name() == name)
+}
+
+async fn serve(e: Egress, pool: Arc<MockPool>) {
+    let ctx = ServeCtx { pool: pool.clone(), dest: e.dest.clone() };
+    let kinds: Vec<&str> = {
+        let mut k: Vec<&str> = pool.mocks.iter().filter(|m| m.dest == e.dest).map(|m| m.kind.as_str()).collect();
+        k.sort_unstable();
+        k.dedup();
+        k
+    };
+    // A recorded conversation where the dependency spoke first (or refused): serve it without waiting.
+    let server_first = pool.mocks.iter().filter(|m| m.dest == e.dest).any(|m| {
+        m.tcp.as_ref().is_some_and(|t| t.connect_error.is_some() || t.chunks.first().is_some_and(|c| c.dir == Direction::In))
+    });
+    let mut stream = e.stream;
+    if server_first && kinds == ["tcp"] {
+        Tcp.serve(stream, Vec::new(), ctx).await;
+        return;
+    }
+    let mut first = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let protocols = protocols::registry();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let chosen = loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                first.extend_from_slice(&buf[..n]);
+                if let Some(p) = protocols::detect(&protocols, &first, &[], e.port, first.len() > 64) {
+                    break Some(p);
+                }
+            }
+            Ok(_) => break protocols::detect(&protocols, &first, &[], e.port, true),
+            Err(_) => break None,
+        }
+    };
+    let protocol = match chosen {
+        // The recorded kind for this destination wins when the first bytes are ambiguous.
+        Some(p) if p.name() == "tcp" && kinds.len() == 1 => by_name(kinds[0]).unwrap_or(p),
+        Some(p) => p,
+        None => match kinds.as_slice() {
+            [one] => match by_name(one) {
+                Some(p) => p,
+                None => return,
+            },
+            _ => {
+                pool.miss("tcp", &e.dest, format!("a connection to {} that sent nothing and has no recording", e.dest));
+                return;
+            }
+        },
+    };
+    protocol.serve(stream, first, ctx).await;
+}
