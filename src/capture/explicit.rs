@@ -104,12 +104,13 @@ fn app_owned_listening_ports(pgid: i32) -> Vec<u16> {
         let text = std::fs::read_to_string(format!("/proc/{pgid}/net/{f}")).unwrap_or_default();
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() > 9 && cols[3] == "0A" && inodes.contains(cols[9]) {
-                if let Some(port) = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) {
-                    if !ports.contains(&port) {
-                        ports.push(port);
-                    }
-                }
+            if cols.len() > 9
+                && cols[3] == "0A"
+                && inodes.contains(cols[9])
+                && let Some(port) = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())
+                && !ports.contains(&port)
+            {
+                ports.push(port);
             }
         }
     }
@@ -133,16 +134,23 @@ impl Explicit {
     async fn start_inner(self, cmd: AppCommand) -> Result<Session> {
         let (egress_tx, egress_rx) = mpsc::channel(1024);
         let mut env = cmd.env.clone();
+        let mut tasks = Vec::new();
         for dep in &self.deps {
-            let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, dep.listen))).await.map_err(|e| {
-                Error::env(format!("--dep {}: cannot listen on 127.0.0.1:{}: {e}", dep.name, dep.listen))
-            })?;
+            let listener =
+                TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, dep.listen))).await.map_err(|e| {
+                    Error::env(format!("--dep {}: cannot listen on 127.0.0.1:{}: {e}", dep.name, dep.listen))
+                })?;
             let addr = listener.local_addr().map_err(|e| Error::internal(e.to_string()))?;
-            eprintln!("doppel: dependency {} ({}) -> point the app at {addr} (also in ${})", dep.name, dep.target, dep.env_name());
+            eprintln!(
+                "doppel: dependency {} ({}) -> point the app at {addr} (also in ${})",
+                dep.name,
+                dep.target,
+                dep.env_name()
+            );
             env.push((dep.env_name(), addr.to_string()));
             let tx = egress_tx.clone();
             let dep = dep.clone();
-            tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else { continue };
                     let e = Egress { stream, dest: dep.target.clone(), port: dep.port(), dep: Some(dep.name.clone()) };
@@ -150,7 +158,7 @@ impl Explicit {
                         break;
                     }
                 }
-            });
+            }));
         }
         let (prog, args) = cmd.argv.split_first().ok_or_else(|| Error::input("no command given after --"))?;
         let mut command = tokio::process::Command::new(prog);
@@ -181,7 +189,7 @@ impl Explicit {
             dns: Vec::new(),
             app: AppHandle::new(pid, exit_rx, stderr),
             link: Arc::new(ExplicitLink { pid, ports: self.app_ports.clone() }),
-            guard: Box::new(()),
+            guard: Box::new(super::TaskGuard(tasks)),
         })
     }
 }

@@ -77,6 +77,17 @@ pub trait Capture {
     fn start(&self, cmd: &AppCommand) -> impl Future<Output = Result<Session>> + Send;
 }
 
+/// Background tasks of a session (accept loops), stopped when the session is dropped.
+pub struct TaskGuard(pub Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
 /// The last lines the app wrote to stderr, for error messages.
 #[derive(Default)]
 pub struct StderrTail {
@@ -184,17 +195,16 @@ pub fn parse_listening(text: &str) -> Vec<u16> {
     let mut ports = Vec::new();
     for line in text.lines().skip(1) {
         let mut cols = line.split_whitespace();
-        let (Some(_), Some(local), Some(_), Some(state)) = (cols.next(), cols.next(), cols.next(), cols.next())
-        else {
+        let (Some(_), Some(local), Some(_), Some(state)) = (cols.next(), cols.next(), cols.next(), cols.next()) else {
             continue;
         };
         if state != "0A" {
             continue;
         }
-        if let Some(port) = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) {
-            if !ports.contains(&port) {
-                ports.push(port);
-            }
+        if let Some(port) = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())
+            && !ports.contains(&port)
+        {
+            ports.push(port);
         }
     }
     ports

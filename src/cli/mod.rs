@@ -54,8 +54,8 @@ enum Command {
     List(PathArgs),
     #[command(hide = true, name = "__demo-app")]
     DemoApp,
-    #[command(hide = true, name = "__demo-rates")]
-    DemoRates,
+    #[command(hide = true, name = "__demo-deps")]
+    DemoDeps,
 }
 
 #[derive(Args, Debug)]
@@ -156,7 +156,9 @@ fn secs(s: f64, flag: &str) -> Result<Duration> {
 }
 
 fn store_for(path: &Option<PathBuf>, config: &Config) -> Store {
-    Store::new(path.clone().or_else(|| config.path.clone().map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("doppel")))
+    Store::new(
+        path.clone().or_else(|| config.path.clone().map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("doppel")),
+    )
 }
 
 fn explicit_of(c: &CaptureArgs, ports: Vec<u16>) -> Result<Option<Explicit>> {
@@ -193,14 +195,16 @@ pub fn main() -> i32 {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DOPPEL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DOPPEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 async fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::DemoApp => return crate::demo::app::main().await,
-        Command::DemoRates => return crate::demo::rates::main().await,
+        Command::DemoDeps => return crate::demo::deps::main().await,
         Command::Demo(args) => return crate::demo::run(args).await,
         _ => {}
     }
@@ -209,23 +213,23 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Record(args) => cmd_record(args, config, cli.quiet).await,
         Command::Test(args) => cmd_test(args, config, cli.quiet).await,
         Command::List(args) => cmd_list(args, config),
-        Command::Demo(_) | Command::DemoApp | Command::DemoRates => Ok(0),
+        Command::Demo(_) | Command::DemoApp | Command::DemoDeps => Ok(0),
     }
 }
 
 async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32> {
     let ports = args.ports.iter().map(|p| PortMap::parse(p)).collect::<Result<Vec<_>>>()?;
     let explicit = explicit_of(&args.capture, ports.iter().map(|p| p.app).collect())?;
-    if explicit.is_some() {
-        if let Some(p) = ports.iter().find(|p| p.exposed == p.app) {
-            return Err(Error::input(format!(
-                "--port {}: without the sandbox the app and doppel share this machine's ports; expose the app on \
+    if explicit.is_some()
+        && let Some(p) = ports.iter().find(|p| p.exposed == p.app)
+    {
+        return Err(Error::input(format!(
+            "--port {}: without the sandbox the app and doppel share this machine's ports; expose the app on \
                  another port, e.g. --port {}:{}",
-                p.app,
-                p.app.wrapping_add(10000),
-                p.app
-            )));
-        }
+            p.app,
+            p.app.wrapping_add(10000),
+            p.app
+        )));
     }
     let opts = RecordOptions {
         store: store_for(&args.path.path, &config),
@@ -235,19 +239,19 @@ async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32
         grace: secs(args.capture.grace, "--grace")?,
         dns_upstream: args.dns_upstream,
         quiet,
+        stop: None,
     };
     let outcome = match &explicit {
         Some(e) => record::record(e, opts).await?,
         None => record::record(&Sandbox::default(), opts).await?,
     };
     print_record_summary(&outcome);
-    if outcome.app_exited_by_itself {
-        if let Some(AppExit::Code(c)) = outcome.app_exit {
-            if c != 0 {
-                eprintln!("doppel: the app exited by itself with code {c}");
-                return Ok(2);
-            }
-        }
+    if outcome.app_exited_by_itself
+        && let Some(AppExit::Code(c)) = outcome.app_exit
+        && c != 0
+    {
+        eprintln!("doppel: the app exited by itself with code {c}");
+        return Ok(2);
     }
     Ok(0)
 }
@@ -311,7 +315,14 @@ fn cmd_list(args: PathArgs, config: Config) -> Result<i32> {
             *kinds.entry(m.kind.as_str()).or_default() += 1;
         }
         let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
-        println!("{name}: {} tests, {} mocks ({}) — recorded {} from `{}`", set.tests.len(), set.mocks.len(), kinds.join(", "), set.meta.created_at, set.meta.command.join(" "));
+        println!(
+            "{name}: {} tests, {} mocks ({}) — recorded {} from `{}`",
+            set.tests.len(),
+            set.mocks.len(),
+            kinds.join(", "),
+            set.meta.created_at,
+            set.meta.command.join(" ")
+        );
     }
     Ok(0)
 }

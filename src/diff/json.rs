@@ -103,9 +103,7 @@ pub(crate) fn render_path(path: &[Seg]) -> String {
 
 fn is_identifier(key: &str) -> bool {
     let mut chars = key.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -113,23 +111,13 @@ fn is_identifier(key: &str) -> bool {
 /// Locations are prefixed with "body " like those of [`super::compare`].
 pub fn json_diff(expected: &Value, actual: &Value, noise: &Noise) -> Comparison {
     let (differences, applied) = diff_values(expected, actual, noise);
-    Comparison {
-        differences,
-        applied_noise: noise.labels(&applied),
-    }
+    Comparison { differences, applied_noise: noise.labels(&applied) }
 }
 
 /// The differences and the ids of the rules that suppressed one.
-pub(crate) fn diff_values(
-    expected: &Value,
-    actual: &Value,
-    noise: &Noise,
-) -> (Vec<Difference>, BTreeSet<usize>) {
-    let selected = if noise.has_body_rules() {
-        Selected::resolve(expected, actual, noise)
-    } else {
-        Selected::default()
-    };
+pub(crate) fn diff_values(expected: &Value, actual: &Value, noise: &Noise) -> (Vec<Difference>, BTreeSet<usize>) {
+    let selected =
+        if noise.has_body_rules() { Selected::resolve(expected, actual, noise) } else { Selected::default() };
     let mut walker = Walker::new(&selected, Vec::new(), Vec::new(), false);
     walker.walk(expected, actual);
     (walker.diffs, walker.applied)
@@ -151,15 +139,7 @@ struct Walker<'s> {
 
 impl<'s> Walker<'s> {
     fn new(sel: &'s Selected, epath: Vec<Seg>, apath: Vec<Seg>, probe: bool) -> Walker<'s> {
-        Walker {
-            sel,
-            any_rules: !sel.is_empty(),
-            diffs: Vec::new(),
-            applied: BTreeSet::new(),
-            epath,
-            apath,
-            probe,
-        }
+        Walker { sel, any_rules: !sel.is_empty(), diffs: Vec::new(), applied: BTreeSet::new(), epath, apath, probe }
     }
 
     fn done(&self) -> bool {
@@ -170,10 +150,7 @@ impl<'s> Walker<'s> {
         if !self.any_rules {
             return None;
         }
-        self.sel
-            .ignored_expected
-            .get(self.epath.as_slice())
-            .copied()
+        self.sel.ignored_expected.get(self.epath.as_slice()).copied()
     }
 
     fn ignored_actual(&self) -> Option<usize> {
@@ -204,13 +181,7 @@ impl<'s> Walker<'s> {
         self.apath.pop();
     }
 
-    fn report(
-        &mut self,
-        location: String,
-        change: Change,
-        expected: Option<&Value>,
-        actual: Option<&Value>,
-    ) {
+    fn report(&mut self, location: String, change: Change, expected: Option<&Value>, actual: Option<&Value>) {
         self.diffs.push(Difference {
             location: format!("body {location}"),
             change,
@@ -434,24 +405,16 @@ fn kind(v: &Value) -> Kind {
 pub(crate) fn plain_equal(e: &Value, a: &Value) -> bool {
     match (e, a) {
         (Value::Number(x), Value::Number(y)) => numbers_equal(x, y),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| plain_equal(x, y))
-        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| plain_equal(x, y)),
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, xv)| y.get(k).is_some_and(|yv| plain_equal(xv, yv)))
+            x.len() == y.len() && x.iter().all(|(k, xv)| y.get(k).is_some_and(|yv| plain_equal(xv, yv)))
         }
         _ => e == a,
     }
 }
 
 fn numbers_equal(x: &serde_json::Number, y: &serde_json::Number) -> bool {
-    let int = |n: &serde_json::Number| {
-        n.as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from))
-    };
+    let int = |n: &serde_json::Number| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
     match (int(x), int(y)) {
         (Some(x), Some(y)) => x == y,
         _ => match (x.as_f64(), y.as_f64()) {

@@ -24,12 +24,7 @@ pub use json::json_diff;
 pub use noise::Noise;
 
 /// Headers never compared: they describe the framing of the message, which the body comparison covers.
-pub const FRAMING_HEADERS: &[&str] = &[
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-];
+pub const FRAMING_HEADERS: &[&str] = &["content-length", "transfer-encoding", "connection", "keep-alive"];
 
 /// How many characters of a value a [`Difference`] shows.
 const SHOWN_CHARS: usize = 200;
@@ -102,44 +97,17 @@ pub fn compare(expected: &Expected, actual: &Actual, noise: &Noise) -> Compariso
             detail: None,
         });
     }
-    compare_headers(
-        "header",
-        expected.headers,
-        actual.headers,
-        noise,
-        &mut differences,
-        &mut applied,
-    );
-    compare_headers(
-        "trailer",
-        expected.trailers,
-        actual.trailers,
-        noise,
-        &mut differences,
-        &mut applied,
-    );
+    compare_headers("header", expected.headers, actual.headers, noise, &mut differences, &mut applied);
+    compare_headers("trailer", expected.trailers, actual.trailers, noise, &mut differences, &mut applied);
 
     let content_type = content_type(expected.headers).or_else(|| content_type(actual.headers));
-    compare_bodies(
-        expected.body,
-        actual.body,
-        content_type.as_deref(),
-        noise,
-        &mut differences,
-        &mut applied,
-    );
+    compare_bodies(expected.body, actual.body, content_type.as_deref(), noise, &mut differences, &mut applied);
 
-    Comparison {
-        differences,
-        applied_noise: noise.labels(&applied),
-    }
+    Comparison { differences, applied_noise: noise.labels(&applied) }
 }
 
 fn content_type(headers: &[Header]) -> Option<String> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-type"))
-        .map(|h| h.value_str().into_owned())
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-type")).map(|h| h.value_str().into_owned())
 }
 
 /// Header values by lower-case name, in order of first appearance; repeated headers joined with ", ".
@@ -186,11 +154,7 @@ fn compare_headers(
         }
         differences.push(Difference {
             location: format!("{prefix} {name}"),
-            change: if av.is_some() {
-                Change::Changed
-            } else {
-                Change::Removed
-            },
+            change: if av.is_some() { Change::Changed } else { Change::Removed },
             expected: Some(render_header(ev)),
             actual: av.map(|v| render_header(v)),
             detail: None,
@@ -216,18 +180,11 @@ fn compare_headers(
 
 /// Whether the bytes start like a JSON object or array.
 fn looks_like_json(body: &[u8]) -> bool {
-    matches!(
-        body.iter().find(|b| !b.is_ascii_whitespace()),
-        Some(b'{' | b'[')
-    )
+    matches!(body.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'['))
 }
 
 fn parse_json(body: &[u8], json_type: bool) -> Option<Value> {
-    if json_type || looks_like_json(body) {
-        serde_json::from_slice(body).ok()
-    } else {
-        None
-    }
+    if json_type || looks_like_json(body) { serde_json::from_slice(body).ok() } else { None }
 }
 
 fn compare_bodies(
@@ -242,10 +199,7 @@ fn compare_bodies(
         return;
     }
     let json_type = is_json_type(content_type);
-    if let (Some(e), Some(a)) = (
-        parse_json(expected, json_type),
-        parse_json(actual, json_type),
-    ) {
+    if let (Some(e), Some(a)) = (parse_json(expected, json_type), parse_json(actual, json_type)) {
         let (diffs, ids) = json::diff_values(&e, &a, noise);
         differences.extend(diffs);
         applied.extend(ids);
@@ -263,17 +217,10 @@ fn text(body: &[u8]) -> Option<&str> {
 }
 
 fn text_difference(expected: &str, actual: &str) -> Difference {
-    let diff = similar::TextDiff::configure()
-        .timeout(Duration::from_millis(500))
-        .diff_lines(expected, actual);
+    let diff = similar::TextDiff::configure().timeout(Duration::from_millis(500)).diff_lines(expected, actual);
     let unified = diff.unified_diff().context_radius(3).to_string();
     let lines: Vec<&str> = unified.lines().collect();
-    let mut detail = lines
-        .iter()
-        .take(DETAIL_LINES)
-        .copied()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let mut detail = lines.iter().take(DETAIL_LINES).copied().collect::<Vec<_>>().join("\n");
     if lines.len() > DETAIL_LINES {
         detail.push_str(&format!("\n({} more lines)", lines.len() - DETAIL_LINES));
     }
@@ -300,20 +247,10 @@ pub(crate) fn render_json(value: &Value) -> String {
 }
 
 fn binary_difference(expected: &[u8], actual: &[u8]) -> Difference {
-    let offset = expected
-        .iter()
-        .zip(actual)
-        .position(|(e, a)| e != a)
-        .unwrap_or(expected.len().min(actual.len()));
+    let offset = expected.iter().zip(actual).position(|(e, a)| e != a).unwrap_or(expected.len().min(actual.len()));
     let side = |body: &[u8]| match body.get(offset) {
-        Some(b) => format!(
-            "{} bytes; first difference at offset {offset}: 0x{b:02x}",
-            body.len()
-        ),
-        None => format!(
-            "{} bytes; first difference at offset {offset}: end of body",
-            body.len()
-        ),
+        Some(b) => format!("{} bytes; first difference at offset {offset}: 0x{b:02x}", body.len()),
+        None => format!("{} bytes; first difference at offset {offset}: end of body", body.len()),
     };
     Difference {
         location: "body".to_string(),
@@ -357,10 +294,7 @@ pub fn compare_files(expected: &Path, actual: &Path) -> std::io::Result<Option<D
                     "{expected_len} bytes; first difference at offset {at_offset}: 0x{:02x}",
                     eb[at]
                 )),
-                actual: Some(format!(
-                    "{actual_len} bytes; first difference at offset {at_offset}: 0x{:02x}",
-                    ab[at]
-                )),
+                actual: Some(format!("{actual_len} bytes; first difference at offset {at_offset}: 0x{:02x}", ab[at])),
                 detail: None,
             }));
         }
@@ -368,23 +302,13 @@ pub fn compare_files(expected: &Path, actual: &Path) -> std::io::Result<Option<D
             // A file changed size while being read.
             let at_offset = offset + n as u64;
             let ended = |read: usize| {
-                if read == n {
-                    "end of file"
-                } else {
-                    "more data"
-                }
+                if read == n { "end of file" } else { "more data" }
             };
             return Ok(Some(Difference {
                 location: "body".to_string(),
                 change: Change::Changed,
-                expected: Some(format!(
-                    "first difference at offset {at_offset}: {}",
-                    ended(en)
-                )),
-                actual: Some(format!(
-                    "first difference at offset {at_offset}: {}",
-                    ended(an)
-                )),
+                expected: Some(format!("first difference at offset {at_offset}: {}", ended(en))),
+                actual: Some(format!("first difference at offset {at_offset}: {}", ended(an))),
                 detail: None,
             }));
         }

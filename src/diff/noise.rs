@@ -71,21 +71,14 @@ impl Noise {
                     return Err(format!("noise rule header: {header:?}: not a header name"));
                 }
                 if rule.ignore_order && rule.body.is_none() {
-                    return Err(format!(
-                        "noise rule header: {header:?}: ignore_order needs a body JSONPath"
-                    ));
+                    return Err(format!("noise rule header: {header:?}: ignore_order needs a body JSONPath"));
                 }
                 header_rules.push((name.clone(), labels.len()));
                 labels.push(format!("header {name}"));
             }
             if let Some(body) = &rule.body {
-                let path = JsonPath::parse(body.trim())
-                    .map_err(|e| format!("noise rule body: {body:?}: {e}"))?;
-                body_rules.push(BodyRule {
-                    path,
-                    ignore_order: rule.ignore_order,
-                    id: labels.len(),
-                });
+                let path = JsonPath::parse(body.trim()).map_err(|e| format!("noise rule body: {body:?}: {e}"))?;
+                body_rules.push(BodyRule { path, ignore_order: rule.ignore_order, id: labels.len() });
                 labels.push(if rule.ignore_order {
                     format!("body {} (ignore order)", body.trim())
                 } else {
@@ -95,13 +88,7 @@ impl Noise {
         }
         let default_base = labels.len();
         labels.extend(Self::DEFAULT_HEADERS.iter().map(|h| format!("header {h}")));
-        Ok(Noise {
-            header_rules,
-            default_headers,
-            default_base,
-            body_rules,
-            labels,
-        })
+        Ok(Noise { header_rules, default_headers, default_base, body_rules, labels })
     }
 
     /// No rules at all, not even the default headers: every difference counts.
@@ -127,11 +114,7 @@ impl Noise {
 
     /// The id of the rule that ignores this header, an explicit rule winning over a default one.
     pub(crate) fn header_rule(&self, name: &str) -> Option<usize> {
-        if let Some((_, id)) = self
-            .header_rules
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
+        if let Some((_, id)) = self.header_rules.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
             return Some(*id);
         }
         if self.default_headers {

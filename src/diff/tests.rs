@@ -6,30 +6,15 @@ use super::*;
 use crate::store::format::NoiseRule;
 
 fn body_rule(path: &str) -> NoiseRule {
-    NoiseRule {
-        header: None,
-        body: Some(path.to_string()),
-        ignore_order: false,
-        reason: None,
-    }
+    NoiseRule { header: None, body: Some(path.to_string()), ignore_order: false, reason: None }
 }
 
 fn unordered_rule(path: &str) -> NoiseRule {
-    NoiseRule {
-        header: None,
-        body: Some(path.to_string()),
-        ignore_order: true,
-        reason: None,
-    }
+    NoiseRule { header: None, body: Some(path.to_string()), ignore_order: true, reason: None }
 }
 
 fn header_rule(name: &str) -> NoiseRule {
-    NoiseRule {
-        header: Some(name.to_string()),
-        body: None,
-        ignore_order: false,
-        reason: None,
-    }
+    NoiseRule { header: Some(name.to_string()), body: None, ignore_order: false, reason: None }
 }
 
 fn noise(rules: &[NoiseRule]) -> Noise {
@@ -46,18 +31,8 @@ fn locations(c: &Comparison) -> Vec<&str> {
 
 fn cmp(eh: &[Header], eb: &[u8], ah: &[Header], ab: &[u8], noise: &Noise) -> Comparison {
     compare(
-        &Expected {
-            status: 200,
-            headers: eh,
-            body: eb,
-            trailers: &[],
-        },
-        &Actual {
-            status: 200,
-            headers: ah,
-            body: ab,
-            trailers: &[],
-        },
+        &Expected { status: 200, headers: eh, body: eb, trailers: &[] },
+        &Actual { status: 200, headers: ah, body: ab, trailers: &[] },
         noise,
     )
 }
@@ -127,11 +102,7 @@ fn type_change_reports_both_values() {
     let a = json!({"n": "1", "o": [1], "z": null});
     let c = json_diff(&e, &a, &Noise::none());
     assert_eq!(locations(&c), ["body $.n", "body $.o"]);
-    assert!(
-        c.differences
-            .iter()
-            .all(|d| d.change == Change::TypeChanged)
-    );
+    assert!(c.differences.iter().all(|d| d.change == Change::TypeChanged));
     assert_eq!(c.differences[0].expected.as_deref(), Some("1"));
     assert_eq!(c.differences[0].actual.as_deref(), Some("\"1\""));
     assert_eq!(c.differences[1].expected.as_deref(), Some(r#"{"a":1}"#));
@@ -156,21 +127,10 @@ fn descendant_id_noise() {
 fn wildcard_member_noise_and_quoted_keys() {
     let e = json!({"items": [{"token": "a", "n": 1}, {"token": "b", "n": 2}], "created_at": "t1", "a b": 1});
     let a = json!({"items": [{"token": "c", "n": 1}, {"token": "d", "n": 3}], "a b": 2});
-    let rules = [
-        body_rule("$.items[*].token"),
-        body_rule("$.created_at"),
-        body_rule("$['a b']"),
-    ];
+    let rules = [body_rule("$.items[*].token"), body_rule("$.created_at"), body_rule("$['a b']")];
     let c = json_diff(&e, &a, &noise(&rules));
     assert_eq!(locations(&c), ["body $.items[1].n"]);
-    assert_eq!(
-        c.applied_noise,
-        [
-            "body $.items[*].token",
-            "body $.created_at",
-            "body $['a b']"
-        ]
-    );
+    assert_eq!(c.applied_noise, ["body $.items[*].token", "body $.created_at", "body $['a b']"]);
 
     // A rule that matches nothing different is not reported as applied.
     let c = json_diff(&e, &e, &noise(&rules));
@@ -190,31 +150,18 @@ fn noise_on_added_keys() {
 #[test]
 fn ignore_order_arrays() {
     let rules = [unordered_rule("$.items"), body_rule("$.items[*].id")];
-    let e =
-        json!({"items": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]});
-    let a =
-        json!({"items": [{"id": 9, "name": "c"}, {"id": 8, "name": "a"}, {"id": 7, "name": "b"}]});
+    let e = json!({"items": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]});
+    let a = json!({"items": [{"id": 9, "name": "c"}, {"id": 8, "name": "a"}, {"id": 7, "name": "b"}]});
     let c = json_diff(&e, &a, &noise(&rules));
     assert!(c.is_match(), "{:?}", c.differences);
-    assert_eq!(
-        c.applied_noise,
-        ["body $.items (ignore order)", "body $.items[*].id"]
-    );
+    assert_eq!(c.applied_noise, ["body $.items (ignore order)", "body $.items[*].id"]);
 
     // Without ignore_order the reordering is a difference.
     let c = json_diff(&e, &a, &noise(&[body_rule("$.items[*].id")]));
-    assert_eq!(
-        locations(&c),
-        [
-            "body $.items[0].name",
-            "body $.items[1].name",
-            "body $.items[2].name"
-        ]
-    );
+    assert_eq!(locations(&c), ["body $.items[0].name", "body $.items[1].name", "body $.items[2].name"]);
 
     // An element that changed is left over on both sides.
-    let a =
-        json!({"items": [{"id": 9, "name": "c"}, {"id": 8, "name": "A"}, {"id": 7, "name": "b"}]});
+    let a = json!({"items": [{"id": 9, "name": "c"}, {"id": 8, "name": "A"}, {"id": 7, "name": "b"}]});
     let c = json_diff(&e, &a, &noise(&rules));
     assert_eq!(
         c.differences,
@@ -237,11 +184,7 @@ fn ignore_order_arrays() {
     );
 
     // Multiset, not set: a duplicate must be matched twice.
-    let c = json_diff(
-        &json!({"items": [1, 1, 2]}),
-        &json!({"items": [2, 1, 2]}),
-        &noise(&rules),
-    );
+    let c = json_diff(&json!({"items": [1, 1, 2]}), &json!({"items": [2, 1, 2]}), &noise(&rules));
     assert_eq!(locations(&c), ["body $.items[*]", "body $.items[*]"]);
     assert_eq!(c.differences[0].change, Change::Removed);
     assert_eq!(c.differences[0].expected.as_deref(), Some("1"));
@@ -249,11 +192,7 @@ fn ignore_order_arrays() {
     assert_eq!(c.differences[1].actual.as_deref(), Some("2"));
 
     // Same order: equal, and ignore_order not reported as applied.
-    let c = json_diff(
-        &json!({"items": [1, 2]}),
-        &json!({"items": [1, 2]}),
-        &noise(&rules),
-    );
+    let c = json_diff(&json!({"items": [1, 2]}), &json!({"items": [1, 2]}), &noise(&rules));
     assert!(c.is_match());
     assert!(c.applied_noise.is_empty());
 }
@@ -265,21 +204,14 @@ fn ignore_order_nested_wildcard() {
     let a = json!({"groups": [{"tags": ["b", "a"]}, {"tags": ["d", "c"]}]});
     assert!(json_diff(&e, &a, &noise(&rules)).is_match());
     let a = json!({"groups": [{"tags": ["b", "a"]}, {"tags": ["d", "e"]}]});
-    assert_eq!(
-        locations(&json_diff(&e, &a, &noise(&rules))),
-        ["body $.groups[1].tags[*]", "body $.groups[1].tags[*]"]
-    );
+    assert_eq!(locations(&json_diff(&e, &a, &noise(&rules))), ["body $.groups[1].tags[*]", "body $.groups[1].tags[*]"]);
 }
 
 #[test]
 fn whole_body_noise_and_scalars() {
     let c = json_diff(&json!(1), &json!(2), &Noise::none());
     assert_eq!(locations(&c), ["body $"]);
-    let c = json_diff(
-        &json!({"a": 1}),
-        &json!({"a": 2}),
-        &noise(&[body_rule("$")]),
-    );
+    let c = json_diff(&json!({"a": 1}), &json!({"a": 2}), &noise(&[body_rule("$")]));
     assert!(c.is_match());
     assert_eq!(c.applied_noise, ["body $"]);
 }
@@ -287,17 +219,9 @@ fn whole_body_noise_and_scalars() {
 #[test]
 fn path_rendering() {
     use json::{Seg, render_path};
-    let p = [
-        Seg::Key("a".into()),
-        Seg::Index(3),
-        Seg::Key("odd key".into()),
-        Seg::Key("it's".into()),
-    ];
+    let p = [Seg::Key("a".into()), Seg::Index(3), Seg::Key("odd key".into()), Seg::Key("it's".into())];
     assert_eq!(render_path(&p), r"$.a[3]['odd key']['it\'s']");
-    assert_eq!(
-        render_path(&[Seg::Key("_x1".into()), Seg::Key("1x".into())]),
-        "$._x1['1x']"
-    );
+    assert_eq!(render_path(&[Seg::Key("_x1".into()), Seg::Key("1x".into())]), "$._x1['1x']");
     assert_eq!(render_path(&[]), "$");
 }
 
@@ -306,46 +230,24 @@ fn bad_jsonpath_names_the_rule() {
     let err = Noise::compile(&[body_rule("$.ok"), body_rule("$.[")], true).expect_err("bad path");
     assert!(err.starts_with("noise rule body: \"$.[\": "), "{err}");
     assert!(err.len() > "noise rule body: \"$.[\": ".len(), "{err}");
-    let err = Noise::compile(
-        &[NoiseRule {
-            header: None,
-            body: None,
-            ignore_order: false,
-            reason: None,
-        }],
-        false,
-    )
-    .expect_err("empty rule");
+    let err = Noise::compile(&[NoiseRule { header: None, body: None, ignore_order: false, reason: None }], false)
+        .expect_err("empty rule");
     assert!(err.contains("neither"), "{err}");
 }
 
 #[test]
 fn default_header_noise_on_and_off() {
-    let eh = [
-        h("Content-Type", "text/plain"),
-        h("Date", "Mon, 01 Jan 2024 00:00:00 GMT"),
-        h("ETag", "\"1\""),
-    ];
-    let ah = [
-        h("content-type", "text/plain"),
-        h("date", "Tue, 02 Jan 2024 00:00:00 GMT"),
-        h("X-Request-Id", "abc"),
-    ];
+    let eh = [h("Content-Type", "text/plain"), h("Date", "Mon, 01 Jan 2024 00:00:00 GMT"), h("ETag", "\"1\"")];
+    let ah = [h("content-type", "text/plain"), h("date", "Tue, 02 Jan 2024 00:00:00 GMT"), h("X-Request-Id", "abc")];
     let on = Noise::compile(&[], true).expect("compile");
     let c = cmp(&eh, b"hi", &ah, b"hi", &on);
     assert!(c.is_match(), "{:?}", c.differences);
-    assert_eq!(
-        c.applied_noise,
-        ["header date", "header x-request-id", "header etag"]
-    );
+    assert_eq!(c.applied_noise, ["header date", "header x-request-id", "header etag"]);
     assert!(on.ignores_header("X-B3-TraceId"));
 
     let off = Noise::compile(&[], false).expect("compile");
     let c = cmp(&eh, b"hi", &ah, b"hi", &off);
-    assert_eq!(
-        locations(&c),
-        ["header date", "header etag", "header x-request-id"]
-    );
+    assert_eq!(locations(&c), ["header date", "header etag", "header x-request-id"]);
     assert_eq!(c.differences[0].change, Change::Changed);
     assert_eq!(c.differences[1].change, Change::Removed);
     assert_eq!(c.differences[2].change, Change::Added);
@@ -371,29 +273,15 @@ fn header_added_removed_changed() {
         h("x-custom", "w"),
     ];
     let c = cmp(&eh, b"", &ah, b"", &noise(&[header_rule("X-CUSTOM")]));
-    assert_eq!(
-        locations(&c),
-        [
-            "header content-type",
-            "header set-cookie",
-            "header x-old",
-            "header x-new"
-        ]
-    );
+    assert_eq!(locations(&c), ["header content-type", "header set-cookie", "header x-old", "header x-new"]);
     let d = &c.differences;
     assert_eq!(d[0].change, Change::Changed);
     assert_eq!(d[0].expected.as_deref(), Some("\"application/json\""));
     assert_eq!(d[0].actual.as_deref(), Some("\"text/html\""));
     assert_eq!(d[1].expected.as_deref(), Some("\"a=1, b=2\""));
     assert_eq!(d[1].actual.as_deref(), Some("\"a=1, b=3\""));
-    assert_eq!(
-        (d[2].change.clone(), d[2].actual.clone()),
-        (Change::Removed, None)
-    );
-    assert_eq!(
-        (d[3].change.clone(), d[3].expected.clone()),
-        (Change::Added, None)
-    );
+    assert_eq!((d[2].change.clone(), d[2].actual.clone()), (Change::Removed, None));
+    assert_eq!((d[3].change.clone(), d[3].expected.clone()), (Change::Added, None));
     assert_eq!(c.applied_noise, ["header x-custom"]);
 }
 
@@ -402,18 +290,8 @@ fn status_and_trailers() {
     let et = [h("X-Sum", "1")];
     let at = [h("x-sum", "2"), h("Date", "x")];
     let c = compare(
-        &Expected {
-            status: 200,
-            headers: &[],
-            body: b"",
-            trailers: &et,
-        },
-        &Actual {
-            status: 500,
-            headers: &[],
-            body: b"",
-            trailers: &at,
-        },
+        &Expected { status: 200, headers: &[], body: b"", trailers: &et },
+        &Actual { status: 500, headers: &[], body: b"", trailers: &at },
         &Noise::compile(&[], true).expect("compile"),
     );
     assert_eq!(locations(&c), ["status", "trailer x-sum"]);
@@ -426,13 +304,7 @@ fn status_and_trailers() {
 fn json_bodies_compared_structurally() {
     let json_ct = [h("Content-Type", "application/json; charset=utf-8")];
     let rules = noise(&[body_rule("$.created_at")]);
-    let c = cmp(
-        &json_ct,
-        br#"{"a":1,"created_at":"x"}"#,
-        &json_ct,
-        b"{ \"created_at\": \"y\", \"a\": 1 }\n",
-        &rules,
-    );
+    let c = cmp(&json_ct, br#"{"a":1,"created_at":"x"}"#, &json_ct, b"{ \"created_at\": \"y\", \"a\": 1 }\n", &rules);
     assert!(c.is_match(), "{:?}", c.differences);
     assert_eq!(c.applied_noise, ["body $.created_at"]);
 
@@ -464,12 +336,7 @@ fn text_body_unified_diff() {
     let detail = d.detail.as_deref().expect("detail");
     assert!(detail.starts_with("@@ "), "{detail}");
     let body: Vec<&str> = detail.lines().skip(1).collect();
-    assert_eq!(
-        body,
-        [
-            " line 2", " line 3", " line 4", "-line 5", "+LINE 5", " line 6", " line 7", " line 8"
-        ]
-    );
+    assert_eq!(body, [" line 2", " line 3", " line 4", "-line 5", "+LINE 5", " line 6", " line 7", " line 8"]);
 
     // Long values are cut, and long diffs too.
     let e: String = (0..200).map(|i| format!("a{i}\n")).collect();
@@ -480,11 +347,7 @@ fn text_body_unified_diff() {
     assert!(d.expected.as_deref().is_some_and(|s| s.ends_with('…')));
     let detail = d.detail.as_deref().expect("detail");
     assert_eq!(detail.lines().count(), 61);
-    assert!(
-        detail.ends_with("(341 more lines)"),
-        "{}",
-        detail.lines().last().unwrap_or("")
-    );
+    assert!(detail.ends_with("(341 more lines)"), "{}", detail.lines().last().unwrap_or(""));
 }
 
 #[test]
@@ -503,10 +366,7 @@ fn binary_body() {
         }]
     );
     let c = cmp(&[], &e, &[], &[0u8, 1, 2, 0xff, 4, 0], &Noise::none());
-    assert_eq!(
-        c.differences[0].expected.as_deref(),
-        Some("5 bytes; first difference at offset 5: end of body")
-    );
+    assert_eq!(c.differences[0].expected.as_deref(), Some("5 bytes; first difference at offset 5: end of body"));
     assert!(cmp(&[], &e, &[], &e, &Noise::none()).is_match());
 }
 
@@ -527,37 +387,23 @@ fn compare_files_equal_different_and_size() {
     let mut changed = big.clone();
     changed[150_000] ^= 0xff;
     let different = temp_file(&changed);
-    let d = compare_files(e.path(), different.path())
-        .expect("compare")
-        .expect("a difference");
+    let d = compare_files(e.path(), different.path()).expect("compare").expect("a difference");
     assert_eq!(d.location, "body");
     assert_eq!(d.change, Change::Changed);
     let expected_byte = big[150_000];
     assert_eq!(
         d.expected.as_deref(),
-        Some(
-            format!("200000 bytes; first difference at offset 150000: 0x{expected_byte:02x}")
-                .as_str()
-        )
+        Some(format!("200000 bytes; first difference at offset 150000: 0x{expected_byte:02x}").as_str())
     );
-    assert!(
-        d.actual
-            .as_deref()
-            .is_some_and(|s| s.contains("offset 150000"))
-    );
+    assert!(d.actual.as_deref().is_some_and(|s| s.contains("offset 150000")));
 
     let shorter = temp_file(&big[..1000]);
-    let d = compare_files(e.path(), shorter.path())
-        .expect("compare")
-        .expect("a difference");
+    let d = compare_files(e.path(), shorter.path()).expect("compare").expect("a difference");
     assert_eq!(d.expected.as_deref(), Some("200000 bytes"));
     assert_eq!(d.actual.as_deref(), Some("1000 bytes"));
 
     let empty1 = temp_file(b"");
     let empty2 = temp_file(b"");
-    assert_eq!(
-        compare_files(empty1.path(), empty2.path()).expect("compare"),
-        None
-    );
+    assert_eq!(compare_files(empty1.path(), empty2.path()).expect("compare"), None);
     assert!(compare_files(e.path(), std::path::Path::new("/nonexistent/doppel")).is_err());
 }

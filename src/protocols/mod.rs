@@ -149,7 +149,13 @@ pub fn registry() -> Vec<Arc<dyn Protocol>> {
 
 /// The protocol of a connection from its first client bytes, or `None` while undecided. `done` means no
 /// more bytes will come to decide with.
-pub fn detect(protocols: &[Arc<dyn Protocol>], client_first: &[u8], server_first: &[u8], port: u16, done: bool) -> Option<Arc<dyn Protocol>> {
+pub fn detect(
+    protocols: &[Arc<dyn Protocol>],
+    client_first: &[u8],
+    server_first: &[u8],
+    port: u16,
+    done: bool,
+) -> Option<Arc<dyn Protocol>> {
     let mut undecided = false;
     for p in protocols {
         let d = if !server_first.is_empty() && client_first.is_empty() {

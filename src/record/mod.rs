@@ -49,6 +49,8 @@ pub struct RecordOptions {
     pub dns_upstream: Option<SocketAddr>,
     /// Print progress lines.
     pub quiet: bool,
+    /// Stops the recording when notified (used when doppel drives the traffic itself, as in the demo).
+    pub stop: Option<Arc<tokio::sync::Notify>>,
 }
 
 pub struct RecordOutcome {
@@ -92,7 +94,12 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
     };
     let set_name = writer.name.clone();
     if !opts.quiet {
-        eprintln!("doppel: recording `{}` into {} ({} capture)", meta.command.join(" "), writer.dir.display(), capture.name());
+        eprintln!(
+            "doppel: recording `{}` into {} ({} capture)",
+            meta.command.join(" "),
+            writer.dir.display(),
+            capture.name()
+        );
     }
 
     // Outbound connections: forward to the real destination, observe.
@@ -174,6 +181,7 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
         _ = sigterm.recv() => {}
         _ = session.app.wait() => { by_itself = true; }
         e = fatal_rx.recv() => { fatal = e; }
+        _ = async { match &opts.stop { Some(n) => n.notified().await, None => std::future::pending().await } } => {}
     }
     if !opts.quiet && !by_itself {
         eprintln!("doppel: stopping the app");
@@ -197,21 +205,28 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
         return Err(e);
     }
     let dir = opts.store.root().join(&set_name);
-    Ok(RecordOutcome { set: set_name, dir, summary, app_exit: Some(exit), app_exited_by_itself: by_itself, exposed: exposed_now })
+    Ok(RecordOutcome {
+        set: set_name,
+        dir,
+        summary,
+        app_exit: Some(exit),
+        app_exited_by_itself: by_itself,
+        exposed: exposed_now,
+    })
 }
 
 fn update_meta_ports(store: &Store, set: &str, ports: &[PortMap]) {
     let path = store.root().join(set).join("set.yaml");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Ok(mut meta) = crate::store::parse_yaml::<SetMeta>(&text, &path, 1) {
-            meta.app_ports = ports.iter().map(|p| p.app).collect();
-            meta.app_ports.sort_unstable();
-            meta.app_ports.dedup();
-            if let Ok(y) = crate::store::to_yaml(&meta) {
-                let tmp = path.with_extension("tmp");
-                if std::fs::write(&tmp, y).is_ok() {
-                    let _ = std::fs::rename(&tmp, &path);
-                }
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(mut meta) = crate::store::parse_yaml::<SetMeta>(&text, &path, 1)
+    {
+        meta.app_ports = ports.iter().map(|p| p.app).collect();
+        meta.app_ports.sort_unstable();
+        meta.app_ports.dedup();
+        if let Ok(y) = crate::store::to_yaml(&meta) {
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, y).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
             }
         }
     }
@@ -315,7 +330,12 @@ fn refuse(e: Egress, ctx: RecordCtx, error: String) {
         started_at: crate::store::format_time(time::OffsetDateTime::from(ctx.opened_at)),
         duration_ms: 0.0,
         http: None,
-        tcp: Some(crate::store::TcpMock { chunks: Vec::new(), note: None, closed_by: None, connect_error: Some(error) }),
+        tcp: Some(crate::store::TcpMock {
+            chunks: Vec::new(),
+            note: None,
+            closed_by: None,
+            connect_error: Some(error),
+        }),
         dns: None,
     };
     ctx.sink.submit(crate::store::Record::Mock(Box::new(mock)));

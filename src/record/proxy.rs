@@ -49,7 +49,11 @@ impl Tracker {
 
 enum Slot {
     /// Protocol not known yet: bytes seen so far, in order.
-    Detecting { client: Vec<u8>, server: Vec<u8>, seen: Vec<(bool, Vec<u8>, Instant)> },
+    Detecting {
+        client: Vec<u8>,
+        server: Vec<u8>,
+        seen: Vec<(bool, Vec<u8>, Instant)>,
+    },
     Active(Box<dyn Observer>),
 }
 
@@ -69,7 +73,11 @@ impl Watch {
     fn feed(&mut self, from_client: bool, data: &[u8], at: Instant) {
         let side = usize::from(!from_client);
         if let Slot::Detecting { client, server, seen } = &mut self.slot {
-            if from_client { client.extend_from_slice(data) } else { server.extend_from_slice(data) }
+            if from_client {
+                client.extend_from_slice(data)
+            } else {
+                server.extend_from_slice(data)
+            }
             seen.push((from_client, data.to_vec(), at));
             let done = data.is_empty() || client.len() + server.len() > DETECT_LIMIT;
             let Some(protocol) = protocols::detect(&self.protocols, client, server, self.port, done) else {

@@ -37,7 +37,9 @@ async fn serve(e: Egress, pool: Arc<MockPool>) {
     };
     // A recorded conversation where the dependency spoke first (or refused): serve it without waiting.
     let server_first = pool.mocks.iter().filter(|m| m.dest == e.dest).any(|m| {
-        m.tcp.as_ref().is_some_and(|t| t.connect_error.is_some() || t.chunks.first().is_some_and(|c| c.dir == Direction::In))
+        m.tcp
+            .as_ref()
+            .is_some_and(|t| t.connect_error.is_some() || t.chunks.first().is_some_and(|c| c.dir == Direction::In))
     });
     let mut stream = e.stream;
     if server_first && kinds == ["tcp"] {

@@ -148,9 +148,12 @@ async fn run_set<C: Capture>(
         header_line(set, set.mocks.len());
     }
     let mut session = capture.start(&command).await?;
-    let egress_task = egress::spawn(std::mem::replace(&mut session.egress, tokio::sync::mpsc::channel(1).1), pool.clone());
-    let dns_tasks: Vec<_> =
-        std::mem::take(&mut session.dns).into_iter().map(|s| tokio::spawn(crate::protocols::dns::serve(s, pool.clone()))).collect();
+    let egress_task =
+        egress::spawn(std::mem::replace(&mut session.egress, tokio::sync::mpsc::channel(1).1), pool.clone());
+    let dns_tasks: Vec<_> = std::mem::take(&mut session.dns)
+        .into_iter()
+        .map(|s| tokio::spawn(crate::protocols::dns::serve(s, pool.clone())))
+        .collect();
 
     let mut ports: Vec<u16> = set.tests.iter().map(|(_, t)| t.port).collect();
     ports.sort_unstable();
@@ -171,7 +174,10 @@ async fn run_set<C: Capture>(
     for (i, (file, test)) in set.tests.iter().enumerate() {
         let began = Instant::now();
         let outcome = if let Some(exit) = session.app.exited() {
-            Err(format!("the app exited before this test ({exit}); its last stderr lines:\n{}", session.app.stderr_tail()))
+            Err(format!(
+                "the app exited before this test ({exit}); its last stderr lines:\n{}",
+                session.app.stderr_tail()
+            ))
         } else {
             send_to_app(session.link.as_ref(), test, set, opts, tmp).await
         };
@@ -231,10 +237,11 @@ async fn wait_ready(session: &crate::capture::Session, ports: &[u16], opts: &Rep
         };
         if let Ok(mut conn) = session.link.connect(port).await {
             let sink = SpillBuffer::new(std::env::temp_dir(), Arc::new(0.into()));
-            if let Ok(r) = client::exchange(&mut conn, &probe, std::path::Path::new("."), sink, Duration::from_secs(5)).await {
-                if r.head.status < 500 {
-                    return Ok(());
-                }
+            if let Ok(r) =
+                client::exchange(&mut conn, &probe, std::path::Path::new("."), sink, Duration::from_secs(5)).await
+                && r.head.status < 500
+            {
+                return Ok(());
             }
         }
         if session.app.exited().is_some() || Instant::now() > deadline {
@@ -254,7 +261,9 @@ fn ready_target(url: &str, ports: &[u16]) -> Result<(u16, String)> {
         let port = ports.first().copied().ok_or_else(|| Error::input("--ready-url: no test port known"))?;
         return Ok((port, url.to_string()));
     }
-    let rest = url.strip_prefix("http://").ok_or_else(|| Error::input(format!("--ready-url {url}: expected /PATH or http://HOST:PORT/PATH")))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| Error::input(format!("--ready-url {url}: expected /PATH or http://HOST:PORT/PATH")))?;
     let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let port = authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(80);
     Ok((port, path))
@@ -267,7 +276,8 @@ async fn send_to_app(
     opts: &ReplayOptions,
     tmp: &std::path::Path,
 ) -> std::result::Result<client::Response, String> {
-    let mut conn = link.connect(test.port).await.map_err(|e| format!("cannot connect to the app's port {}: {e}", test.port))?;
+    let mut conn =
+        link.connect(test.port).await.map_err(|e| format!("cannot connect to the app's port {}: {e}", test.port))?;
     let _ = conn.set_nodelay(true);
     let sink = SpillBuffer::new(tmp.to_path_buf(), Arc::new(0.into()));
     client::exchange(&mut conn, &test.request, &set.dir, sink, opts.request_timeout).await
@@ -355,7 +365,12 @@ fn judge(
     result
 }
 
-fn compare_response(set: &LoadedSet, test: &TestCase, resp: &client::Response, noise: &Noise) -> std::result::Result<diff::Comparison, String> {
+fn compare_response(
+    set: &LoadedSet,
+    test: &TestCase,
+    resp: &client::Response,
+    noise: &Noise,
+) -> std::result::Result<diff::Comparison, String> {
     let expected = &test.response;
     let recorded_file = expected.body.as_ref().and_then(|b| b.file.clone());
     let actual_inline = resp.body.bytes();
@@ -370,8 +385,18 @@ fn compare_response(set: &LoadedSet, test: &TestCase, resp: &client::Response, n
         (None, Some(actual_body)) => {
             let body = set.body_bytes(&expected.body).map_err(|e| e.to_string())?;
             Ok(diff::compare(
-                &Expected { status: expected.status, headers: &expected.headers, body: &body, trailers: &expected.trailers },
-                &Actual { status: resp.head.status, headers: &resp.head.headers, body: actual_body, trailers: &resp.trailers },
+                &Expected {
+                    status: expected.status,
+                    headers: &expected.headers,
+                    body: &body,
+                    trailers: &expected.trailers,
+                },
+                &Actual {
+                    status: resp.head.status,
+                    headers: &resp.head.headers,
+                    body: actual_body,
+                    trailers: &resp.trailers,
+                },
                 noise,
             ))
         }

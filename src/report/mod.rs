@@ -84,7 +84,13 @@ pub fn render(r: &TestResult) -> String {
     let label = format!("{} {}", r.method, r.target);
     match r.outcome {
         Outcome::Passed => {
-            out.push_str(&format!("  {} {}  {}  ({:.1} ms)\n", style("PASS").green().bold(), r.name, style(label).dim(), r.duration_ms));
+            out.push_str(&format!(
+                "  {} {}  {}  ({:.1} ms)\n",
+                style("PASS").green().bold(),
+                r.name,
+                style(label).dim(),
+                r.duration_ms
+            ));
         }
         Outcome::Failed => {
             out.push_str(&format!("  {} {}  {}\n", style("FAIL").red().bold(), r.name, style(label).dim()));
@@ -94,7 +100,9 @@ pub fn render(r: &TestResult) -> String {
             for d in &r.differences {
                 out.push_str(&format!("       {} {}", style(&d.location).bold(), change_word(&d.change)));
                 match (&d.expected, &d.actual) {
-                    (Some(e), Some(a)) => out.push_str(&format!(": expected {} got {}", style(e).green(), style(a).red())),
+                    (Some(e), Some(a)) => {
+                        out.push_str(&format!(": expected {} got {}", style(e).green(), style(a).red()))
+                    }
                     (Some(e), None) => out.push_str(&format!(": expected {}", style(e).green())),
                     (None, Some(a)) => out.push_str(&format!(": got {}", style(a).red())),
                     (None, None) => {}

@@ -137,13 +137,12 @@ impl Body {
             return None;
         }
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        if matches!(first, Some(b'{') | Some(b'[')) {
-            if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
-                if let Some(style) = STYLES.iter().find(|s| s.encode(&value) == bytes) {
-                    let json_style = (*style != JsonStyle::Compact).then_some(*style);
-                    return Some(Body { json: Some(value), json_style, ..Body::default() });
-                }
-            }
+        if matches!(first, Some(b'{') | Some(b'['))
+            && let Ok(value) = serde_json::from_slice::<Value>(bytes)
+            && let Some(style) = STYLES.iter().find(|s| s.encode(&value) == bytes)
+        {
+            let json_style = (*style != JsonStyle::Compact).then_some(*style);
+            return Some(Body { json: Some(value), json_style, ..Body::default() });
         }
         match std::str::from_utf8(bytes) {
             Ok(s) if !s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) => {

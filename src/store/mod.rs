@@ -83,9 +83,7 @@ pub fn now_rfc3339() -> String {
 }
 
 pub fn format_time(t: time::OffsetDateTime) -> String {
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     t.to_offset(time::UtcOffset::UTC).format(&fmt).unwrap_or_default()
 }
 
@@ -420,11 +418,12 @@ fn writer_loop(rx: mpsc::Receiver<Record>, tests_dir: &Path, mocks_path: &Path, 
                     .unwrap_or(base);
                 names.insert(name.clone());
                 test.name = name.clone();
-                let r = to_yaml(&test).and_then(|y| write_atomic(&tests_dir.join(format!("{name}.yaml")), y.as_bytes()));
-                if r.is_ok() {
-                    if let Ok(mut s) = summary.lock() {
-                        s.tests += 1;
-                    }
+                let r =
+                    to_yaml(&test).and_then(|y| write_atomic(&tests_dir.join(format!("{name}.yaml")), y.as_bytes()));
+                if r.is_ok()
+                    && let Ok(mut s) = summary.lock()
+                {
+                    s.tests += 1;
                 }
                 r
             }
@@ -452,13 +451,12 @@ fn writer_loop(rx: mpsc::Receiver<Record>, tests_dir: &Path, mocks_path: &Path, 
                 })
             }
         };
-        if let Err(e) = result {
-            if let Ok(mut s) = summary.lock() {
-                if s.errors.len() < 20 {
-                    eprintln!("doppel: {e}");
-                    s.errors.push(e.to_string());
-                }
-            }
+        if let Err(e) = result
+            && let Ok(mut s) = summary.lock()
+            && s.errors.len() < 20
+        {
+            eprintln!("doppel: {e}");
+            s.errors.push(e.to_string());
         }
     }
 }
@@ -488,37 +486,11 @@ pub fn slug(method: &str, target: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slugs_are_readable() {
-        assert_eq!(slug("GET", "/api/users/42?x=1"), "get-api-users-42");
-        assert_eq!(slug("POST", "/"), "post-root");
-        assert_eq!(slug("GET", "/a//b.json"), "get-a-b-json");
-    }
-
-    #[test]
-    fn truncated_last_mock_is_dropped_and_malformed_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("mocks.yaml");
-        let good = "---\nversion: 1\nid: 1\nkind: tcp\ndest: 1.2.3.4:5\nstarted_at: x\ntcp:\n  chunks: []\n...\n";
-        fs::write(&p, format!("{good}---\nversion: 1\nid: 2\nki")).unwrap();
-        let (m, w) = load_mocks(&p).unwrap();
-        assert_eq!(m.len(), 1);
-        assert_eq!(w.len(), 1);
-        fs::write(&p, format!("{good}---\nversion: 1\nid: two\n...\n{good}")).unwrap();
-        let err = load_mocks(&p).unwrap_err().to_string();
-        assert!(err.contains("mocks.yaml:12:"), "{err}");
-        fs::write(&p, good.replace("version: 1", "version: 9")).unwrap();
-        let err = load_mocks(&p).unwrap_err().to_string();
-        assert!(err.contains("format version 9"), "{err}");
-    }
-}
-
 /// A body as pieces of at most 64 KiB, reading file bodies as it goes (never the whole file at once).
-pub fn body_pieces(dir: &Path, body: &Option<Body>) -> Result<Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send>> {
+pub fn body_pieces(
+    dir: &Path,
+    body: &Option<Body>,
+) -> Result<Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send>> {
     let Some(b) = body else { return Ok(Box::new(std::iter::empty())) };
     if let Some(bytes) = b.inline_bytes().map_err(Error::input)? {
         return Ok(Box::new(std::iter::once(Ok(bytes))));
@@ -547,5 +519,34 @@ pub fn body_len(body: &Option<Body>) -> u64 {
     match body {
         None => 0,
         Some(b) => b.size.unwrap_or_else(|| b.inline_bytes().ok().flatten().map(|v| v.len() as u64).unwrap_or(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_readable() {
+        assert_eq!(slug("GET", "/api/users/42?x=1"), "get-api-users-42");
+        assert_eq!(slug("POST", "/"), "post-root");
+        assert_eq!(slug("GET", "/a//b.json"), "get-a-b-json");
+    }
+
+    #[test]
+    fn truncated_last_mock_is_dropped_and_malformed_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mocks.yaml");
+        let good = "---\nversion: 1\nid: 1\nkind: tcp\ndest: 1.2.3.4:5\nstarted_at: x\ntcp:\n  chunks: []\n...\n";
+        fs::write(&p, format!("{good}---\nversion: 1\nid: 2\nki")).unwrap();
+        let (m, w) = load_mocks(&p).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(w.len(), 1);
+        fs::write(&p, format!("{good}---\nversion: 1\nid: two\n...\n{good}")).unwrap();
+        let err = load_mocks(&p).unwrap_err().to_string();
+        assert!(err.contains("mocks.yaml:12:"), "{err}");
+        fs::write(&p, good.replace("version: 1", "version: 9")).unwrap();
+        let err = load_mocks(&p).unwrap_err().to_string();
+        assert!(err.contains("format version 9"), "{err}");
     }
 }

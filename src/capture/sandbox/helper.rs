@@ -158,9 +158,13 @@ fn spawn(
     mounts: Vec<(String, String)>,
 ) -> Reply {
     for (src, dst) in &mounts {
-        if let Err(e) =
-            nix::mount::mount(Some(src.as_str()), dst.as_str(), None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
-        {
+        if let Err(e) = nix::mount::mount(
+            Some(src.as_str()),
+            dst.as_str(),
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
             return Reply::SpawnFailed { error: format!("cannot bind-mount {src} over {dst}: {e}"), not_found: false };
         }
     }

@@ -220,22 +220,27 @@ async fn start(cmd: AppCommand, mounts: Vec<(String, String)>) -> Result<Session
     };
 
     let (egress_tx, egress_rx) = mpsc::channel(1024);
+    let mut tasks = Vec::new();
     for listener in [tcp4, tcp6] {
         let tx = egress_tx.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let dest = original_dst(&stream);
                 match dest {
                     Ok(dest) => {
-                        if tx.send(Egress { stream, dest: dest.to_string(), port: dest.port(), dep: None }).await.is_err() {
+                        if tx
+                            .send(Egress { stream, dest: dest.to_string(), port: dest.port(), dep: None })
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
                     Err(e) => tracing::warn!("captured connection without an original destination: {e}"),
                 }
             }
-        });
+        }));
     }
     let link = Arc::new(SandboxLink { helper: helper.clone(), helper_pid, own_port: tcp_port });
     Ok(Session {
@@ -243,7 +248,7 @@ async fn start(cmd: AppCommand, mounts: Vec<(String, String)>) -> Result<Session
         dns: vec![udp4, udp6],
         app: AppHandle::new(pid, exit_rx, stderr),
         link,
-        guard: Box::new(helper),
+        guard: Box::new((helper, super::TaskGuard(tasks))),
     })
 }
 

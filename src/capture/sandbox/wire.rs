@@ -22,15 +22,33 @@ pub enum Request {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Reply {
     /// Namespaces are set up; fds: tcp4, tcp6, udp4, udp6 listeners.
-    Ready { helper_pid: i32, tcp_port: u16, dns_port: u16 },
+    Ready {
+        helper_pid: i32,
+        tcp_port: u16,
+        dns_port: u16,
+    },
     /// Setting up the namespaces failed at `stage`.
-    Failed { stage: String, error: String, errno: i32 },
-    Spawned { pid: i32 },
-    SpawnFailed { error: String, not_found: bool },
+    Failed {
+        stage: String,
+        error: String,
+        errno: i32,
+    },
+    Spawned {
+        pid: i32,
+    },
+    SpawnFailed {
+        error: String,
+        not_found: bool,
+    },
     /// fds: the socket.
     Socket,
-    SocketFailed { error: String },
-    Exited { code: Option<i32>, signal: Option<i32> },
+    SocketFailed {
+        error: String,
+    },
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
 }
 
 pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> std::io::Result<()> {

@@ -24,11 +24,7 @@ pub fn question(packet: &[u8]) -> Option<(String, String)> {
 /// Readable summary of a response: rcode and answers (`A 10.0.0.7 ttl=60`).
 pub fn describe(packet: &[u8]) -> Option<(String, Vec<String>)> {
     let msg = Message::from_vec(packet).ok()?;
-    let answers = msg
-        .answers
-        .iter()
-        .map(|r| format!("{} {} ttl={}", r.record_type(), r.data, r.ttl))
-        .collect();
+    let answers = msg.answers.iter().map(|r| format!("{} {} ttl={}", r.record_type(), r.data, r.ttl)).collect();
     Some((format!("{:?}", msg.metadata.response_code).to_ascii_uppercase(), answers))
 }
 
@@ -109,7 +105,8 @@ fn answer(query: &[u8], pool: &MockPool) -> Option<Vec<u8>> {
         None => {
             pool.miss("dns", "dns", format!("DNS {qtype} {name} was not recorded (answered NXDOMAIN)"));
             let q = Message::from_vec(query).ok()?;
-            let mut m = Message::error_msg(q.metadata.id, q.metadata.op_code, hickory_proto::op::ResponseCode::NXDomain);
+            let mut m =
+                Message::error_msg(q.metadata.id, q.metadata.op_code, hickory_proto::op::ResponseCode::NXDomain);
             m.add_queries(q.queries.clone());
             m.metadata.recursion_desired = q.metadata.recursion_desired;
             m.metadata.recursion_available = true;

@@ -12,7 +12,8 @@ use super::{BoxFuture, Detect, Observer, Protocol, RecordCtx, ServeCtx};
 
 pub struct Http;
 
-const METHODS: [&[u8]; 9] = [b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
+const METHODS: [&[u8]; 9] =
+    [b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
 
 impl Protocol for Http {
     fn name(&self) -> &'static str {

@@ -83,7 +83,10 @@ fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
 
 fn is_chunked(headers: &[Header]) -> bool {
     headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")).any(|h| {
-        String::from_utf8_lossy(&h.value).rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+        String::from_utf8_lossy(&h.value)
+            .rsplit(',')
+            .next()
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
     })
 }
 
@@ -221,7 +224,8 @@ impl Parser {
                     let n = (left as usize).min(rest.len());
                     out.push(Event::Body(rest[..n].to_vec()));
                     pos += n;
-                    self.state = if left as usize == n { State::ChunkDataEnd } else { State::ChunkData(left - n as u64) };
+                    self.state =
+                        if left as usize == n { State::ChunkDataEnd } else { State::ChunkData(left - n as u64) };
                 }
                 State::ChunkDataEnd => {
                     if rest.len() < 2 {
@@ -379,7 +383,8 @@ mod tests {
     #[test]
     fn requests_pipelined_with_all_framings() {
         let ev = parse_all(Side::Request, PIPELINE, &[], &[]).unwrap();
-        let heads: Vec<_> = ev.iter().filter_map(|e| if let Event::Request(h) = e { Some(h.target.clone()) } else { None }).collect();
+        let heads: Vec<_> =
+            ev.iter().filter_map(|e| if let Event::Request(h) = e { Some(h.target.clone()) } else { None }).collect();
         assert_eq!(heads, ["/a?x=1", "/b", "/c"]);
         assert!(ev.contains(&Event::Body(b"hello".to_vec())));
         assert!(ev.contains(&Event::Body(b"abcde".to_vec())));

@@ -206,4 +206,3 @@ impl Observer for HttpObserver {
         }
     }
 }
-

@@ -184,7 +184,10 @@ mod tests {
         assert_eq!(mismatch(&rec("GET", "/a?x=1&y=2"), b"", &head("GET", "/a?y=2&x=1"), b""), None);
         assert!(mismatch(&rec("GET", "/a?x=1"), b"", &head("GET", "/a?x=2"), b"").unwrap().starts_with("query"));
         assert_eq!(mismatch(&rec("GET", "/a"), b"", &head("POST", "/a"), b"").as_deref(), Some("method"));
-        assert_eq!(mismatch(&rec("POST", "/a"), br#"{"a":1,"b":2}"#, &head("POST", "/a"), br#"{"b": 2, "a": 1}"#), None);
+        assert_eq!(
+            mismatch(&rec("POST", "/a"), br#"{"a":1,"b":2}"#, &head("POST", "/a"), br#"{"b": 2, "a": 1}"#),
+            None
+        );
         assert!(mismatch(&rec("POST", "/a"), br#"{"a":1}"#, &head("POST", "/a"), br#"{"a":2}"#).is_some());
     }
 }

@@ -7,7 +7,8 @@ use crate::store::{Header, HttpRequest, HttpResponse};
 
 pub fn is_chunked(headers: &[Header]) -> bool {
     headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("transfer-encoding") && String::from_utf8_lossy(&h.value).to_ascii_lowercase().contains("chunked")
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && String::from_utf8_lossy(&h.value).to_ascii_lowercase().contains("chunked")
     })
 }
 
@@ -80,5 +81,9 @@ pub fn wants_close(version: &str, headers: &[Header]) -> bool {
 /// Whether a response without Content-Length or chunking is delimited by closing the connection.
 pub fn delimited_by_close(method: &str, head: &ResponseHead) -> bool {
     let has_len = head.headers.iter().any(|h| h.name.eq_ignore_ascii_case("content-length"));
-    !has_len && !is_chunked(&head.headers) && !method.eq_ignore_ascii_case("HEAD") && head.status != 204 && head.status != 304
+    !has_len
+        && !is_chunked(&head.headers)
+        && !method.eq_ignore_ascii_case("HEAD")
+        && head.status != 204
+        && head.status != 304
 }

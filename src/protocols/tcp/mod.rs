@@ -139,16 +139,13 @@ fn ms(d: std::time::Duration) -> f64 {
 fn pick(ctx: &ServeCtx, first: &[u8]) -> Option<usize> {
     let fits = |m: &crate::store::Mock| {
         let Some(tcp) = &m.tcp else { return false };
-        let out: Vec<u8> = tcp
-            .chunks
-            .iter()
-            .find(|c| c.dir == Direction::Out)
-            .and_then(|c| c.bytes().ok())
-            .unwrap_or_default();
+        let out: Vec<u8> =
+            tcp.chunks.iter().find(|c| c.dir == Direction::Out).and_then(|c| c.bytes().ok()).unwrap_or_default();
         let n = first.len().min(out.len());
         first[..n] == out[..n]
     };
-    let candidates: Vec<usize> = ctx.pool.of_kind("tcp").filter(|(_, m)| m.dest == ctx.dest && fits(m)).map(|(i, _)| i).collect();
+    let candidates: Vec<usize> =
+        ctx.pool.of_kind("tcp").filter(|(_, m)| m.dest == ctx.dest && fits(m)).map(|(i, _)| i).collect();
     ctx.pool.take(&candidates).map(|(i, _)| i)
 }
 
@@ -157,7 +154,11 @@ pub async fn serve(mut conn: TcpStream, first: Vec<u8>, ctx: ServeCtx) {
         let what = if first.is_empty() {
             format!("a connection to {}", ctx.dest)
         } else {
-            format!("a connection to {} starting with {:?}", ctx.dest, String::from_utf8_lossy(&first[..first.len().min(40)]))
+            format!(
+                "a connection to {} starting with {:?}",
+                ctx.dest,
+                String::from_utf8_lossy(&first[..first.len().min(40)])
+            )
         };
         ctx.pool.miss("tcp", &ctx.dest, format!("no recorded conversation for {what}"));
         return;
@@ -185,7 +186,11 @@ pub async fn serve(mut conn: TcpStream, first: Vec<u8>, ctx: ServeCtx) {
                             if pending_in.is_empty() && n > 0 {
                                 return; // the app hung up between messages: fine
                             }
-                            ctx.pool.miss("tcp", &ctx.dest, format!("the app closed the connection {}", describe(n, &tcp.chunks)));
+                            ctx.pool.miss(
+                                "tcp",
+                                &ctx.dest,
+                                format!("the app closed the connection {}", describe(n, &tcp.chunks)),
+                            );
                             return;
                         }
                         Ok(k) => pending_in.extend_from_slice(&buf[..k]),
@@ -213,14 +218,10 @@ pub async fn serve(mut conn: TcpStream, first: Vec<u8>, ctx: ServeCtx) {
         return;
     }
     // The recording ends with the app closing: wait for it, reporting anything more it sends.
-    loop {
-        match conn.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(k) => {
-                ctx.pool.miss("tcp", &ctx.dest, format!("the app sent {k} bytes more to {} than recorded", ctx.dest));
-                return;
-            }
-        }
+    if let Ok(k) = conn.read(&mut buf).await
+        && k > 0
+    {
+        ctx.pool.miss("tcp", &ctx.dest, format!("the app sent {k} bytes more to {} than recorded", ctx.dest));
     }
 }
 

@@ -1,1 +1,0 @@
-pub async fn main() -> crate::error::Result<i32> { Ok(0) }
