@@ -73,6 +73,10 @@ pub struct Miss {
 /// Shared state of a replay: the mocks of the test set, which were used, and the misses.
 pub struct MockPool {
     pub mocks: Vec<Mock>,
+    /// When each mock started while recording, in milliseconds since the epoch.
+    started_ms: Vec<Option<f64>>,
+    /// The recorded time window of the test being replayed: mocks recorded inside it are preferred.
+    window: Mutex<Option<(f64, f64)>>,
     used: Mutex<Vec<u32>>,
     misses: Mutex<Vec<Miss>>,
     /// Directory of the test set, for file bodies.
@@ -82,14 +86,39 @@ pub struct MockPool {
 impl MockPool {
     pub fn new(mocks: Vec<Mock>, dir: std::path::PathBuf) -> MockPool {
         let n = mocks.len();
-        MockPool { mocks, used: Mutex::new(vec![0; n]), misses: Mutex::new(Vec::new()), dir }
+        let started_ms = mocks.iter().map(|m| crate::store::parse_time_ms(&m.started_at)).collect();
+        MockPool {
+            mocks,
+            started_ms,
+            window: Mutex::new(None),
+            used: Mutex::new(vec![0; n]),
+            misses: Mutex::new(Vec::new()),
+            dir,
+        }
     }
 
-    /// Picks, among `candidates` (indexes in recorded order), the first unused one; when all were used, the
-    /// last one again. Marks it used and tells whether it was a reuse.
+    /// Sets the recorded window (start and end, ms since the epoch) of the test about to run.
+    pub fn set_window(&self, window: Option<(f64, f64)>) {
+        if let Ok(mut w) = self.window.lock() {
+            *w = window;
+        }
+    }
+
+    /// Picks, among `candidates` (indexes in recorded order), the first unused one recorded during the
+    /// current test's window, else the first unused one; when all were used, the last one again. Marks it
+    /// used and tells whether it was a reuse.
     pub fn take(&self, candidates: &[usize]) -> Option<(usize, bool)> {
+        let window = self.window.lock().ok().and_then(|w| *w);
         let mut used = self.used.lock().ok()?;
-        let pick = candidates.iter().copied().find(|i| used[*i] == 0);
+        let in_window = |i: &usize| match (window, self.started_ms[*i]) {
+            (Some((from, to)), Some(t)) => t >= from - 1.0 && t <= to + 1.0,
+            _ => false,
+        };
+        let pick = candidates
+            .iter()
+            .copied()
+            .find(|i| used[*i] == 0 && in_window(i))
+            .or_else(|| candidates.iter().copied().find(|i| used[*i] == 0));
         let (i, reused) = match pick {
             Some(i) => (i, false),
             None => (*candidates.last()?, true),

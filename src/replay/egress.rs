@@ -42,6 +42,7 @@ async fn serve(e: Egress, pool: Arc<MockPool>) {
             .is_some_and(|t| t.connect_error.is_some() || t.chunks.first().is_some_and(|c| c.dir == Direction::In))
     });
     let mut stream = e.stream;
+    let _ = stream.set_nodelay(true);
     if server_first && kinds == ["tcp"] {
         Tcp.serve(stream, Vec::new(), ctx).await;
         return;
@@ -63,8 +64,9 @@ async fn serve(e: Egress, pool: Arc<MockPool>) {
         }
     };
     let protocol = match chosen {
-        // The recorded kind for this destination wins when the first bytes are ambiguous.
-        Some(p) if p.name() == "tcp" && kinds.len() == 1 => by_name(kinds[0]).unwrap_or(p),
+        // What was recorded for this destination wins over what the first bytes look like (a line protocol
+        // whose commands start with "GET " is not HTTP).
+        Some(p) if kinds.len() == 1 => by_name(kinds[0]).unwrap_or(p),
         Some(p) => p,
         None => match kinds.as_slice() {
             [one] => match by_name(one) {

@@ -173,6 +173,8 @@ async fn run_set<C: Capture>(
     set_report.startup_misses = startup.iter().map(|m| m.what.clone()).collect();
     for (i, (file, test)) in set.tests.iter().enumerate() {
         let began = Instant::now();
+        let start = store::parse_time_ms(&test.recorded_at);
+        pool.set_window(start.map(|s| (s, s + test.latency_ms)));
         let outcome = if let Some(exit) = session.app.exited() {
             Err(format!(
                 "the app exited before this test ({exit}); its last stderr lines:\n{}",

@@ -87,6 +87,12 @@ pub fn format_time(t: time::OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC).format(&fmt).unwrap_or_default()
 }
 
+/// Milliseconds since the epoch of a time written by `format_time`.
+pub fn parse_time_ms(text: &str) -> Option<f64> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(t.unix_timestamp_nanos() as f64 / 1_000_000.0)
+}
+
 /// A project's recordings directory.
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -134,17 +134,31 @@ async fn answer(conn: &mut TcpStream, live: &RequestHead, body: &[u8], ctx: &Ser
     };
     let Some(http) = &ctx.pool.mocks[i].http else { return Ok(false) };
     let resp = &http.response;
-    conn.write_all(&wire::response_head(resp)).await?;
     let head_only = live.method.eq_ignore_ascii_case("HEAD");
-    if !head_only {
-        let mut pieces = match store::body_pieces(&ctx.pool.dir, &resp.body) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("mock {}: {e}", ctx.pool.mocks[i].id);
-                return Ok(false);
+    let chunked = wire::is_chunked(&resp.headers);
+    let inline = resp.body.as_ref().map(|b| b.inline_bytes()).transpose().ok().flatten().flatten();
+    match inline {
+        // The common case goes out in one write: head and body in one segment.
+        Some(body) if !chunked => {
+            let mut out = wire::response_head(resp);
+            if !head_only {
+                out.extend_from_slice(&body);
             }
-        };
-        wire::write_body(conn, wire::is_chunked(&resp.headers), &mut pieces, &resp.trailers).await?;
+            conn.write_all(&out).await?;
+        }
+        _ => {
+            conn.write_all(&wire::response_head(resp)).await?;
+            if !head_only {
+                let mut pieces = match store::body_pieces(&ctx.pool.dir, &resp.body) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!("mock {}: {e}", ctx.pool.mocks[i].id);
+                        return Ok(false);
+                    }
+                };
+                wire::write_body(conn, chunked, &mut pieces, &resp.trailers).await?;
+            }
+        }
     }
     conn.flush().await?;
     let head = super::parse::ResponseHead {

@@ -1,0 +1,141 @@
+//! The spine end to end: a Flask service (Python, `requests` for its HTTP calls, a raw socket for its KV
+//! store) recorded with zero code change, replayed with its dependencies gone, and a changed build caught.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn record_replay_and_catch_a_change() {
+    let mut w = FlaskWorld::new(1);
+    let rec = w.start_recording(&[]);
+
+    // Two requests on one keep-alive connection (curl reuses it for URLs given together).
+    let r = curl(&["-v", &w.url("/api/items/7"), &w.url("/api/items/404")]);
+    assert!(r.stdout.contains("\"name\":\"item-7\""), "{r:?}");
+    assert!(r.stderr.contains("Re-using existing connection"), "curl did not keep the connection alive\n{r:?}");
+    // A chunked request body.
+    let r = curl(&[
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        r#"{"sku":"A-1","qty":3,"ref":"first"}"#,
+        &w.url("/api/orders"),
+    ]);
+    assert!(r.stdout.contains("\"total\":12.75"), "{r:?}");
+    // A chunked (streamed) response and an opaque-protocol call.
+    let r = curl(&[&w.url("/api/stream")]);
+    assert_eq!(r.stdout.lines().count(), 5, "{r:?}");
+    let r = curl(&[&w.url("/api/kv/orders")]);
+    assert!(r.stdout.contains("VALUE 1"), "{r:?}");
+
+    let out = w.stop_recording(rec);
+    assert!(out.contains("recorded 6 tests"), "{out}");
+    let set = w.path().join("test-set-0");
+    let tests: Vec<String> =
+        std::fs::read_dir(set.join("tests")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(tests.contains(&"post-api-orders.yaml".to_string()), "{tests:?}");
+    let order = read_all(&set.join("tests/post-api-orders.yaml"));
+    // JSON bodies are stored as structured YAML, not escaped strings.
+    assert!(order.contains("sku: A-1"), "{order}");
+    assert!(order.contains("Transfer-Encoding: chunked"), "{order}");
+    let mocks = read_all(&set.join("mocks.yaml"));
+    assert!(mocks.contains("kind: tcp") && mocks.contains("INCR orders"), "opaque KV traffic missing:\n{mocks}");
+    assert!(mocks.contains("target: /catalog/7?fields=name%2Cprice"), "{mocks}");
+
+    // Replay with the dependencies gone: everything comes from the mocks.
+    w.stop_upstream();
+    let junit = w.dir.path().join("junit.xml");
+    let ok = run(&mut w.doppel("test", &["--junit", junit.to_str().unwrap()], None));
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.lines().any(|l| l.starts_with("6 passed, 0 failed")), "{ok:?}");
+    assert!(read_all(&junit).contains("tests=\"6\""), "{}", read_all(&junit));
+
+    // The changed build: the order total differs, and only that field is named.
+    let bad = run(&mut w.doppel("test", &["--junit", junit.to_str().unwrap()], Some("changed")));
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stdout.contains("body $.total changed: expected 12.75 got 14.03"), "{bad:?}");
+    assert!(bad.stdout.lines().any(|l| l.starts_with("5 passed, 1 failed")), "{bad:?}");
+    assert!(read_all(&junit).contains("failures=\"1\""), "{}", read_all(&junit));
+    let reports = std::fs::read_dir(w.path().join("reports")).unwrap().count();
+    assert_eq!(reports, 2, "one JSON report per run");
+}
+
+#[test]
+fn a_second_recording_is_a_new_test_set() {
+    let w = FlaskWorld::new(1);
+    for expected in ["test-set-0", "test-set-1"] {
+        let rec = w.start_recording(&[]);
+        curl(&[&w.url("/api/items/1")]);
+        let out = w.stop_recording(rec);
+        assert!(out.contains(expected), "{out}");
+    }
+    let list = run(Command::new(doppel_bin()).args(["list", "--path"]).arg(w.path()));
+    assert!(list.stdout.contains("test-set-0: 2 tests") && list.stdout.contains("test-set-1: 2 tests"), "{list:?}");
+}
+
+#[test]
+fn concurrent_requests_are_each_recorded_with_their_own_response() {
+    let mut w = FlaskWorld::new(1);
+    let rec = w.start_recording(&[]);
+    let handles: Vec<_> = (0..24)
+        .map(|i| {
+            let url = w.url("/api/orders");
+            std::thread::spawn(move || {
+                let body = format!(r#"{{"sku":"S-{i}","qty":{},"ref":"r{i}"}}"#, i % 5 + 1);
+                curl(&["-H", "Content-Type: application/json", "-d", &body, &url])
+            })
+        })
+        .collect();
+    for h in handles {
+        let r = h.join().unwrap();
+        assert!(r.stdout.contains("order_id"), "{r:?}");
+    }
+    let out = w.stop_recording(rec);
+    assert!(out.contains("recorded 25 tests"), "{out}");
+    // Every test's response echoes its own request's ref and sku.
+    let dir = w.path().join("test-set-0/tests");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let text = read_all(&e.unwrap().path());
+        if let Some(r) = text.split("ref: ").nth(1) {
+            let reference = r.lines().next().unwrap().trim();
+            assert!(text.contains(&format!("echo: {reference}")), "request and response mixed up:\n{text}");
+        }
+    }
+    // Replay: requests and catalog calls all match. The KV store's counter was hit by 24 overlapping requests,
+    // so which recorded INCR answer belongs to which request cannot be known; only that field may differ.
+    w.stop_upstream();
+    let r = run(&mut w.doppel("test", &[], None));
+    let diffs: Vec<&str> = r.stdout.lines().filter(|l| l.contains(" changed: ") || l.contains("mock miss")).collect();
+    assert!(diffs.iter().all(|l| l.contains("body $.order_id changed")), "{r:?}");
+    assert!(r.stdout.contains("48 of 48 mocks used"), "{r:?}");
+}
+
+#[test]
+fn replays_against_a_running_target() {
+    let w = FlaskWorld::new(1);
+    let rec = w.start_recording(&[]);
+    curl(&[&w.url("/api/items/3")]);
+    curl(&["-H", "Content-Type: application/json", "-d", r#"{"sku":"B","qty":2}"#, &w.url("/api/orders")]);
+    w.stop_recording(rec);
+    // The same app running on its own, dependencies real: replay against it with --target.
+    let mut c = Command::new("python3");
+    c.arg(repo().join("examples/flask-orders/app.py"))
+        .env("APP_PORT", w.app_port.to_string())
+        .env("CATALOG_URL", format!("http://127.0.0.1:{}", w.http_port))
+        .env("KV_ADDR", format!("127.0.0.1:{}", w.kv_port));
+    let app = Bg::spawn(&mut c, w.dir.path(), "app");
+    wait_http_ok(&w.url("/health"), Duration::from_secs(20), &app);
+    let mut t = Command::new(doppel_bin());
+    t.args(["test", "--path"]).arg(w.path()).args(["--target", &format!("http://127.0.0.1:{}", w.app_port)]);
+    let r = run(&mut t);
+    // The order id comes from the live KV store (its counter moved on), so that one test differs.
+    assert!(r.stdout.contains("get-api-items-3") && r.stdout.contains("PASS"), "{r:?}");
+    assert!(r.stdout.contains("body $.order_id changed: expected 1 got 2"), "{r:?}");
+    assert_eq!(r.code, 1, "{r:?}");
+}
