@@ -329,14 +329,13 @@ fn refuse(e: Egress, ctx: RecordCtx, error: String) {
         connection: ctx.connection,
         started_at: crate::store::format_time(time::OffsetDateTime::from(ctx.opened_at)),
         duration_ms: 0.0,
-        http: None,
         tcp: Some(crate::store::TcpMock {
             chunks: Vec::new(),
             note: None,
             closed_by: None,
             connect_error: Some(error),
         }),
-        dns: None,
+        ..crate::store::Mock::default()
     };
     ctx.sink.submit(crate::store::Record::Mock(Box::new(mock)));
 }

@@ -10,7 +10,6 @@ use tokio::sync::mpsc;
 
 use crate::capture::Egress;
 use crate::protocols::{self, MockPool, Protocol, ServeCtx, tcp::Tcp};
-use crate::store::Direction;
 
 pub fn spawn(mut rx: mpsc::Receiver<Egress>, pool: Arc<MockPool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -35,16 +34,13 @@ async fn serve(e: Egress, pool: Arc<MockPool>) {
         k.dedup();
         k
     };
-    // A recorded conversation where the dependency spoke first (or refused): serve it without waiting.
-    let server_first = pool.mocks.iter().filter(|m| m.dest == e.dest).any(|m| {
-        m.tcp
-            .as_ref()
-            .is_some_and(|t| t.connect_error.is_some() || t.chunks.first().is_some_and(|c| c.dir == Direction::In))
-    });
     let mut stream = e.stream;
     let _ = stream.set_nodelay(true);
-    if server_first && kinds == ["tcp"] {
-        Tcp.serve(stream, Vec::new(), ctx).await;
+    // One protocol recorded for this destination: it serves the connection (and reads what it needs).
+    if let [only] = kinds.as_slice()
+        && let Some(p) = by_name(only)
+    {
+        p.serve(stream, Vec::new(), ctx).await;
         return;
     }
     let mut first = Vec::new();

@@ -65,9 +65,8 @@ pub async fn record(socket: UdpSocket, upstream: Option<SocketAddr>, sink: Recor
                 connection: 0,
                 started_at: format_time(time::OffsetDateTime::from(started_at)),
                 duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-                http: None,
-                tcp: None,
                 dns: Some(DnsMock { name, qtype, rcode, answers, response_base64: B64.encode(&answer) }),
+                ..Mock::default()
             })));
         });
     }

@@ -163,7 +163,7 @@ impl HttpObserver {
                 duration_ms: ms(done_at.saturating_duration_since(p.started)),
                 http: Some(HttpMock { request, response }),
                 tcp: None,
-                dns: None,
+                ..Mock::default()
             })),
         };
         self.ctx.sink.submit(record);

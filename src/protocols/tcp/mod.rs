@@ -118,14 +118,13 @@ impl Observer for TcpObserver {
             connection: self.ctx.connection,
             started_at: format_time(time::OffsetDateTime::from(self.ctx.opened_at)),
             duration_ms: ms(at.saturating_duration_since(self.ctx.opened)),
-            http: None,
             tcp: Some(TcpMock {
                 chunks,
                 note: self.note.clone(),
                 closed_by: self.closed_by.map(String::from),
                 connect_error: None,
             }),
-            dns: None,
+            ..Mock::default()
         };
         self.ctx.sink.submit(Record::Mock(Box::new(mock)));
     }
@@ -149,7 +148,22 @@ fn pick(ctx: &ServeCtx, first: &[u8]) -> Option<usize> {
     ctx.pool.take(&candidates).map(|(i, _)| i)
 }
 
-pub async fn serve(mut conn: TcpStream, first: Vec<u8>, ctx: ServeCtx) {
+/// Whether a recorded conversation starts with the dependency (a greeting, or a refused connection).
+fn server_first(m: &crate::store::Mock) -> bool {
+    m.tcp
+        .as_ref()
+        .is_some_and(|t| t.connect_error.is_some() || t.chunks.first().is_some_and(|c| c.dir == Direction::In))
+}
+
+pub async fn serve(mut conn: TcpStream, mut first: Vec<u8>, ctx: ServeCtx) {
+    // Choosing the conversation needs the app's first bytes, unless the dependency spoke first.
+    let speaks_first = ctx.pool.of_kind("tcp").any(|(_, m)| m.dest == ctx.dest && server_first(m));
+    if first.is_empty() && !speaks_first {
+        let mut buf = vec![0u8; 4096];
+        if let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_secs(2), conn.read(&mut buf)).await {
+            first.extend_from_slice(&buf[..n]);
+        }
+    }
     let Some(i) = pick(&ctx, &first) else {
         let what = if first.is_empty() {
             format!("a connection to {}", ctx.dest)

@@ -7,6 +7,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::body::Body;
 
+mod mysql;
+mod postgres;
+mod redis;
+
+pub use mysql::MysqlMock;
+pub use postgres::PostgresMock;
+pub use redis::RedisMock;
+
 pub const FORMAT_VERSION: u32 = 1;
 
 /// One header line, kept in recorded order and case. Written as `"Name: value"`; a value that is not UTF-8
@@ -224,7 +232,7 @@ pub struct DnsMock {
 
 /// One mock: a recorded outbound exchange, a document in `mocks.yaml`. Exactly one protocol field is set,
 /// and `kind` names it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mock {
     pub version: u32,
@@ -244,16 +252,43 @@ pub struct Mock {
     pub tcp: Option<TcpMock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsMock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresMock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisMock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mysql: Option<MysqlMock>,
 }
 
 impl Mock {
+    /// A mock of `kind` with its envelope filled in; the caller sets the one protocol field.
+    pub fn new(kind: &str, id: u64, dest: &str, connection: u64, started_at: String, duration_ms: f64) -> Mock {
+        Mock {
+            version: FORMAT_VERSION,
+            id,
+            kind: kind.to_string(),
+            dest: dest.to_string(),
+            connection,
+            started_at,
+            duration_ms,
+            ..Mock::default()
+        }
+    }
+
     /// Checks that `kind` names the one protocol field that is set.
     pub fn validate(&self) -> Result<(), String> {
-        let set: Vec<&str> = [("http", self.http.is_some()), ("tcp", self.tcp.is_some()), ("dns", self.dns.is_some())]
-            .iter()
-            .filter(|(_, on)| *on)
-            .map(|(k, _)| *k)
-            .collect();
+        let set: Vec<&str> = [
+            ("http", self.http.is_some()),
+            ("tcp", self.tcp.is_some()),
+            ("dns", self.dns.is_some()),
+            ("postgres", self.postgres.is_some()),
+            ("redis", self.redis.is_some()),
+            ("mysql", self.mysql.is_some()),
+        ]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(k, _)| *k)
+        .collect();
         match set.as_slice() {
             [k] if *k == self.kind => Ok(()),
             [k] => Err(format!("kind is {:?} but the mock holds {k} data", self.kind)),
