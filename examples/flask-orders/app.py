@@ -80,6 +80,14 @@ def stream():
     return Response(gen(), content_type="application/x-ndjson")
 
 
+@app.get("/api/slow")
+def slow():
+    import time
+
+    time.sleep(float(request.args.get("s", "5")))
+    return jsonify(slept=True)
+
+
 @app.get("/api/kv/<key>")
 def kv_get(key):
     return jsonify(key=key, value=kv(f"GET {key}"))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use super::{AppCommand, AppExit, AppHandle, AppLink, BoxFuture, Capture, Egress, Session, tee_stderr};
+use super::{AppCommand, AppExit, AppHandle, AppLink, BoxFuture, Capture, Egress, Session, tee_output};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -163,6 +163,9 @@ impl Explicit {
         let (prog, args) = cmd.argv.split_first().ok_or_else(|| Error::input("no command given after --"))?;
         let mut command = tokio::process::Command::new(prog);
         command.args(args).envs(env).stderr(std::process::Stdio::piped()).process_group(0);
+        if cmd.quiet {
+            command.stdout(std::process::Stdio::piped());
+        }
         let mut child = command.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::input(format!("command not found: {prog} (is it installed and on PATH?)"))
@@ -171,7 +174,7 @@ impl Explicit {
             }
         })?;
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
-        let stderr = child.stderr.take().map(tee_stderr).unwrap_or_default();
+        let stderr = tee_output(child.stdout.take(), child.stderr.take(), cmd.quiet);
         let (exit_tx, exit_rx) = watch::channel(None);
         tokio::spawn(async move {
             use std::os::unix::process::ExitStatusExt;

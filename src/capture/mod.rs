@@ -24,6 +24,8 @@ pub struct AppCommand {
     pub argv: Vec<String>,
     /// Extra environment for the app.
     pub env: Vec<(String, String)>,
+    /// Keep the app's stdout and stderr off the terminal (only their tail is kept, for error messages).
+    pub quiet: bool,
 }
 
 /// An outbound connection of the app, caught on its way to `dest`.
@@ -88,7 +90,7 @@ impl Drop for TaskGuard {
     }
 }
 
-/// The last lines the app wrote to stderr, for error messages.
+/// The last lines the app wrote (stderr, and stdout when it is kept off the terminal), for error messages.
 #[derive(Default)]
 pub struct StderrTail {
     buf: Vec<u8>,
@@ -170,23 +172,39 @@ pub fn signal_group(pid: i32, sig: i32) {
     }
 }
 
-/// Copies the app's stderr to ours and keeps its tail.
-pub fn tee_stderr(mut pipe: tokio::process::ChildStderr) -> Arc<Mutex<StderrTail>> {
+/// Reads the app's output pipes, keeps their tail and (unless `quiet`) copies them to our own outputs.
+pub fn tee_output(
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr: Option<tokio::process::ChildStderr>,
+    quiet: bool,
+) -> Arc<Mutex<StderrTail>> {
     let tail = Arc::new(Mutex::new(StderrTail::default()));
-    let t = tail.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 8192];
-        let mut out = tokio::io::stderr();
-        while let Ok(n) = pipe.read(&mut buf).await {
-            if n == 0 {
-                break;
+    fn copy<R: tokio::io::AsyncRead + Unpin + Send + 'static, W: tokio::io::AsyncWrite + Unpin + Send + 'static>(
+        mut pipe: R,
+        mut out: Option<W>,
+        tail: Arc<Mutex<StderrTail>>,
+    ) {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut t) = tail.lock() {
+                    t.push(&buf[..n]);
+                }
+                if let Some(o) = out.as_mut() {
+                    let _ = tokio::io::AsyncWriteExt::write_all(o, &buf[..n]).await;
+                }
             }
-            if let Ok(mut t) = t.lock() {
-                t.push(&buf[..n]);
-            }
-            let _ = tokio::io::AsyncWriteExt::write_all(&mut out, &buf[..n]).await;
-        }
-    });
+        });
+    }
+    if let Some(p) = stdout {
+        copy(p, (!quiet).then(tokio::io::stdout), tail.clone());
+    }
+    if let Some(p) = stderr {
+        copy(p, (!quiet).then(tokio::io::stderr), tail.clone());
+    }
     tail
 }
 

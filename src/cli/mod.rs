@@ -127,6 +127,9 @@ struct TestArgs {
     /// Seconds to wait for each response.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
+    /// Show the app's own output while testing (by default only its last lines are shown, on errors).
+    #[arg(long)]
+    show_app_output: bool,
     /// App port in explicit mode when it cannot be detected: PORT.
     #[arg(long = "port", value_name = "PORT")]
     ports: Vec<u16>,
@@ -235,7 +238,7 @@ async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32
         store: store_for(&args.path.path, &config),
         test_set: args.test_set,
         ports,
-        command: AppCommand { argv: args.command, env: Vec::new() },
+        command: AppCommand { argv: args.command, env: Vec::new(), quiet: false },
         grace: secs(args.capture.grace, "--grace")?,
         dns_upstream: args.dns_upstream,
         quiet,
@@ -282,7 +285,11 @@ async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
     let opts = ReplayOptions {
         store: store_for(&args.path.path, &config),
         sets: args.test_sets,
-        command: (!args.command.is_empty()).then(|| AppCommand { argv: args.command, env: Vec::new() }),
+        command: (!args.command.is_empty()).then(|| AppCommand {
+            argv: args.command,
+            env: Vec::new(),
+            quiet: !args.show_app_output,
+        }),
         target,
         ready_url: args.ready_url,
         ready_timeout: secs(args.ready_timeout, "--ready-timeout")?,

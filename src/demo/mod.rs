@@ -75,7 +75,7 @@ impl Setup {
         if changed {
             env.push(("DEMO_VARIANT".into(), "changed".into()));
         }
-        Ok(AppCommand { argv: vec![exe.display().to_string(), "__demo-app".into()], env })
+        Ok(AppCommand { argv: vec![exe.display().to_string(), "__demo-app".into()], env, quiet: true })
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
-use super::{AppCommand, AppExit, AppHandle, AppLink, BoxFuture, Capture, Egress, Session, tee_stderr};
+use super::{AppCommand, AppExit, AppHandle, AppLink, BoxFuture, Capture, Egress, Session, tee_output};
 use crate::error::{Error, Result};
 use wire::{Reply, Request};
 
@@ -128,6 +128,9 @@ async fn start(cmd: AppCommand, mounts: Vec<(String, String)>) -> Result<Session
     let exe = std::env::current_exe().map_err(|e| Error::env(format!("cannot find doppel's own binary: {e}")))?;
     let mut helper_cmd = std::process::Command::new(exe);
     helper_cmd.arg("__sandbox").stdin(std::process::Stdio::inherit()).stderr(std::process::Stdio::piped());
+    if cmd.quiet {
+        helper_cmd.stdout(std::process::Stdio::piped());
+    }
     let theirs_raw = theirs.as_raw_fd();
     // SAFETY: dup2 is async-signal-safe; it puts the helper end on fd 3 without CLOEXEC.
     unsafe {
@@ -142,7 +145,7 @@ async fn start(cmd: AppCommand, mounts: Vec<(String, String)>) -> Result<Session
         .spawn()
         .map_err(|e| Error::env(format!("cannot start the sandbox helper: {e}")))?;
     drop(theirs);
-    let stderr = child.stderr.take().map(tee_stderr).unwrap_or_default();
+    let stderr = tee_output(child.stdout.take(), child.stderr.take(), cmd.quiet);
     // The helper exits by itself when doppel closes the channel; reap it in the background.
     tokio::spawn(async move {
         let _ = child.wait().await;
