@@ -139,3 +139,50 @@ fn replays_against_a_running_target() {
     assert!(r.stdout.contains("body $.order_id changed: expected 1 got 2"), "{r:?}");
     assert_eq!(r.code, 1, "{r:?}");
 }
+
+#[test]
+fn an_unrecorded_call_gets_502_and_fails_its_test_and_noise_rules_apply() {
+    let mut w = FlaskWorld::new(1);
+    let rec = w.start_recording(&[]);
+    curl(&[&w.url("/api/items/4")]);
+    curl(&["-H", "Content-Type: application/json", "-d", r#"{"sku":"N","qty":1}"#, &w.url("/api/orders")]);
+    w.stop_recording(rec);
+    w.stop_upstream();
+
+    // The new build asks the catalog for something never recorded: doppel answers 502 naming the request,
+    // the app turns that into its own error, and the test fails with the miss listed.
+    let r = run(&mut w.doppel("test", &["--ready-url", "/health"], Some("newcall")));
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("mock miss: GET /catalog/4?fields=name%2Cprice%2Cstock"), "{r:?}");
+    assert!(r.stdout.contains("a recorded request to the same path differs in its query"), "{r:?}");
+    assert!(r.stdout.contains("status changed: expected 200 got 502"), "{r:?}");
+
+    // A noise rule in doppel.yaml hides the changed total; the JSON report says which rule applied.
+    std::fs::write(
+        w.dir.path().join("doppel.yaml"),
+        "version: 1\nnoise:\n- body: $.total\n  reason: pricing is being reworked\n",
+    )
+    .unwrap();
+    let r = run(&mut w.doppel("test", &[], Some("changed")));
+    assert_eq!(r.code, 0, "{r:?}");
+    let reports = w.path().join("reports");
+    let latest = std::fs::read_dir(&reports).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let json: serde_json::Value = serde_json::from_str(&read_all(&latest)).unwrap();
+    let applied: Vec<String> = json["sets"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["applied_noise"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()))
+        .collect();
+    assert!(applied.contains(&"body $.total".to_string()), "{json:#}");
+}
+
+#[test]
+fn sigterm_stops_the_recording_cleanly() {
+    let w = FlaskWorld::new(1);
+    let mut rec = w.start_recording(&[]);
+    curl(&[&w.url("/api/items/9")]);
+    rec.signal(libc::SIGTERM);
+    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    assert!(rec.stdout().contains("recorded 2 tests and 1 mock (http: 1)"), "{}", rec.explain());
+}

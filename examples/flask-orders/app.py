@@ -2,7 +2,8 @@
 
 Outbound calls: an HTTP catalog/pricing API (CATALOG_URL, called with `requests`), a key-value store that
 speaks a line protocol doppel does not parse (KV_ADDR), and DNS when CATALOG_URL names a host.
-APP_VARIANT=changed is the "new build": it computes order totals differently.
+APP_VARIANT=changed is the "new build": it computes order totals differently; APP_VARIANT=newcall asks
+the catalog for one more field (a call that was never recorded).
 """
 import hashlib
 import json
@@ -34,7 +35,8 @@ def health():
 
 @app.get("/api/items/<int:item_id>")
 def item(item_id):
-    r = session.get(f"{CATALOG}/catalog/{item_id}", params={"fields": "name,price"})
+    fields = "name,price,stock" if os.environ.get("APP_VARIANT") == "newcall" else "name,price"
+    r = session.get(f"{CATALOG}/catalog/{item_id}", params={"fields": fields})
     if r.status_code != 200:
         return jsonify(error="catalog", status=r.status_code), 502
     data = r.json()

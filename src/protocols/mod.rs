@@ -6,7 +6,6 @@ pub mod dns;
 pub mod http;
 pub mod tcp;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -202,9 +201,4 @@ pub fn detect(
         return None;
     }
     Some(Arc::new(tcp::Tcp))
-}
-
-/// A readable endpoint for messages.
-pub fn endpoint(addr: &SocketAddr) -> String {
-    addr.to_string()
 }

@@ -105,6 +105,10 @@ async fn answer(conn: &mut TcpStream, live: &RequestHead, body: &[u8], ctx: &Ser
     let mut near: Vec<String> = Vec::new();
     for (i, m) in ctx.pool.of_kind("http") {
         let Some(http) = &m.http else { continue };
+        // Cheap checks first: only mocks for the same method and path need their body decoded.
+        if http.request.method != live.method || path_of(&http.request.target) != path_of(&live.target) {
+            continue;
+        }
         let recorded_body = store::body_bytes(&ctx.pool.dir, &http.request.body).unwrap_or_default();
         match mismatch(&http.request, &recorded_body, live, body) {
             None => candidates.push(i),
