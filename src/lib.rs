@@ -13,3 +13,4 @@ pub mod record;
 pub mod replay;
 pub mod report;
 pub mod store;
+pub mod tls;

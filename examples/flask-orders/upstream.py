@@ -1,8 +1,11 @@
 """The flask-orders example's dependencies for tests: an HTTP catalog API and a line-protocol KV store.
 
 usage: python3 upstream.py HTTP_PORT KV_PORT [BLOB_MB]
+With UPSTREAM_TLS_CERT and UPSTREAM_TLS_KEY set (PEM files), the catalog API speaks HTTPS.
 """
 import json
+import os
+import ssl
 import socketserver
 import sys
 import threading
@@ -69,6 +72,11 @@ class KVServer(socketserver.ThreadingTCPServer):
 
 if __name__ == "__main__":
     http = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Catalog)
+    if os.environ.get("UPSTREAM_TLS_CERT"):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.environ["UPSTREAM_TLS_CERT"], os.environ["UPSTREAM_TLS_KEY"])
+        ctx.set_alpn_protocols(["http/1.1"])
+        http.socket = ctx.wrap_socket(http.socket, server_side=True)
     kv = KVServer(("127.0.0.1", int(sys.argv[2])), KV)
     threading.Thread(target=kv.serve_forever, daemon=True).start()
     print("ready", flush=True)

@@ -15,6 +15,9 @@ use crate::record::{self, PortMap, RecordOptions};
 use crate::replay::{self, ReplayOptions, Target};
 use crate::report;
 use crate::store::{Config, Store};
+use crate::tls::Ca;
+use crate::tls::trust::Trust;
+use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,6 +55,10 @@ enum Command {
     ///
     /// Example: doppel list
     List(PathArgs),
+    /// Show doppel's TLS interception CA (created on first use): where it is and its fingerprint.
+    ///
+    /// Example: doppel ca
+    Ca,
     #[command(hide = true, name = "__demo-app")]
     DemoApp,
     #[command(hide = true, name = "__demo-deps")]
@@ -78,6 +85,9 @@ struct CaptureArgs {
     /// Seconds the app gets to exit after SIGTERM before SIGKILL.
     #[arg(long, default_value_t = 5.0)]
     grace: f64,
+    /// Do not decrypt the app's TLS connections (they are recorded as opaque bytes).
+    #[arg(long)]
+    no_tls: bool,
 }
 
 #[derive(Args, Debug)]
@@ -94,6 +104,13 @@ struct RecordArgs {
     /// DNS server to forward the app's queries to while recording (default: first nameserver of /etc/resolv.conf).
     #[arg(long, value_name = "IP:PORT")]
     dns_upstream: Option<SocketAddr>,
+    /// Also trust this CA (PEM) for upstream TLS servers (private or staging CAs). Repeatable.
+    /// Example: --upstream-ca staging-ca.pem
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Vec<PathBuf>,
+    /// Do not verify upstream TLS certificates while recording.
+    #[arg(long)]
+    upstream_insecure: bool,
     #[command(flatten)]
     capture: CaptureArgs,
     /// The command that runs the app.
@@ -216,6 +233,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Record(args) => cmd_record(args, config, cli.quiet).await,
         Command::Test(args) => cmd_test(args, config, cli.quiet).await,
         Command::List(args) => cmd_list(args, config),
+        Command::Ca => cmd_ca(),
         Command::Demo(_) | Command::DemoApp | Command::DemoDeps => Ok(0),
     }
 }
@@ -234,19 +252,29 @@ async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32
             p.app
         )));
     }
+    let tls = TlsSetup::new(args.capture.no_tls)?;
+    let interceptor = match &tls {
+        Some(t) => {
+            let trust =
+                crate::tls::UpstreamTrust { extra_roots: args.upstream_ca.clone(), insecure: args.upstream_insecure };
+            Some(Arc::new(crate::tls::Interceptor::new(t.ca.clone(), &trust)?))
+        }
+        None => None,
+    };
     let opts = RecordOptions {
         store: store_for(&args.path.path, &config),
         test_set: args.test_set,
         ports,
-        command: AppCommand { argv: args.command, env: Vec::new(), quiet: false },
+        command: AppCommand { argv: args.command, env: TlsSetup::env(&tls), quiet: false },
         grace: secs(args.capture.grace, "--grace")?,
         dns_upstream: args.dns_upstream,
         quiet,
         stop: None,
+        tls: interceptor,
     };
     let outcome = match &explicit {
         Some(e) => record::record(e, opts).await?,
-        None => record::record(&Sandbox::default(), opts).await?,
+        None => record::record(&TlsSetup::sandbox(&tls), opts).await?,
     };
     print_record_summary(&outcome);
     if outcome.app_exited_by_itself
@@ -274,6 +302,11 @@ pub fn print_record_summary(o: &record::RecordOutcome) {
     for e in &o.summary.errors {
         println!("doppel: write error: {e}");
     }
+    for (host, why) in &o.undecrypted {
+        println!(
+            "doppel: TLS to {host} could not be decrypted (its client refused doppel's CA: {why}); recorded encrypted"
+        );
+    }
 }
 
 async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
@@ -282,12 +315,13 @@ async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
         return Err(Error::input("give the command that runs the app after --, or --target URL"));
     }
     let explicit = explicit_of(&args.capture, args.ports.clone())?;
+    let tls = if target.is_some() { None } else { TlsSetup::new(args.capture.no_tls)? };
     let opts = ReplayOptions {
         store: store_for(&args.path.path, &config),
         sets: args.test_sets,
         command: (!args.command.is_empty()).then(|| AppCommand {
             argv: args.command,
-            env: Vec::new(),
+            env: TlsSetup::env(&tls),
             quiet: !args.show_app_output,
         }),
         target,
@@ -299,14 +333,50 @@ async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
         junit: args.junit,
         report_dir: args.report_dir,
         quiet,
+        ca: tls.as_ref().map(|t| t.ca.clone()),
     };
     let report = match &explicit {
         Some(e) => replay::run(Some(e), &opts).await?,
         None if opts.target.is_some() => replay::run::<Sandbox>(None, &opts).await?,
-        None => replay::run(Some(&Sandbox::default()), &opts).await?,
+        None => replay::run(Some(&TlsSetup::sandbox(&tls)), &opts).await?,
     };
     println!("{}", report::summary_line(&report));
     Ok(if report.failed > 0 { 1 } else { 0 })
+}
+
+/// doppel's CA and the trust material the app gets (bundle mounts and environment).
+struct TlsSetup {
+    ca: Arc<Ca>,
+    trust: Trust,
+}
+
+impl TlsSetup {
+    fn new(disabled: bool) -> Result<Option<TlsSetup>> {
+        if disabled {
+            return Ok(None);
+        }
+        let ca = Arc::new(Ca::load_or_create(&Ca::default_dir())?);
+        let trust = crate::tls::trust::prepare(&ca, &std::env::temp_dir())?;
+        Ok(Some(TlsSetup { ca, trust }))
+    }
+
+    fn env(tls: &Option<TlsSetup>) -> Vec<(String, String)> {
+        tls.as_ref().map(|t| t.trust.env.clone()).unwrap_or_default()
+    }
+
+    fn sandbox(tls: &Option<TlsSetup>) -> Sandbox {
+        Sandbox { mounts: tls.as_ref().map(|t| t.trust.mounts.clone()).unwrap_or_default() }
+    }
+}
+
+fn cmd_ca() -> Result<i32> {
+    let dir = Ca::default_dir();
+    let ca = Ca::load_or_create(&dir)?;
+    println!("doppel CA certificate: {}", ca.cert_path().display());
+    println!("private key:           {} (mode 0600)", ca.dir().join("ca-key.pem").display());
+    println!("SHA-256 fingerprint:   {}", ca.fingerprint());
+    println!("(set DOPPEL_CA_DIR to keep it elsewhere; apps under doppel trust it automatically)");
+    Ok(0)
 }
 
 fn cmd_list(args: PathArgs, config: Config) -> Result<i32> {

@@ -183,6 +183,7 @@ async fn record_step<C: Capture>(capture: &C, setup: &Setup, store: &Store) -> R
         dns_upstream: None,
         quiet: true,
         stop: Some(stop.clone()),
+        tls: None,
     };
     let exposed = setup.exposed;
     let recording = record::record(capture, opts);
@@ -226,6 +227,7 @@ async fn replay_step(setup: &Setup, store: &Store, changed: bool) -> Result<RunR
         junit: None,
         report_dir: Some(std::env::temp_dir().join(format!("doppel-demo-reports-{}", std::process::id()))),
         quiet: false,
+        ca: None,
     };
     let r = match &setup.explicit {
         Some(e) => replay::run(Some(e), &opts).await,

@@ -9,10 +9,15 @@ pub mod tcp;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use tokio::net::TcpStream;
-
 use crate::capture::BoxFuture;
 use crate::store::{Mock, RecordSink};
+
+/// A byte stream to or from the app: a TCP socket, or the plaintext side of a TLS session on one.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A connection handed to a protocol server in replay.
+pub type Conn = Box<dyn Stream>;
 
 /// What the first bytes of a connection say about a protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,9 +169,13 @@ pub trait Protocol: Send + Sync + 'static {
     fn detect_server(&self, _first: &[u8], _port: u16) -> Detect {
         Detect::No
     }
+    /// Whether the server sends the first bytes (MySQL's greeting): replay must not wait for the client.
+    fn server_speaks_first(&self) -> bool {
+        false
+    }
     fn observer(&self, ctx: RecordCtx) -> Box<dyn Observer>;
     /// Answers one connection of the app from the mocks. `first` holds bytes already read from it.
-    fn serve(&self, conn: TcpStream, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()>;
+    fn serve(&self, conn: Conn, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()>;
 }
 
 /// Every protocol doppel parses, in detection order. The opaque `tcp` protocol is the fallback and is not

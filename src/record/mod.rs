@@ -51,6 +51,8 @@ pub struct RecordOptions {
     pub quiet: bool,
     /// Stops the recording when notified (used when doppel drives the traffic itself, as in the demo).
     pub stop: Option<Arc<tokio::sync::Notify>>,
+    /// Decrypts the app's TLS connections (absent: TLS is recorded as opaque bytes).
+    pub tls: Option<Arc<crate::tls::Interceptor>>,
 }
 
 pub struct RecordOutcome {
@@ -61,6 +63,8 @@ pub struct RecordOutcome {
     /// The app stopped by itself (not asked by doppel).
     pub app_exited_by_itself: bool,
     pub exposed: Vec<PortMap>,
+    /// Servers whose TLS could not be decrypted (their client refused doppel's CA), and why.
+    pub undecrypted: Vec<(String, String)>,
 }
 
 pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<RecordOutcome> {
@@ -108,10 +112,11 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
         let tracker = tracker.clone();
         let ids = conn_ids.clone();
         let mut rx = std::mem::replace(&mut session.egress, mpsc::channel(1).1);
+        let tls = opts.tls.clone();
         tokio::spawn(async move {
             while let Some(e) = rx.recv().await {
                 let ctx = ctx_for(&sink, Role::Egress { dest: e.dest.clone() }, &ids);
-                tokio::spawn(tracker.track(egress(e, ctx)));
+                tracker.spawn(egress(e, ctx, tls.clone()));
             }
         })
     };
@@ -194,8 +199,9 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
         t.abort();
     }
     egress_task.abort();
-    // The app is gone, so its connections are closing; give the proxies a moment to write what completed.
-    tracker.wait_idle(Duration::from_secs(3)).await;
+    // The app is gone, so its connections are closing; give the proxies a moment to write what completed,
+    // then drop what is still open (idle keep-alive connections): those exchanges were in flight.
+    tracker.finish(Duration::from_secs(3)).await;
     drop(sink);
     drop(session);
     let summary = writer.finish();
@@ -205,6 +211,7 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
         return Err(e);
     }
     let dir = opts.store.root().join(&set_name);
+    let undecrypted = opts.tls.as_ref().map(|t| t.refused_hosts()).unwrap_or_default();
     Ok(RecordOutcome {
         set: set_name,
         dir,
@@ -212,6 +219,7 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
         app_exit: Some(exit),
         app_exited_by_itself: by_itself,
         exposed: exposed_now,
+        undecrypted,
     })
 }
 
@@ -289,7 +297,7 @@ fn spawn_ingress(
             let _ = client.set_nodelay(true);
             let link = link.clone();
             let ctx = ctx_for(&sink, Role::Ingress { port: map.app }, &ids);
-            tokio::spawn(tracker.track(async move {
+            tracker.spawn(async move {
                 match link.connect(map.app).await {
                     Ok(app) => {
                         let _ = app.set_nodelay(true);
@@ -297,22 +305,38 @@ fn spawn_ingress(
                     }
                     Err(e) => tracing::info!("connection to the app's port {} failed: {e}", map.app),
                 }
-            }));
+            });
         }
     })
 }
 
-async fn egress(e: Egress, ctx: RecordCtx) {
+async fn egress(e: Egress, ctx: RecordCtx, tls: Option<Arc<crate::tls::Interceptor>>) {
     let connect = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(e.dest.as_str())).await;
-    match connect {
-        Ok(Ok(upstream)) => {
-            let _ = upstream.set_nodelay(true);
-            let _ = e.stream.set_nodelay(true);
-            proxy::run(e.stream, upstream, ctx, e.port).await;
+    let upstream = match connect {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(err)) => return refuse(e, ctx, err.to_string()),
+        Err(_) => return refuse(e, ctx, "timed out".into()),
+    };
+    let _ = upstream.set_nodelay(true);
+    let _ = e.stream.set_nodelay(true);
+    // A TLS client speaks first with a ClientHello; a server-first protocol (MySQL, SMTP) never waits on us.
+    if let Some(tls) = tls.filter(|t| !t.passes_through(&e.dest)) {
+        let first = crate::tls::first_word(&e.stream, &upstream, Duration::from_secs(3600)).await;
+        if let crate::tls::FirstWord::Client(bytes) = first
+            && crate::tls::looks_like_client_hello(&bytes)
+        {
+            let ip = upstream.peer_addr().ok().map(|a| a.ip());
+            match tls.intercept(e.stream, upstream, &e.dest, ip).await {
+                Ok((client, server, negotiated)) => {
+                    tracing::debug!("decrypting TLS to {} ({:?})", negotiated.server_name, negotiated.alpn);
+                    proxy::run(client, server, ctx, e.port).await;
+                }
+                Err(why) => tracing::warn!("{}: {why}", e.dest),
+            }
+            return;
         }
-        Ok(Err(err)) => refuse(e, ctx, err.to_string()),
-        Err(_) => refuse(e, ctx, "timed out".into()),
     }
+    proxy::run(e.stream, upstream, ctx, e.port).await;
 }
 
 /// The dependency is down: the app sees its connection reset, and the failure is recorded so replay does

@@ -7,42 +7,67 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
 use crate::protocols::tcp::TcpObserver;
-use crate::protocols::{self, Observer, Protocol, RecordCtx};
+use crate::protocols::{self, Observer, Protocol, RecordCtx, Stream};
 
-/// Counts running proxies, so that stopping can wait for the last exchanges to be written.
+/// Keeps track of running proxies, so that stopping can wait for the last exchanges to be written, then
+/// abort what is left (idle keep-alive connections, streams that never end).
 #[derive(Clone, Default)]
 pub struct Tracker {
-    inner: Arc<(AtomicUsize, Notify)>,
+    inner: Arc<TrackerInner>,
+}
+
+#[derive(Default)]
+struct TrackerInner {
+    active: AtomicUsize,
+    idle: Notify,
+    next: AtomicUsize,
+    running: Mutex<std::collections::HashMap<usize, tokio::task::AbortHandle>>,
 }
 
 impl Tracker {
-    pub fn track<F: Future<Output = ()> + Send + 'static>(&self, fut: F) -> impl Future<Output = ()> + Send + 'static {
+    /// Spawns `fut` as a tracked task.
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, fut: F) {
         let inner = self.inner.clone();
-        inner.0.fetch_add(1, Ordering::SeqCst);
-        async move {
+        let id = inner.next.fetch_add(1, Ordering::SeqCst);
+        inner.active.fetch_add(1, Ordering::SeqCst);
+        let done = inner.clone();
+        let handle = tokio::spawn(async move {
             fut.await;
-            if inner.0.fetch_sub(1, Ordering::SeqCst) == 1 {
-                inner.1.notify_waiters();
+            if let Ok(mut r) = done.running.lock() {
+                r.remove(&id);
             }
+            if done.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+                done.idle.notify_waiters();
+            }
+        });
+        if let Ok(mut r) = inner.running.lock()
+            && !handle.is_finished()
+        {
+            r.insert(id, handle.abort_handle());
         }
     }
 
-    pub async fn wait_idle(&self, limit: Duration) {
+    /// Waits up to `limit` for every tracked task to end, then aborts the rest.
+    pub async fn finish(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
-        while self.inner.0.load(Ordering::SeqCst) > 0 {
-            let notified = self.inner.1.notified();
-            if self.inner.0.load(Ordering::SeqCst) == 0 {
+        while self.inner.active.load(Ordering::SeqCst) > 0 {
+            let notified = self.inner.idle.notified();
+            if self.inner.active.load(Ordering::SeqCst) == 0 {
                 break;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 break;
             }
+        }
+        let left: Vec<_> =
+            self.inner.running.lock().map(|mut r| r.drain().map(|(_, h)| h).collect()).unwrap_or_default();
+        for h in left {
+            h.abort();
         }
     }
 }
@@ -122,7 +147,7 @@ impl Watch {
 }
 
 /// Proxies `client` <-> `server` until both directions end, observing every byte.
-pub async fn run(client: TcpStream, server: TcpStream, ctx: RecordCtx, port: u16) {
+pub async fn run<C: Stream + 'static, S: Stream + 'static>(client: C, server: S, ctx: RecordCtx, port: u16) {
     let watch = Arc::new(Mutex::new(Watch {
         slot: Slot::Detecting { client: Vec::new(), server: Vec::new(), seen: Vec::new() },
         ctx,
@@ -130,15 +155,20 @@ pub async fn run(client: TcpStream, server: TcpStream, ctx: RecordCtx, port: u16
         protocols: protocols::registry(),
         offsets: [0, 0],
     }));
-    let (cr, cw) = client.into_split();
-    let (sr, sw) = server.into_split();
+    let (cr, cw) = tokio::io::split(client);
+    let (sr, sw) = tokio::io::split(server);
     tokio::join!(pump(cr, sw, watch.clone(), true), pump(sr, cw, watch.clone(), false));
     if let Ok(mut w) = watch.lock() {
         w.close(Instant::now());
     }
 }
 
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, watch: Arc<Mutex<Watch>>, from_client: bool) {
+async fn pump<R: AsyncRead, W: AsyncWrite>(
+    mut from: ReadHalf<R>,
+    mut to: WriteHalf<W>,
+    watch: Arc<Mutex<Watch>>,
+    from_client: bool,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from.read(&mut buf).await {

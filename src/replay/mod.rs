@@ -61,6 +61,8 @@ pub struct ReplayOptions {
     pub junit: Option<PathBuf>,
     pub report_dir: Option<PathBuf>,
     pub quiet: bool,
+    /// doppel's CA, to answer the app's TLS connections.
+    pub ca: Option<Arc<crate::tls::Ca>>,
 }
 
 /// Runs every selected test set; the report says what passed.
@@ -148,8 +150,11 @@ async fn run_set<C: Capture>(
         header_line(set, set.mocks.len());
     }
     let mut session = capture.start(&command).await?;
-    let egress_task =
-        egress::spawn(std::mem::replace(&mut session.egress, tokio::sync::mpsc::channel(1).1), pool.clone());
+    let egress_task = egress::spawn(
+        std::mem::replace(&mut session.egress, tokio::sync::mpsc::channel(1).1),
+        pool.clone(),
+        opts.ca.clone(),
+    );
     let dns_tasks: Vec<_> = std::mem::take(&mut session.dns)
         .into_iter()
         .map(|s| tokio::spawn(crate::protocols::dns::serve(s, pool.clone())))

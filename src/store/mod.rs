@@ -321,6 +321,12 @@ pub enum Record {
     Mock(Box<Mock>),
 }
 
+/// Messages to the writer thread: records, and the end of the recording.
+enum ToWriter {
+    Record(Record),
+    Stop,
+}
+
 /// Counts of what was written, per kind.
 #[derive(Debug, Default, Clone)]
 pub struct WriteSummary {
@@ -333,7 +339,7 @@ pub struct WriteSummary {
 pub struct SetWriter {
     pub name: String,
     pub dir: PathBuf,
-    tx: Option<mpsc::Sender<Record>>,
+    tx: Option<mpsc::Sender<ToWriter>>,
     thread: Option<thread::JoinHandle<()>>,
     summary: Arc<Mutex<WriteSummary>>,
     next_mock_id: Arc<std::sync::atomic::AtomicU64>,
@@ -343,7 +349,7 @@ pub struct SetWriter {
 /// A cheap handle the proxies use to submit records.
 #[derive(Clone)]
 pub struct RecordSink {
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<ToWriter>,
     dir: PathBuf,
     next_mock_id: Arc<std::sync::atomic::AtomicU64>,
     next_blob: Arc<std::sync::atomic::AtomicU64>,
@@ -351,9 +357,8 @@ pub struct RecordSink {
 
 impl RecordSink {
     pub fn submit(&self, record: Record) {
-        // The writer thread only stops after every sink is dropped, so a send error cannot lose a record
-        // that anyone is still waiting for.
-        let _ = self.tx.send(record);
+        // After the writer stopped, a late record belongs to an exchange that was still in flight at the end.
+        let _ = self.tx.send(ToWriter::Record(record));
     }
 
     pub fn next_mock_id(&self) -> u64 {
@@ -368,7 +373,7 @@ impl RecordSink {
 
 impl SetWriter {
     fn start(name: String, dir: PathBuf) -> Result<SetWriter> {
-        let (tx, rx) = mpsc::channel::<Record>();
+        let (tx, rx) = mpsc::channel::<ToWriter>();
         let summary = Arc::new(Mutex::new(WriteSummary::default()));
         let mocks_path = dir.join("mocks.yaml");
         let tests_dir = dir.join("tests");
@@ -397,9 +402,11 @@ impl SetWriter {
         }
     }
 
-    /// Waits until everything submitted so far (by sinks already dropped) is on disk.
+    /// Waits until everything submitted so far is on disk; later submissions are dropped.
     pub fn finish(mut self) -> WriteSummary {
-        self.tx.take();
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(ToWriter::Stop);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -411,10 +418,14 @@ impl SetWriter {
     }
 }
 
-fn writer_loop(rx: mpsc::Receiver<Record>, tests_dir: &Path, mocks_path: &Path, summary: &Mutex<WriteSummary>) {
+fn writer_loop(rx: mpsc::Receiver<ToWriter>, tests_dir: &Path, mocks_path: &Path, summary: &Mutex<WriteSummary>) {
     let mut names: BTreeSet<String> = BTreeSet::new();
     let mut mocks: Option<File> = None;
-    for record in rx {
+    for msg in rx {
+        let record = match msg {
+            ToWriter::Record(r) => r,
+            ToWriter::Stop => break,
+        };
         let result = match record {
             Record::Test(mut test) => {
                 let base = slug(&test.request.method, &test.request.target);

@@ -6,9 +6,7 @@ mod record;
 pub mod serve;
 pub mod wire;
 
-use tokio::net::TcpStream;
-
-use super::{BoxFuture, Detect, Observer, Protocol, RecordCtx, ServeCtx};
+use super::{BoxFuture, Conn, Detect, Observer, Protocol, RecordCtx, ServeCtx};
 
 pub struct Http;
 
@@ -36,7 +34,7 @@ impl Protocol for Http {
         Box::new(record::HttpObserver::new(ctx))
     }
 
-    fn serve(&self, conn: TcpStream, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()> {
+    fn serve(&self, conn: Conn, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()> {
         Box::pin(serve::serve(conn, first, ctx))
     }
 }

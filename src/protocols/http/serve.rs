@@ -6,11 +6,10 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::parse::{Event, Parser, RequestHead, Side};
 use super::wire;
-use crate::protocols::ServeCtx;
+use crate::protocols::{Conn, ServeCtx};
 use crate::store::{self, HttpRequest};
 
 /// Query parameters as a sorted multiset, so `?b=2&a=1` matches `?a=1&b=2`.
@@ -59,7 +58,7 @@ pub fn mismatch(recorded: &HttpRequest, recorded_body: &[u8], live: &RequestHead
     None
 }
 
-pub async fn serve(mut conn: TcpStream, first: Vec<u8>, ctx: ServeCtx) {
+pub async fn serve(mut conn: Conn, first: Vec<u8>, ctx: ServeCtx) {
     let mut parser = Parser::new(Side::Request);
     let mut events = Vec::new();
     let mut head: Option<RequestHead> = None;
@@ -100,7 +99,7 @@ pub async fn serve(mut conn: TcpStream, first: Vec<u8>, ctx: ServeCtx) {
 }
 
 /// Writes the answer to one request; `Ok(false)` when the connection must close afterwards.
-async fn answer(conn: &mut TcpStream, live: &RequestHead, body: &[u8], ctx: &ServeCtx) -> std::io::Result<bool> {
+async fn answer(conn: &mut Conn, live: &RequestHead, body: &[u8], ctx: &ServeCtx) -> std::io::Result<bool> {
     let mut candidates = Vec::new();
     let mut near: Vec<String> = Vec::new();
     for (i, m) in ctx.pool.of_kind("http") {

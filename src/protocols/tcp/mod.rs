@@ -4,9 +4,8 @@
 use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use super::{BoxFuture, Detect, Observer, Protocol, RecordCtx, Role, ServeCtx};
+use super::{BoxFuture, Conn, Detect, Observer, Protocol, RecordCtx, Role, ServeCtx};
 use crate::store::{Chunk, Direction, FORMAT_VERSION, Mock, Record, TcpMock, format_time};
 
 /// Beyond this many bytes a connection's recording stops (the traffic still flows).
@@ -27,7 +26,7 @@ impl Protocol for Tcp {
         Box::new(TcpObserver::new(ctx, None))
     }
 
-    fn serve(&self, conn: TcpStream, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()> {
+    fn serve(&self, conn: Conn, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()> {
         Box::pin(serve(conn, first, ctx))
     }
 }
@@ -155,7 +154,7 @@ fn server_first(m: &crate::store::Mock) -> bool {
         .is_some_and(|t| t.connect_error.is_some() || t.chunks.first().is_some_and(|c| c.dir == Direction::In))
 }
 
-pub async fn serve(mut conn: TcpStream, mut first: Vec<u8>, ctx: ServeCtx) {
+pub async fn serve(mut conn: Conn, mut first: Vec<u8>, ctx: ServeCtx) {
     // Choosing the conversation needs the app's first bytes, unless the dependency spoke first.
     let speaks_first = ctx.pool.of_kind("tcp").any(|(_, m)| m.dest == ctx.dest && server_first(m));
     if first.is_empty() && !speaks_first {
@@ -179,8 +178,7 @@ pub async fn serve(mut conn: TcpStream, mut first: Vec<u8>, ctx: ServeCtx) {
     };
     let Some(tcp) = ctx.pool.mocks[i].tcp.clone() else { return };
     if tcp.connect_error.is_some() {
-        // Recorded as unreachable: reset, as a refused connection would look to a connected socket.
-        let _ = socket2::SockRef::from(&conn).set_linger(Some(std::time::Duration::ZERO));
+        // Recorded as unreachable: the dispatcher resets such connections before they get here.
         return;
     }
     let mut pending_in = first;

@@ -1,0 +1,316 @@
+//! TLS interception: doppel's own CA mints a certificate per server name, so it can terminate the app's TLS
+//! connections, see the plaintext, and speak TLS to the real server (verified against the real roots).
+//! The app trusts the CA through `trust` (a bundle mounted over the system one in the sandbox, and the
+//! environment variables common runtimes read).
+
+mod ca;
+pub mod trust;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
+
+pub use ca::Ca;
+
+use crate::error::{Error, Result};
+
+/// Whether bytes start a TLS handshake (record type 22, version 3.x).
+pub fn looks_like_client_hello(b: &[u8]) -> bool {
+    b.len() >= 3 && b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04
+}
+
+/// Who spoke first on a fresh connection.
+pub enum FirstWord {
+    /// The client sent these bytes (peeked, not consumed).
+    Client(Vec<u8>),
+    Server,
+    Nobody,
+}
+
+/// Waits until the client or the server has something to say, without consuming it.
+pub async fn first_word(client: &TcpStream, server: &TcpStream, limit: Duration) -> FirstWord {
+    let (mut cbuf, mut sbuf) = ([0u8; 16], [0u8; 1]);
+    tokio::select! {
+        r = client.peek(&mut cbuf) => match r {
+            Ok(n) if n > 0 => FirstWord::Client(cbuf[..n].to_vec()),
+            _ => FirstWord::Nobody,
+        },
+        r = server.peek(&mut sbuf) => match r {
+            Ok(n) if n > 0 => FirstWord::Server,
+            _ => FirstWord::Nobody,
+        },
+        _ = tokio::time::sleep(limit) => FirstWord::Nobody,
+    }
+}
+
+/// Peeks at the first bytes the app sends, up to `limit`.
+pub async fn peek_client(stream: &TcpStream, limit: Duration) -> Vec<u8> {
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(limit, stream.peek(&mut buf)).await {
+        Ok(Ok(n)) => buf[..n].to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// How upstream servers are verified while recording.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamTrust {
+    /// Extra roots (PEM files) for private or staging CAs.
+    pub extra_roots: Vec<std::path::PathBuf>,
+    /// Accept any upstream certificate.
+    pub insecure: bool,
+}
+
+/// What was negotiated on an intercepted connection.
+#[derive(Debug, Clone)]
+pub struct Negotiated {
+    pub server_name: String,
+    pub alpn: Option<String>,
+}
+
+/// Decrypts the app's TLS connections while recording.
+pub struct Interceptor {
+    ca: Arc<Ca>,
+    roots: Arc<RootCertStore>,
+    /// Certificates given with --upstream-ca, also accepted as the server's own certificate (a self-signed
+    /// certificate made with `openssl req -x509` is marked as a CA, which web PKI refuses as a server's).
+    pinned: Arc<Vec<CertificateDer<'static>>>,
+    insecure: bool,
+    /// Destinations whose clients refused doppel's certificate (pinning, own trust store): server name and why.
+    refused: Mutex<HashMap<String, (String, String)>>,
+}
+
+impl Interceptor {
+    pub fn new(ca: Arc<Ca>, upstream: &UpstreamTrust) -> Result<Interceptor> {
+        let mut roots = RootCertStore::empty();
+        let mut pinned = Vec::new();
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+        for path in &upstream.extra_roots {
+            let pem =
+                std::fs::read(path).map_err(|e| Error::input(format!("--upstream-ca {}: {e}", path.display())))?;
+            let mut added = 0;
+            for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+                let cert: CertificateDer<'static> =
+                    cert.map_err(|e| Error::input(format!("--upstream-ca {}: {e:?}", path.display())))?;
+                pinned.push(cert.clone());
+                roots.add(cert).map_err(|e| Error::input(format!("--upstream-ca {}: {e}", path.display())))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(Error::input(format!("--upstream-ca {}: no PEM certificate in it", path.display())));
+            }
+        }
+        Ok(Interceptor {
+            ca,
+            roots: Arc::new(roots),
+            pinned: Arc::new(pinned),
+            insecure: upstream.insecure,
+            refused: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Servers whose clients refused doppel's certificate, with the reason.
+    pub fn refused_hosts(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self.refused.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn client_config(&self, alpn: Vec<Vec<u8>>) -> Arc<ClientConfig> {
+        let builder = ClientConfig::builder();
+        let webpki = rustls::client::WebPkiServerVerifier::builder(self.roots.clone()).build().ok();
+        let mut config = match (self.insecure, webpki) {
+            (false, Some(webpki)) if !self.pinned.is_empty() => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { webpki, pinned: self.pinned.clone() }))
+                .with_no_client_auth(),
+            (false, _) => builder.with_root_certificates(self.roots.clone()).with_no_client_auth(),
+            (true, _) => {
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyServer)).with_no_client_auth()
+            }
+        };
+        config.alpn_protocols = alpn;
+        Arc::new(config)
+    }
+
+    /// Whether connections to `dest` pass through encrypted (its client refused doppel's certificate before).
+    pub fn passes_through(&self, dest: &str) -> bool {
+        self.refused.lock().map(|m| m.contains_key(dest)).unwrap_or(false)
+    }
+
+    /// Terminates the app's TLS and opens TLS to the real server with the same server name and the ALPN
+    /// protocols the app offered; the app gets the protocol the server chose. `dest_ip` names the server
+    /// when the app sent no SNI.
+    pub async fn intercept(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
+        dest: &str,
+        dest_ip: Option<IpAddr>,
+    ) -> std::result::Result<
+        (tokio_rustls::server::TlsStream<TcpStream>, tokio_rustls::client::TlsStream<TcpStream>, Negotiated),
+        String,
+    > {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client)
+            .await
+            .map_err(|e| format!("reading the app's TLS ClientHello: {e}"))?;
+        let hello = start.client_hello();
+        let sni = hello.server_name().map(str::to_string);
+        let offered: Vec<Vec<u8>> = hello.alpn().map(|a| a.map(|p| p.to_vec()).collect()).unwrap_or_default();
+        let name = sni.clone().or_else(|| dest_ip.map(|ip| ip.to_string())).unwrap_or_else(|| "localhost".into());
+        let server_name = match (&sni, dest_ip) {
+            (Some(s), _) => ServerName::try_from(s.clone()).map_err(|e| format!("server name {s:?}: {e}"))?,
+            (None, Some(ip)) => ServerName::IpAddress(ip.into()),
+            (None, None) => return Err("the app sent no server name and the destination has no address".into()),
+        };
+        let upstream = TlsConnector::from(self.client_config(offered))
+            .connect(server_name, upstream)
+            .await
+            .map_err(|e| format!("TLS to the real server {name} failed: {e}"))?;
+        let chosen = upstream.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+        let config = self.ca.server_config(&name, chosen.iter().cloned().collect()).map_err(|e| e.to_string())?;
+        match start.into_stream(config).await {
+            Ok(client) => {
+                let alpn = chosen.map(|p| String::from_utf8_lossy(&p).into_owned());
+                Ok((client, upstream, Negotiated { server_name: name, alpn }))
+            }
+            Err(e) => {
+                let why = format!(
+                    "the app refused doppel's certificate for {name} ({e}); later connections to it are recorded encrypted"
+                );
+                if let Ok(mut m) = self.refused.lock() {
+                    m.insert(dest.to_string(), (name, e.to_string()));
+                }
+                Err(why)
+            }
+        }
+    }
+}
+
+/// Accepts the app's TLS in replay with a certificate for the name it asks for; `alpn` picks the protocol
+/// among those the app offers.
+pub async fn accept(
+    ca: &Ca,
+    stream: TcpStream,
+    dest_ip: Option<IpAddr>,
+    alpn: impl Fn(&[Vec<u8>]) -> Option<Vec<u8>>,
+) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, String)> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let hello = start.client_hello();
+    let name = hello
+        .server_name()
+        .map(str::to_string)
+        .or_else(|| dest_ip.map(|ip| ip.to_string()))
+        .unwrap_or_else(|| "localhost".into());
+    let offered: Vec<Vec<u8>> = hello.alpn().map(|a| a.map(|p| p.to_vec()).collect()).unwrap_or_default();
+    let config = ca.server_config(&name, alpn(&offered).into_iter().collect()).map_err(std::io::Error::other)?;
+    let tls = start.into_stream(config).await?;
+    Ok((tls, name))
+}
+
+/// Web PKI verification, except that a server presenting exactly a certificate the user gave with
+/// `--upstream-ca` is trusted as is.
+#[derive(Debug)]
+struct PinnedOrWebPki {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Arc<Vec<CertificateDer<'static>>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(_) if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// `--upstream-insecure`: any certificate is accepted from upstream servers (signatures are still checked
+/// for well-formedness by rustls' provider).
+#[derive(Debug)]
+struct AcceptAnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}

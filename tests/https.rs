@@ -1,0 +1,182 @@
+//! HTTPS interception with real clients: Python requests, httpx and curl, Node fetch and axios, and Java's
+//! HttpClient call a local HTTPS server that has its own certificate. doppel decrypts with its CA (which
+//! the apps trust without any change), records plaintext mocks, and replays them with the server gone.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+struct World {
+    dir: tempfile::TempDir,
+    http_port: u16,
+    kv_port: u16,
+    upstream: Option<Bg>,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        // The upstream's own certificate, self-signed for localhost.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("upstream-cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("upstream-key.pem"), key.serialize_pem()).unwrap();
+        let (http_port, kv_port) = (free_port(), free_port());
+        let mut c = Command::new("python3");
+        c.arg(repo().join("examples/flask-orders/upstream.py"))
+            .arg(http_port.to_string())
+            .arg(kv_port.to_string())
+            .env("UPSTREAM_TLS_CERT", dir.path().join("upstream-cert.pem"))
+            .env("UPSTREAM_TLS_KEY", dir.path().join("upstream-key.pem"));
+        let up = Bg::spawn(&mut c, dir.path(), "upstream");
+        up.wait_for_output("ready", Duration::from_secs(20));
+        World { dir, http_port, kv_port, upstream: Some(up) }
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("upstream-cert.pem")
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("recordings")
+    }
+
+    fn doppel(&self, sub: &str, extra: &[&str], app: &[String], app_port: u16, variant: Option<&str>) -> Command {
+        let mut c = Command::new(doppel_bin());
+        c.current_dir(self.dir.path()).arg(sub).arg("--path").arg(self.path()).args(extra).arg("--").args(app);
+        c.env("DOPPEL_CA_DIR", self.dir.path().join("ca"))
+            .env("APP_PORT", app_port.to_string())
+            .env("UPSTREAM_URL", format!("https://localhost:{}", self.http_port))
+            .env("PINNED_CERT", self.cert())
+            .env("NODE_PATH", repo().join("examples/node/node_modules"));
+        match variant {
+            Some(v) => c.env("APP_VARIANT", v),
+            None => c.env_remove("APP_VARIANT"),
+        };
+        c
+    }
+
+    fn record(&self, app: &[String], app_port: u16, urls: &[&str]) -> String {
+        let cert = self.cert();
+        let args = ["--port", &app_port.to_string(), "--upstream-ca", cert.to_str().unwrap()].map(String::from);
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let mut rec = Bg::spawn(&mut self.doppel("record", &args, app, app_port, None), self.dir.path(), "record");
+        wait_http_ok(&format!("http://127.0.0.1:{app_port}/health"), Duration::from_secs(60), &rec);
+        for u in urls {
+            let r = curl(&[&format!("http://127.0.0.1:{app_port}{u}")]);
+            assert!(
+                r.stdout.contains("\"name\":\"item-") || r.stdout.contains("\"ok\":"),
+                "{u}: {r:?}\n{}",
+                rec.explain()
+            );
+        }
+        rec.signal(libc::SIGINT);
+        assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+        rec.stdout()
+    }
+
+    fn stop_upstream(&mut self) {
+        self.upstream.take();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.http_port)).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "upstream still up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.kv_port;
+    }
+
+    /// Replays the recording, then the changed build; checks both verdicts.
+    fn replay_and_catch(&self, app: &[String], app_port: u16, tests: usize, changed_field: &str) {
+        let ok = run(&mut self.doppel("test", &[], app, app_port, None));
+        assert_eq!(ok.code, 0, "{ok:?}");
+        assert!(ok.stdout.contains(&format!("{tests} passed, 0 failed")), "{ok:?}");
+        let bad = run(&mut self.doppel("test", &[], app, app_port, Some("changed")));
+        assert_eq!(bad.code, 1, "{bad:?}");
+        assert!(bad.stdout.contains(changed_field), "{bad:?}");
+    }
+}
+
+fn python_app() -> Vec<String> {
+    vec!["python3".into(), repo().join("examples/https/app.py").display().to_string()]
+}
+
+#[test]
+fn python_requests_httpx_and_curl_over_https() {
+    let mut w = World::new();
+    let port = free_port();
+    let out = w.record(&python_app(), port, &["/via/requests/2", "/via/httpx/4", "/via/curl/6"]);
+    assert!(out.contains("recorded 4 tests and 3 mocks (http: 3)"), "{out}");
+    let mocks = read_all(&w.path().join("test-set-0/mocks.yaml"));
+    // Decrypted: the mocks are plain HTTP exchanges, readable.
+    assert!(mocks.contains("target: /catalog/4") && mocks.contains("name: item-4"), "{mocks}");
+    assert!(mocks.contains("User-Agent: python-httpx/") && mocks.contains("User-Agent: curl/"), "{mocks}");
+    w.stop_upstream();
+    w.replay_and_catch(&python_app(), port, 4, "body $.price changed: expected 5.0 got 5.5");
+}
+
+#[test]
+fn node_fetch_and_axios_over_https() {
+    let mut w = World::new();
+    let port = free_port();
+    let app = vec!["node".to_string(), repo().join("examples/https/app.js").display().to_string()];
+    let out = w.record(&app, port, &["/via/fetch/3", "/via/axios/5"]);
+    assert!(out.contains("recorded 3 tests and 2 mocks (http: 2)"), "{out}");
+    let mocks = read_all(&w.path().join("test-set-0/mocks.yaml"));
+    assert!(mocks.contains("User-Agent: axios/"), "{mocks}");
+    w.stop_upstream();
+    w.replay_and_catch(&app, port, 3, "body $.price changed: expected 12.5 got 13.75");
+}
+
+fn compile_java(out: &Path) {
+    let r = run(Command::new("javac").arg("-d").arg(out).arg(repo().join("examples/https/App.java")));
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn java_httpclient_over_https() {
+    let mut w = World::new();
+    let classes = w.dir.path().join("classes");
+    compile_java(&classes);
+    let port = free_port();
+    let app = vec!["java".to_string(), "-cp".to_string(), classes.display().to_string(), "App".to_string()];
+    let out = w.record(&app, port, &["/via/java/7"]);
+    assert!(out.contains("recorded 2 tests and 1 mock (http: 1)"), "{out}");
+    w.stop_upstream();
+    w.replay_and_catch(&app, port, 2, "body $.price changed: expected 17.5 got 19.25");
+}
+
+#[test]
+fn a_client_that_refuses_doppels_ca_is_recorded_encrypted_and_reported() {
+    let w = World::new();
+    let port = free_port();
+    // The first pinned call fails (the client refuses doppel's certificate); the next passes through
+    // encrypted, and the summary names the host.
+    let out = w.record(&python_app(), port, &["/pinned/1", "/pinned/1"]);
+    assert!(out.contains("TLS to localhost could not be decrypted"), "{out}");
+    let tests = w.path().join("test-set-0/tests");
+    let second = read_all(&tests.join("get-pinned-1-2.yaml"));
+    assert!(second.contains("ok: true"), "{second}");
+    let mocks = read_all(&w.path().join("test-set-0/mocks.yaml"));
+    assert!(mocks.contains("kind: tcp"), "the pass-through connection is kept as opaque bytes:\n{mocks}");
+}
+
+#[test]
+fn doppel_ca_prints_where_it_is_and_its_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let first = run(Command::new(doppel_bin()).arg("ca").env("DOPPEL_CA_DIR", &ca_dir));
+    let second = run(Command::new(doppel_bin()).arg("ca").env("DOPPEL_CA_DIR", &ca_dir));
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(first.stdout, second.stdout, "the CA is created once and reused");
+    assert!(first.stdout.contains(&ca_dir.join("ca.pem").display().to_string()), "{first:?}");
+    let fp = first.stdout.lines().find(|l| l.starts_with("SHA-256 fingerprint:")).unwrap();
+    assert_eq!(fp.split_whitespace().last().unwrap().split(':').count(), 32, "{fp}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ca_dir.join("ca-key.pem")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
