@@ -43,6 +43,15 @@ async fn serve(e: Egress, pool: Arc<MockPool>) {
         p.serve(stream, Vec::new(), ctx).await;
         return;
     }
+    // A server-first protocol next to opaque recordings (connections it stopped parsing, e.g. after TLS):
+    // its app sends nothing until greeted, so waiting for first bytes would only stall it.
+    let parsed: Vec<&str> = kinds.iter().copied().filter(|k| *k != "tcp").collect();
+    if let [only] = parsed.as_slice()
+        && let Some(p) = by_name(only).filter(|p| p.server_first())
+    {
+        p.serve(stream, Vec::new(), ctx).await;
+        return;
+    }
     let mut first = Vec::new();
     let mut buf = vec![0u8; 4096];
     let protocols = protocols::registry();
