@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+from xml.etree import ElementTree
 from decimal import ROUND_HALF_UP, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -103,14 +104,14 @@ class Cli:
     def __init__(self):
         self.binary = shutil.which("mariadb") or shutil.which("mysql")
 
-    def run(self, sql):
-        cmd = [self.binary, "-h", DB["host"], "-P", str(DB["port"]), "-u", DB["user"], "--batch"]
+    def run(self, sql, output="--batch"):
+        cmd = [self.binary, "-h", DB["host"], "-P", str(DB["port"]), "-u", DB["user"], output]
         if DB["password"]:
             cmd.append("-p" + DB["password"])
-        done = subprocess.run(cmd + ["-e", sql, DB["database"]], capture_output=True, text=True)
+        done = subprocess.run(cmd + ["-e", sql, DB["database"]], capture_output=True, text=True, errors="replace")
         if done.returncode != 0:
             # ERROR 1146 (42S02) at line 1: Table 'x.y' doesn't exist
-            text = done.stderr.strip()
+            text = next((l for l in done.stderr.splitlines() if l.startswith("ERROR ")), done.stderr.strip())
             code = int(text.split()[1]) if text.startswith("ERROR ") else -1
             raise DbError(code, text.split(": ", 1)[-1])
         return done.stdout
@@ -118,16 +119,14 @@ class Cli:
     def results(self, sql, params=None):
         if params:
             sql = sql % tuple(int(p) for p in params)
-        lines = self.run(sql).splitlines()
-        # --batch prints one header line per result set; a header is any line after an empty result.
-        out, names = [], None
-        for line in lines:
-            cells = [None if c == "NULL" else c for c in line.split("\t")]
-            if names is None or (out and len(cells) != len(names)):
-                names = cells
-                out.append([])
-            else:
-                out[-1].append(dict(zip(names, cells)))
+        # --xml prints one document per result set, NULL marked with xsi:nil.
+        out = []
+        for doc in self.run(sql, "--xml").split("<?xml")[1:]:
+            root = ElementTree.fromstring("<?xml" + doc)
+            nil = "{http://www.w3.org/2001/XMLSchema-instance}nil"
+            out.append(
+                [{f.get("name"): None if f.get(nil) else (f.text or "") for f in row} for row in root.findall("row")]
+            )
         return out
 
     def insert(self, sql, params):

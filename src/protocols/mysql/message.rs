@@ -207,11 +207,10 @@ pub fn flag_names(bits: u64, table: &[(u64, &str)]) -> Vec<String> {
 
 pub fn parse_flags(names: &[String], table: &[(u64, &str)]) -> u64 {
     names.iter().fold(0, |acc, n| {
-        let bit = table
-            .iter()
-            .find(|(_, name)| name == n)
-            .map(|(b, _)| *b)
-            .or_else(|| n.strip_prefix("BIT_").and_then(|i| i.parse::<u32>().ok()).and_then(|i| 1u64.checked_shl(i)));
+        let bit =
+            table.iter().find(|(_, name)| name == n).map(|(b, _)| *b).or_else(|| {
+                n.strip_prefix("BIT_").and_then(|i| i.parse::<u32>().ok()).and_then(|i| 1u64.checked_shl(i))
+            });
         acc | bit.unwrap_or(0)
     })
 }
@@ -584,7 +583,10 @@ pub fn encode_text_row(row: &[MysqlValue]) -> Vec<u8> {
 }
 
 fn is_date(ty: u8) -> bool {
-    matches!(ty, types::DATE | types::NEWDATE | types::DATETIME | types::TIMESTAMP | types::DATETIME2 | types::TIMESTAMP2)
+    matches!(
+        ty,
+        types::DATE | types::NEWDATE | types::DATETIME | types::TIMESTAMP | types::DATETIME2 | types::TIMESTAMP2
+    )
 }
 
 fn is_time(ty: u8) -> bool {
@@ -967,7 +969,8 @@ mod tests {
 
     #[test]
     fn ok_err_eof_round_trip() {
-        let ok = OkPacket { affected_rows: 3, last_insert_id: 300, status: 2, warnings: 1, info: "Rows matched: 3".into() };
+        let ok =
+            OkPacket { affected_rows: 3, last_insert_id: 300, status: 2, warnings: 1, info: "Rows matched: 3".into() };
         assert_eq!(decode_ok(&encode_ok(&ok, 0), 0).unwrap(), ok);
         let e = MysqlError { code: 1146, sqlstate: "42S02".into(), message: "Table 'x.y' doesn't exist".into() };
         assert_eq!(decode_err(&encode_err(&e)).unwrap(), Some(e));
@@ -1050,12 +1053,7 @@ mod tests {
             statement_id: 9,
             flags: 0,
             types: vec![(types::LONGLONG, 0), (types::VAR_STRING, 0), (types::DOUBLE, 0), (types::NULL, 0)],
-            params: vec![
-                MysqlValue::Int(42),
-                MysqlValue::Text("a".into()),
-                MysqlValue::Float(2.5),
-                MysqlValue::Null,
-            ],
+            params: vec![MysqlValue::Int(42), MysqlValue::Text("a".into()), MysqlValue::Float(2.5), MysqlValue::Null],
             types_sent: true,
         };
         let wire = encode_execute(&e);

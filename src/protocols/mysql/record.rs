@@ -54,12 +54,18 @@ struct Pending {
 enum Stage {
     /// The first packet of an answer (or of the next result of a multi-result answer).
     First,
-    Columns { left: usize },
+    Columns {
+        left: usize,
+    },
     ColumnsEof,
     Rows,
-    PrepareParams { left: usize },
+    PrepareParams {
+        left: usize,
+    },
     PrepareParamsEof,
-    PrepareColumns { left: usize },
+    PrepareColumns {
+        left: usize,
+    },
     PrepareColumnsEof,
     /// LOAD DATA LOCAL: the client is sending the file.
     InfileData,
@@ -182,7 +188,9 @@ impl MysqlObserver {
                 let response = message::decode_handshake_response(&p.payload)?;
                 let login = self.login.as_mut().ok_or("a handshake response without a greeting")?;
                 if response.ssl_request {
-                    return Err("the client asked for TLS (SSLRequest); the encrypted session is recorded opaque".into());
+                    return Err(
+                        "the client asked for TLS (SSLRequest); the encrypted session is recorded opaque".into()
+                    );
                 }
                 let agreed = response.capabilities & login.greeting.capabilities;
                 if agreed & (caps::COMPRESS | caps::ZSTD_COMPRESSION) != 0 {
@@ -378,7 +386,8 @@ impl MysqlObserver {
                 if metadata_follows {
                     a.stage = Stage::Columns { left: count };
                 } else {
-                    let stmt = a.statement.and_then(|id| self.statements.get(&id)).ok_or("cached metadata is unknown")?;
+                    let stmt =
+                        a.statement.and_then(|id| self.statements.get(&id)).ok_or("cached metadata is unknown")?;
                     a.columns = stmt.columns.clone();
                     a.kinds = stmt.kinds.clone();
                     a.stage = if deprecate_eof { Stage::Rows } else { Stage::ColumnsEof };
@@ -523,8 +532,7 @@ impl MysqlObserver {
             attributes: response.attributes.into_iter().collect(),
             auth_steps: login.steps,
         };
-        let mock =
-            MysqlMock { command: "handshake".into(), handshake: Some(handshake), error, ..MysqlMock::default() };
+        let mock = MysqlMock { command: "handshake".into(), handshake: Some(handshake), error, ..MysqlMock::default() };
         self.emit(mock, login.started, at);
     }
 

@@ -126,7 +126,11 @@ pub async fn serve(stream: TcpStream, first: Vec<u8>, ctx: ServeCtx) {
             other => {
                 let what = format!("{} (0x{other:02x}), which doppel does not replay", command::name(other));
                 session.ctx.pool.miss("mysql", &session.ctx.dest, what.clone());
-                write_packet(&mut out, &mut seq, &message::encode_err(&error(1047, "08S01", &format!("doppel: {what}"))));
+                write_packet(
+                    &mut out,
+                    &mut seq,
+                    &message::encode_err(&error(1047, "08S01", &format!("doppel: {what}"))),
+                );
             }
         }
         if wire.send(&out).await.is_none() {
@@ -160,7 +164,11 @@ async fn handshake(wire: &mut Wire, ctx: ServeCtx) -> Option<Session> {
     let response = match message::decode_handshake_response(&login.payload) {
         Ok(r) => r,
         Err(e) => {
-            ctx.pool.miss("mysql", &ctx.dest, format!("a connection to {} whose login doppel cannot read: {e}", ctx.dest));
+            ctx.pool.miss(
+                "mysql",
+                &ctx.dest,
+                format!("a connection to {} whose login doppel cannot read: {e}", ctx.dest),
+            );
             return None;
         }
     };
@@ -380,7 +388,11 @@ impl Session {
             return self.miss(out, seq, "a COM_STMT_EXECUTE too short to name its statement".into());
         };
         let Some(stmt) = self.statements.get_mut(&id) else {
-            let e = error(1243, "HY000", &format!("Unknown prepared statement handler ({id}) given to mysqld_stmt_execute"));
+            let e = error(
+                1243,
+                "HY000",
+                &format!("Unknown prepared statement handler ({id}) given to mysqld_stmt_execute"),
+            );
             return write_packet(out, seq, &message::encode_err(&e));
         };
         let execute = match message::decode_execute(body, stmt.params, &stmt.bound) {
@@ -393,7 +405,8 @@ impl Session {
         stmt.bound = execute.types.clone();
         let sql = stmt.sql.clone();
         let params_match = |m: &MysqlMock| {
-            m.params.len() == execute.params.len() && m.params.iter().zip(&execute.params).all(|(a, b)| same_value(a, b))
+            m.params.len() == execute.params.len()
+                && m.params.iter().zip(&execute.params).all(|(a, b)| same_value(a, b))
         };
         let same_sql = |m: &MysqlMock| m.sql.as_deref().map(normalize_sql) == Some(sql.as_str());
         match self.take("execute", |m| same_sql(m) && params_match(m)) {
@@ -401,7 +414,10 @@ impl Session {
             None => {
                 let mut what = format!("execution of `{sql}` with parameters {}", describe_params(&execute.params));
                 let near = self.ctx.pool.of_kind("mysql").find_map(|(_, m)| {
-                    m.mysql.as_ref().filter(|x| x.command == "execute" && same_sql(x)).map(|x| describe_params(&x.params))
+                    m.mysql
+                        .as_ref()
+                        .filter(|x| x.command == "execute" && same_sql(x))
+                        .map(|x| describe_params(&x.params))
                 });
                 if let Some(recorded) = near {
                     what.push_str(&format!("; the recording executed it with {recorded}"));
