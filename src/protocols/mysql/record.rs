@@ -19,6 +19,10 @@ use crate::store::{
     format_time,
 };
 
+/// An answer beyond this many bytes is not decoded: the rest of the connection is recorded opaque (which
+/// has the same limit), so a huge result set cannot exhaust doppel's memory. The traffic itself flows on.
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Waiting for the server's greeting.
@@ -86,6 +90,8 @@ struct Answer {
     prepared: MysqlPrepared,
     /// For COM_STMT_EXECUTE: the statement the answer's columns may come from.
     statement: Option<u32>,
+    /// Payload bytes received so far.
+    size: usize,
 }
 
 struct Login {
@@ -318,6 +324,7 @@ impl MysqlObserver {
             prepare: None,
             prepared: MysqlPrepared::default(),
             statement,
+            size: 0,
         })
     }
 
@@ -326,6 +333,10 @@ impl MysqlObserver {
             Some(a) => a,
             None => self.begin_answer()?,
         };
+        answer.size += payload.len();
+        if answer.size > MAX_ANSWER {
+            return Err(format!("an answer larger than {} MiB is not decoded", MAX_ANSWER >> 20));
+        }
         let done = self.advance(&mut answer, payload)?;
         if done {
             let p = self.pending.pop_front().ok_or("an answer without its command")?;
@@ -570,6 +581,9 @@ fn ms(d: std::time::Duration) -> f64 {
 impl Observer for MysqlObserver {
     fn client(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
         self.client.push(data);
+        if self.client.buffered() > MAX_ANSWER {
+            return Err(format!("a client packet larger than {} MiB is not decoded", MAX_ANSWER >> 20));
+        }
         while let Some(p) = self.client.next_packet() {
             self.on_client_packet(p, at)?;
         }
@@ -578,6 +592,9 @@ impl Observer for MysqlObserver {
 
     fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
         self.server.push(data);
+        if self.server.buffered() > MAX_ANSWER {
+            return Err(format!("a server packet larger than {} MiB is not decoded", MAX_ANSWER >> 20));
+        }
         while let Some(p) = self.server.next_packet() {
             self.on_server_packet(p, at)?;
         }
