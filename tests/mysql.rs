@@ -164,6 +164,12 @@ fn pymysql_records_replays_and_catches_a_change() {
     }
     w.drop_database();
     replay_green_then_caught(&w, 7, 1);
+    // A build that sends a query never recorded: the driver gets an ERR naming it, the test fails with it.
+    let miss = run(&mut w.doppel("test", &[], Some("new-query")));
+    assert_eq!(miss.code, 1, "{miss:?}");
+    let what = "query `SELECT id, name, price, stock FROM items WHERE id = 2 LIMIT 1` (to 127.0.0.1:3306)";
+    assert!(miss.stdout.contains(&format!("mock miss: {what}")), "{miss:?}");
+    assert!(miss.stdout.lines().any(|l| l.starts_with("5 passed, 2 failed")), "{miss:?}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 """A small shop service on MySQL/MariaDB, for doppel's tests and as an example to record.
 
 DRIVER=pymysql (default) talks to the database with PyMySQL; DRIVER=cli runs the `mariadb`/`mysql` command
-line client for every query. APP_VARIANT=changed is a "new build" with a pricing bug that replay must catch.
+line client for every query. APP_VARIANT=changed is a "new build" with a pricing bug that replay must catch;
+APP_VARIANT=new-query changes a query, which replay answers with an error (no recording) and reports.
 
 Environment: APP_PORT (8080), DB_HOST (127.0.0.1), DB_PORT (3306), DB_USER (root), DB_PASSWORD (""),
 DB_NAME (test).
@@ -142,7 +143,10 @@ db = Cli() if DRIVER == "cli" else PyMySQL()
 
 
 def item(item_id):
-    rows = db.results("SELECT id, name, price, stock FROM items WHERE id = %s", [item_id])[0]
+    sql = "SELECT id, name, price, stock FROM items WHERE id = %s"
+    if os.environ.get("APP_VARIANT") == "new-query":
+        sql += " LIMIT 1"  # a build whose query the recording never saw
+    rows = db.results(sql, [item_id])[0]
     return rows[0] if rows else None
 
 
