@@ -160,7 +160,16 @@ async fn handshake(wire: &mut Wire, ctx: ServeCtx) -> Option<Session> {
     let mut seq = 0;
     write_packet(&mut out, &mut seq, &message::encode_greeting(&greeting));
     wire.send(&out).await?;
-    let login = wire.read().await?;
+    let Some(login) = wire.read().await else {
+        // Clients that insist on TLS hang up here, seeing no SSL capability in the greeting.
+        let what = format!(
+            "a connection to {} closed after the greeting without logging in (does the app require TLS? \
+             doppel's MySQL replay offers none yet)",
+            ctx.dest
+        );
+        ctx.pool.miss("mysql", &ctx.dest, what);
+        return None;
+    };
     let response = match message::decode_handshake_response(&login.payload) {
         Ok(r) => r,
         Err(e) => {

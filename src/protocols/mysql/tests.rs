@@ -689,3 +689,21 @@ fn mock_values_survive_the_yaml_file() {
     let back: Mock = crate::store::parse_yaml(&yaml, std::path::Path::new("m.yaml"), 1).unwrap();
     assert_eq!(back, mock, "{yaml}");
 }
+
+#[tokio::test]
+async fn a_client_hanging_up_after_the_greeting_is_reported() {
+    let (pool, addr) = replay_server(Vec::new()).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut c = Client { stream, framer: Framer::new() };
+    let g = message::decode_greeting(&c.read().await.payload).unwrap();
+    assert_eq!(g.auth_plugin, NATIVE_PASSWORD, "the default without a recorded handshake");
+    drop(c);
+    for _ in 0..100 {
+        if !pool.misses().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let misses: Vec<String> = pool.misses().into_iter().map(|m| m.what).collect();
+    assert!(misses.first().is_some_and(|m| m.contains("does the app require TLS?")), "{misses:?}");
+}
