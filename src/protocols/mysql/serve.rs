@@ -3,7 +3,8 @@
 //! capabilities the client asks for (deprecate-EOF or not), and answers every command from the mocks:
 //! queries by SQL, prepared statements by SQL with ids of its own per connection, executions by SQL and
 //! parameter values. Session statements (SET, USE, transaction control) that were not recorded get a
-//! plain OK; any other command without a recording gets ERR 1105 naming it, and fails the running test.
+//! plain OK, and a pool's `SELECT 1` its usual answer; any other command without a recording gets ERR 1105
+//! naming it, and fails the running test.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,7 +17,7 @@ use super::packet::{Framer, Packet, write_packet};
 use super::record::Statement;
 use super::{CACHING_SHA2, NATIVE_PASSWORD, command};
 use crate::protocols::ServeCtx;
-use crate::store::{MysqlError, MysqlMock, MysqlResult, MysqlValue};
+use crate::store::{MysqlColumn, MysqlError, MysqlMock, MysqlResult, MysqlValue};
 
 /// What doppel offers in replay: no TLS, compression, session tracking or MariaDB extensions, so clients
 /// fall back to the plain protocol that every recording can be re-encoded into.
@@ -237,6 +238,25 @@ fn scramble() -> Vec<u8> {
     bytes.iter().map(|b| b'!' + b % 90).collect()
 }
 
+/// What a server answers to `SELECT 1`.
+fn select_one() -> MysqlMock {
+    let column = MysqlColumn {
+        name: "1".into(),
+        column_type: "LONGLONG".into(),
+        flags: vec!["NOT_NULL".into(), "BINARY".into()],
+        charset: 63,
+        length: 1,
+        ..MysqlColumn::default()
+    };
+    let result = MysqlResult {
+        columns: vec![column],
+        rows: vec![vec![MysqlValue::Text("1".into())]],
+        status: vec!["AUTOCOMMIT".into()],
+        ..MysqlResult::default()
+    };
+    MysqlMock { command: "query".into(), results: vec![result], ..MysqlMock::default() }
+}
+
 fn error(code: u16, sqlstate: &str, message: &str) -> MysqlError {
     MysqlError { code, sqlstate: sqlstate.into(), message: message.into() }
 }
@@ -347,6 +367,10 @@ impl Session {
             None if is_session_statement(sql) => {
                 let ok = OkPacket { status: AUTOCOMMIT, ..OkPacket::default() };
                 write_packet(&mut out, seq, &message::encode_ok(&ok, 0));
+            }
+            None if wanted.eq_ignore_ascii_case("select 1") => {
+                // A pool's liveness check, which may run at other moments than while recording.
+                self.write_answer(&mut out, seq, &select_one(), false);
             }
             None => self.miss(&mut out, seq, format!("query `{wanted}`")),
         }

@@ -636,6 +636,8 @@ async fn replay_answers_as_the_server_did_in_both_eof_modes() {
         // A session statement never recorded: OK. Anything else: ERR and a miss.
         let got = c.command(b"\x03SET NAMES utf8mb4", |_| true).await;
         assert_eq!(got[0][0], 0);
+        let got = c.command(b"\x03SELECT 1", eof(ends)).await;
+        assert_eq!(message::decode_text_row(&got[got.len() - 2], 1).unwrap(), vec![text("1")]);
         let got = c.command(b"\x03DELETE FROM t", |_| true).await;
         assert!(message::decode_err(&got[0]).unwrap().unwrap().message.contains("query `DELETE FROM t`"));
         c.send(0, &[command::QUIT]).await;
