@@ -390,6 +390,9 @@ impl MysqlObserver {
                 }
                 let mut r = super::packet::Reader::new(payload);
                 let count = usize::try_from(r.lenenc().ok_or("a bad column count")?).map_err(|e| e.to_string())?;
+                if count == 0 {
+                    return Err("a result set without columns".into());
+                }
                 let metadata_follows = if caps & caps::MARIADB_CACHE_METADATA != 0 { r.u8() != Some(0) } else { true };
                 a.columns.clear();
                 a.kinds.clear();
@@ -409,7 +412,7 @@ impl MysqlObserver {
                 let (c, k) = decode_column(payload, caps)?;
                 a.columns.push(c);
                 a.kinds.push(k);
-                a.stage = match left - 1 {
+                a.stage = match left.saturating_sub(1) {
                     0 if deprecate_eof => Stage::Rows,
                     0 => Stage::ColumnsEof,
                     n => Stage::Columns { left: n },
@@ -448,7 +451,7 @@ impl MysqlObserver {
             }
             Stage::PrepareParams { left } => {
                 a.prepared.params.push(decode_column(payload, caps)?.0);
-                a.stage = Stage::PrepareParams { left: left - 1 };
+                a.stage = Stage::PrepareParams { left: left.saturating_sub(1) };
                 self.after_prepare_stage(a)
             }
             Stage::PrepareParamsEof | Stage::PrepareColumnsEof => {
@@ -466,7 +469,7 @@ impl MysqlObserver {
                 let (c, k) = decode_column(payload, caps)?;
                 a.prepared.columns.push(c);
                 a.kinds.push(k);
-                a.stage = Stage::PrepareColumns { left: left - 1 };
+                a.stage = Stage::PrepareColumns { left: left.saturating_sub(1) };
                 self.after_prepare_stage(a)
             }
             Stage::InfileData => Err("the server spoke while the client was sending a LOCAL INFILE file".into()),

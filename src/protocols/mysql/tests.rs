@@ -445,6 +445,17 @@ fn detection_of_the_greeting() {
     assert_eq!(super::Mysql.detect_client(b"\x03SELECT", 3306), Detect::No);
 }
 
+#[test]
+fn a_column_count_of_zero_is_refused_not_a_panic() {
+    let mut c = Conv::default();
+    c.login(client_caps(true), NATIVE_PASSWORD);
+    c.ok(0, 0);
+    c.command(b"\x03SELECT");
+    c.server(&[vec![0xFC, 0, 0], message::encode_column(&col("x", "LONG"))]);
+    let (_, error) = observe(&c.msgs, whole);
+    assert!(error.is_some_and(|e| e.contains("without columns")));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
