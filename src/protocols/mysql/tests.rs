@@ -471,6 +471,26 @@ proptest! {
     }
 
     #[test]
+    fn framed_garbage_after_login_never_panics(
+        packets in proptest::collection::vec((any::<bool>(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..60)), 0..16)
+    ) {
+        // Well-framed packets with arbitrary payloads, starting with real command bytes, in both directions.
+        const FIRST: [u8; 12] = [0x00, 0x01, 0x02, 0x03, 0x0e, 0x16, 0x17, 0x19, 0x1a, 0xfb, 0xfe, 0xff];
+        let mut c = Conv::default();
+        c.login(client_caps(false), NATIVE_PASSWORD);
+        c.ok(0, 0);
+        c.command(b"\x16SELECT ?");
+        let head = message::PrepareOk { statement_id: 1, columns: 1, params: 1, warnings: 0 };
+        c.server(&[message::encode_prepare_ok(&head)]);
+        for (from_client, first, rest) in packets {
+            let mut payload = vec![FIRST[usize::from(first) % FIRST.len()]];
+            payload.extend(rest);
+            if from_client { c.command(&payload) } else { c.server(&[payload]) }
+        }
+        let _ = observe(&c.msgs, whole);
+    }
+
+    #[test]
     fn random_splits_give_the_same_mocks(cuts in proptest::collection::vec(1usize..40, 1..20)) {
         let conv = session(true);
         let (expected, _) = observe(&conv.msgs, whole);
