@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod mysql;
 pub mod tcp;
 
 use std::sync::{Arc, Mutex};
@@ -169,8 +170,8 @@ pub trait Protocol: Send + Sync + 'static {
     fn detect_server(&self, _first: &[u8], _port: u16) -> Detect {
         Detect::No
     }
-    /// Whether the server sends the first bytes (MySQL's greeting): replay must not wait for the client.
-    fn server_speaks_first(&self) -> bool {
+    /// Whether the server speaks first (a greeting): replay must not wait for the app's first bytes.
+    fn server_first(&self) -> bool {
         false
     }
     fn observer(&self, ctx: RecordCtx) -> Box<dyn Observer>;
@@ -181,7 +182,7 @@ pub trait Protocol: Send + Sync + 'static {
 /// Every protocol doppel parses, in detection order. The opaque `tcp` protocol is the fallback and is not
 /// listed.
 pub fn registry() -> Vec<Arc<dyn Protocol>> {
-    vec![Arc::new(http::Http)]
+    vec![Arc::new(http::Http), Arc::new(mysql::Mysql)]
 }
 
 /// The protocol of a connection from its first client bytes, or `None` while undecided. `done` means no

@@ -37,7 +37,7 @@ fn recorded(pool: &MockPool, dest: &str) -> (Vec<String>, bool, bool) {
     kinds.dedup();
     let server_first =
         mocks.iter().any(|m| m.tcp.as_ref().is_some_and(|t| t.chunks.first().is_some_and(|c| c.dir == Direction::In)))
-            || kinds.iter().any(|k| by_name(k).is_some_and(|p| p.server_speaks_first()));
+            || kinds.iter().any(|k| by_name(k).is_some_and(|p| p.server_first()));
     let refused = !mocks.is_empty() && mocks.iter().all(|m| m.tcp.as_ref().is_some_and(|t| t.connect_error.is_some()));
     (kinds, server_first, refused)
 }
@@ -79,6 +79,15 @@ async fn serve(e: Egress, pool: Arc<MockPool>, ca: Option<Arc<Ca>>) {
     // One protocol recorded for this destination: it serves the connection (and reads what it needs).
     if let [only] = kinds.as_slice()
         && let Some(p) = by_name(only)
+    {
+        p.serve(conn, first, ctx).await;
+        return;
+    }
+    // A server-first protocol next to opaque recordings (connections it stopped parsing, e.g. after TLS):
+    // its app sends nothing until greeted, so waiting for first bytes would only stall it.
+    let parsed: Vec<&str> = kinds.iter().map(|k| k.as_str()).filter(|k| *k != "tcp").collect();
+    if let [only] = parsed.as_slice()
+        && let Some(p) = by_name(only).filter(|p| p.server_first())
     {
         p.serve(conn, first, ctx).await;
         return;

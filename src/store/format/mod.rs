@@ -11,7 +11,7 @@ mod mysql;
 mod postgres;
 mod redis;
 
-pub use mysql::MysqlMock;
+pub use mysql::*;
 pub use postgres::PostgresMock;
 pub use redis::RedisMock;
 
