@@ -220,3 +220,109 @@ fn node_mysql2_prepared_statements_record_replay_and_catch_a_change() {
     w.drop_database();
     replay_green_then_caught(&w, 9, 2);
 }
+
+/// A private MariaDB with TLS on, in a directory of its own (the shared server has TLS off).
+struct TlsServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    server: Option<Bg>,
+}
+
+impl TlsServer {
+    fn start() -> TlsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        let data = dir.path().join("data");
+        let r = run(Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--user=root", "--auth-root-authentication-method=normal"]));
+        assert_eq!(r.code, 0, "{r:?}");
+        let port = free_port();
+        let mut c = Command::new("mariadbd");
+        c.arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.path().join("sock").display()))
+            .arg(format!("--port={port}"))
+            .arg(format!("--ssl-cert={}", dir.path().join("cert.pem").display()))
+            .arg(format!("--ssl-key={}", dir.path().join("key.pem").display()))
+            .args(["--user=root", "--bind-address=127.0.0.1", "--skip-log-bin"]);
+        let server = Bg::spawn(&mut c, dir.path(), "mariadbd");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{}", server.explain());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsServer { dir, port, server: Some(server) }
+    }
+
+    fn sql(&self, db: Option<&str>, stdin: Option<&str>, args: &[&str]) -> Ran {
+        let mut c = Command::new("mariadb");
+        c.args(["-h", "127.0.0.1", "-u", "root", "-P", &self.port.to_string()]).args(args);
+        if let Some(d) = db {
+            c.arg(d);
+        }
+        if let Some(f) = stdin {
+            c.stdin(std::fs::File::open(f).unwrap());
+        }
+        run(&mut c)
+    }
+}
+
+#[test]
+fn pymysql_over_tls_is_decrypted_recorded_and_replayed() {
+    let mut server = TlsServer::start();
+    let r = server.sql(None, None, &["-e", "CREATE DATABASE shop"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let schema = repo().join("examples/mysql/schema.sql");
+    assert_eq!(server.sql(Some("shop"), Some(schema.to_str().unwrap()), &[]).code, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let app_port = free_port();
+    let doppel = |sub: &str, extra: &[&str], variant: Option<&str>| {
+        let mut c = Command::new(doppel_bin());
+        c.current_dir(dir.path()).arg(sub).arg("--path").arg(dir.path().join("rec")).args(extra);
+        c.arg("--").arg("python3").arg(repo().join("examples/mysql/app.py"));
+        c.env("APP_PORT", app_port.to_string())
+            .env("DB_PORT", server.port.to_string())
+            .env("DB_NAME", "shop")
+            // Inside the sandbox the system bundle also holds doppel's CA: real verification, through doppel.
+            .env("DB_TLS_CA", "/etc/ssl/certs/ca-certificates.crt")
+            .env("DOPPEL_CA_DIR", dir.path().join("ca"));
+        match variant {
+            Some(v) => c.env("APP_VARIANT", v),
+            None => c.env_remove("APP_VARIANT"),
+        };
+        c
+    };
+    let cert = server.dir.path().join("cert.pem");
+    let mut rec = Bg::spawn(
+        &mut doppel("record", &["--port", &app_port.to_string(), "--upstream-ca", cert.to_str().unwrap()], None),
+        dir.path(),
+        "record",
+    );
+    let url = |p: &str| format!("http://127.0.0.1:{app_port}{p}");
+    wait_http_ok(&url("/health"), Duration::from_secs(30), &rec);
+    let r = curl(&[&url("/items/2")]);
+    assert!(r.stdout.contains("book"), "{r:?}\n{}", rec.explain());
+    let r = curl(&["-H", "Content-Type: application/json", "-d", r#"{"item_id": 2, "qty": 1}"#, &url("/orders")]);
+    assert!(r.stdout.contains(r#""total": 12.75"#), "{r:?}\n{}", rec.explain());
+    rec.signal(libc::SIGINT);
+    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    let mocks = read_all(&dir.path().join("rec/test-set-0/mocks.yaml"));
+    assert!(mocks.contains("TLS (SSLRequest)"), "{mocks}");
+    assert!(
+        mocks.contains("kind: mysql") && mocks.contains("FROM items WHERE id = 2"),
+        "decrypted SQL expected:\n{mocks}"
+    );
+    assert!(!mocks.contains("kind: tcp"), "{mocks}");
+
+    server.server.take();
+    let ok = run(&mut doppel("test", &[], None));
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let bad = run(&mut doppel("test", &[], Some("changed")));
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stdout.contains("body $.total changed: expected 12.75 got 14.03"), "{bad:?}");
+}

@@ -5,7 +5,7 @@ line client for every query. APP_VARIANT=changed is a "new build" with a pricing
 APP_VARIANT=new-query changes a query, which replay answers with an error (no recording) and reports.
 
 Environment: APP_PORT (8080), DB_HOST (127.0.0.1), DB_PORT (3306), DB_USER (root), DB_PASSWORD (""),
-DB_NAME (test).
+DB_NAME (test), DB_TLS_CA (PyMySQL only: connect with TLS and verify the server against this CA bundle).
 """
 
 import json
@@ -55,7 +55,11 @@ class PyMySQL:
         self.flags = CLIENT.MULTI_STATEMENTS
 
     def connect(self):
-        return self.pymysql.connect(charset="utf8mb4", client_flag=self.flags, **DB)
+        tls = {}
+        if os.environ.get("DB_TLS_CA"):
+            # TLS, verifying the server's certificate against this CA bundle.
+            tls = dict(ssl_ca=os.environ["DB_TLS_CA"], ssl_verify_cert=True)
+        return self.pymysql.connect(charset="utf8mb4", client_flag=self.flags, **tls, **DB)
 
     def results(self, sql, params=None):
         """Every result set of `sql` as lists of dicts."""

@@ -20,6 +20,61 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for 
 /// A connection handed to a protocol server in replay.
 pub type Conn = Box<dyn Stream>;
 
+/// A stream with bytes already read from it put back in front (for a TLS handshake whose first bytes
+/// arrived together with the plaintext before it).
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    offset: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+        Prefixed { prefix, offset: 0, inner }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.offset < self.prefix.len() {
+            let n = (self.prefix.len() - self.offset).min(buf.remaining());
+            let start = self.offset;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.offset += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// What the first bytes of a connection say about a protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detect {
@@ -64,6 +119,13 @@ pub trait Observer: Send {
     fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String>;
     /// The connection ended (both directions closed, or the proxy stopped).
     fn close(&mut self, at: Instant);
+    /// Asked after each piece is fed: `Some(n)` when the first `n` bytes of that piece completed a STARTTLS
+    /// negotiation (PostgreSQL's SSLRequest answered `S`, MySQL's SSL request) and what follows on both
+    /// sides is a TLS handshake. The proxy forwards those `n` bytes, decrypts both sides from there on, and
+    /// keeps feeding this observer the plaintext. Asked once per piece; the observer forgets it after.
+    fn tls_boundary(&mut self) -> Option<usize> {
+        None
+    }
 }
 
 /// A request the mocks could not answer, with when it happened, so the test running then can fail.
@@ -159,6 +221,8 @@ pub struct ServeCtx {
     pub pool: Arc<MockPool>,
     /// Where the app meant to connect.
     pub dest: String,
+    /// doppel's CA, for protocols that switch to TLS in the middle of a connection (STARTTLS).
+    pub ca: Option<Arc<crate::tls::Ca>>,
 }
 
 pub trait Protocol: Send + Sync + 'static {

@@ -301,7 +301,7 @@ fn spawn_ingress(
                 match link.connect(map.app).await {
                     Ok(app) => {
                         let _ = app.set_nodelay(true);
-                        proxy::run(client, app, ctx, map.app).await;
+                        proxy::run(client, app, ctx, map.app, None).await;
                     }
                     Err(e) => tracing::info!("connection to the app's port {} failed: {e}", map.app),
                 }
@@ -329,14 +329,17 @@ async fn egress(e: Egress, ctx: RecordCtx, tls: Option<Arc<crate::tls::Intercept
             match tls.intercept(e.stream, upstream, &e.dest, ip).await {
                 Ok((client, server, negotiated)) => {
                     tracing::debug!("decrypting TLS to {} ({:?})", negotiated.server_name, negotiated.alpn);
-                    proxy::run(client, server, ctx, e.port).await;
+                    proxy::run(client, server, ctx, e.port, None).await;
                 }
                 Err(why) => tracing::warn!("{}: {why}", e.dest),
             }
             return;
         }
+        // Plaintext for now; the protocol may still ask for TLS later (STARTTLS).
+        proxy::run(e.stream, upstream, ctx, e.port, Some(tls)).await;
+        return;
     }
-    proxy::run(e.stream, upstream, ctx, e.port).await;
+    proxy::run(e.stream, upstream, ctx, e.port, None).await;
 }
 
 /// The dependency is down: the app sees its connection reset, and the failure is recorded so replay does

@@ -84,6 +84,10 @@ enum Slot {
 
 struct Watch {
     slot: Slot,
+    /// The observer saw a STARTTLS negotiation complete: both pumps stop.
+    upgrade: bool,
+    /// How many bytes of the piece just fed belong before the TLS handshake.
+    boundary: Option<usize>,
     ctx: RecordCtx,
     port: u16,
     protocols: Vec<Arc<dyn Protocol>>,
@@ -122,6 +126,12 @@ impl Watch {
     fn deliver(&mut self, from_client: bool, data: &[u8], at: Instant) {
         let Slot::Active(obs) = &mut self.slot else { return };
         let r = if from_client { obs.client(data, at) } else { obs.server(data, at) };
+        if r.is_ok()
+            && let Some(n) = obs.tls_boundary()
+        {
+            self.upgrade = true;
+            self.boundary = Some(n.min(data.len()));
+        }
         if let Err(why) = r {
             // Degrade: the rest of this connection is recorded as opaque bytes, starting with this piece.
             let note = format!(
@@ -146,46 +156,118 @@ impl Watch {
     }
 }
 
-/// Proxies `client` <-> `server` until both directions end, observing every byte.
-pub async fn run<C: Stream + 'static, S: Stream + 'static>(client: C, server: S, ctx: RecordCtx, port: u16) {
+/// Proxies `client` <-> `server` until both directions end, observing every byte. When the observer sees a
+/// STARTTLS negotiation and `tls` is set, both sides are decrypted from then on.
+pub async fn run<C: Stream + 'static, S: Stream + 'static>(
+    client: C,
+    server: S,
+    ctx: RecordCtx,
+    port: u16,
+    tls: Option<Arc<crate::tls::Interceptor>>,
+) {
+    let dest = match &ctx.role {
+        crate::protocols::Role::Egress { dest } => dest.clone(),
+        crate::protocols::Role::Ingress { .. } => String::new(),
+    };
     let watch = Arc::new(Mutex::new(Watch {
         slot: Slot::Detecting { client: Vec::new(), server: Vec::new(), seen: Vec::new() },
+        upgrade: false,
+        boundary: None,
         ctx,
         port,
         protocols: protocols::registry(),
         offsets: [0, 0],
     }));
-    let (cr, cw) = tokio::io::split(client);
-    let (sr, sw) = tokio::io::split(server);
-    tokio::join!(pump(cr, sw, watch.clone(), true), pump(sr, cw, watch.clone(), false));
+    if let Some((client, server, early)) = pump_both(client, server, &watch).await {
+        let client = crate::protocols::Prefixed::new(early, client);
+        // STARTTLS: the client's next bytes are a ClientHello. Decrypt both sides and carry on.
+        match tls {
+            Some(tls) => {
+                let ip = dest.rsplit_once(':').and_then(|(h, _)| h.trim_matches(['[', ']']).parse().ok());
+                match tls.intercept(client, server, &dest, ip).await {
+                    Ok((c, s, negotiated)) => {
+                        tracing::debug!("STARTTLS to {} decrypted", negotiated.server_name);
+                        if let Ok(mut w) = watch.lock() {
+                            w.upgrade = false;
+                        }
+                        let _ = pump_both(c, s, &watch).await;
+                    }
+                    Err(why) => tracing::warn!("{dest}: {why}"),
+                }
+            }
+            None => {
+                // Not decrypting: the handshake and what follows are forwarded as they are.
+                if let Ok(mut w) = watch.lock() {
+                    w.upgrade = false;
+                }
+                let _ = pump_both(client, server, &watch).await;
+            }
+        }
+    }
     if let Ok(mut w) = watch.lock() {
         w.close(Instant::now());
     }
 }
 
+/// Runs both directions until they end; when they stopped for a STARTTLS upgrade, returns the streams and
+/// the client's bytes already read past the boundary (the start of its TLS handshake).
+async fn pump_both<C: Stream, S: Stream>(client: C, server: S, watch: &Arc<Mutex<Watch>>) -> Option<(C, S, Vec<u8>)> {
+    let (cr, cw) = tokio::io::split(client);
+    let (sr, sw) = tokio::io::split(server);
+    let halt = Arc::new(Notify::new());
+    let ((cr, sw, up1, early), (sr, cw, up2, _)) =
+        tokio::join!(pump(cr, sw, watch.clone(), true, halt.clone()), pump(sr, cw, watch.clone(), false, halt.clone()));
+    (up1 || up2).then(|| (cr.unsplit(cw), sr.unsplit(sw), early))
+}
+
+/// Copies one direction, observing every piece before forwarding it. Returns the halves and whether it
+/// stopped for a STARTTLS upgrade (rather than the end of the stream).
 async fn pump<R: AsyncRead, W: AsyncWrite>(
     mut from: ReadHalf<R>,
     mut to: WriteHalf<W>,
     watch: Arc<Mutex<Watch>>,
     from_client: bool,
-) {
+    halt: Arc<Notify>,
+) -> (ReadHalf<R>, WriteHalf<W>, bool, Vec<u8>) {
     let mut buf = vec![0u8; 64 * 1024];
+    let upgrading = |w: &Arc<Mutex<Watch>>| w.lock().map(|w| w.upgrade).unwrap_or(false);
     loop {
-        match from.read(&mut buf).await {
+        let read = tokio::select! {
+            r = from.read(&mut buf) => r,
+            // The other direction saw the negotiation end; a read dropped here loses nothing.
+            _ = halt.notified() => {
+                if upgrading(&watch) {
+                    return (from, to, true, Vec::new());
+                }
+                continue;
+            }
+        };
+        match read {
             Ok(0) | Err(_) => {
                 if let Ok(mut w) = watch.lock() {
                     w.feed(from_client, &[], Instant::now());
                 }
                 let _ = to.shutdown().await;
-                return;
+                halt.notify_one();
+                return (from, to, false, Vec::new());
             }
             Ok(n) => {
                 // Observe before forwarding, so a request is always seen before its response.
+                let mut upto = n;
                 if let Ok(mut w) = watch.lock() {
                     w.feed(from_client, &buf[..n], Instant::now());
+                    if let Some(b) = w.boundary.take() {
+                        upto = b;
+                    }
                 }
-                if to.write_all(&buf[..n]).await.is_err() {
-                    return;
+                if to.write_all(&buf[..upto]).await.is_err() {
+                    halt.notify_one();
+                    return (from, to, false, Vec::new());
+                }
+                if upgrading(&watch) {
+                    let _ = to.flush().await;
+                    halt.notify_one();
+                    return (from, to, true, buf[upto..n].to_vec());
                 }
             }
         }

@@ -43,7 +43,7 @@ fn recorded(pool: &MockPool, dest: &str) -> (Vec<String>, bool, bool) {
 }
 
 async fn serve(e: Egress, pool: Arc<MockPool>, ca: Option<Arc<Ca>>) {
-    let ctx = ServeCtx { pool: pool.clone(), dest: e.dest.clone() };
+    let ctx = ServeCtx { pool: pool.clone(), dest: e.dest.clone(), ca: ca.clone() };
     let (kinds, server_first, refused) = recorded(&pool, &e.dest);
     let stream = e.stream;
     let _ = stream.set_nodelay(true);

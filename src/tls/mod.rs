@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
@@ -150,16 +151,14 @@ impl Interceptor {
     /// Terminates the app's TLS and opens TLS to the real server with the same server name and the ALPN
     /// protocols the app offered; the app gets the protocol the server chose. `dest_ip` names the server
     /// when the app sent no SNI.
-    pub async fn intercept(
+    pub async fn intercept<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        client: TcpStream,
-        upstream: TcpStream,
+        client: C,
+        upstream: U,
         dest: &str,
         dest_ip: Option<IpAddr>,
-    ) -> std::result::Result<
-        (tokio_rustls::server::TlsStream<TcpStream>, tokio_rustls::client::TlsStream<TcpStream>, Negotiated),
-        String,
-    > {
+    ) -> std::result::Result<(tokio_rustls::server::TlsStream<C>, tokio_rustls::client::TlsStream<U>, Negotiated), String>
+    {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client)
             .await
             .map_err(|e| format!("reading the app's TLS ClientHello: {e}"))?;
@@ -198,12 +197,12 @@ impl Interceptor {
 
 /// Accepts the app's TLS in replay with a certificate for the name it asks for; `alpn` picks the protocol
 /// among those the app offers.
-pub async fn accept(
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     ca: &Ca,
-    stream: TcpStream,
+    stream: S,
     dest_ip: Option<IpAddr>,
     alpn: impl Fn(&[Vec<u8>]) -> Option<Vec<u8>>,
-) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, String)> {
+) -> std::io::Result<(tokio_rustls::server::TlsStream<S>, String)> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let hello = start.client_hello();
     let name = hello

@@ -37,6 +37,14 @@ impl Framer {
         self.buf.extend_from_slice(data);
     }
 
+    /// Takes the bytes received past the last complete packet (the start of a TLS handshake after an
+    /// SSLRequest), leaving the framer empty.
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        let rest = self.buf[self.start..].to_vec();
+        *self = Framer::default();
+        rest
+    }
+
     /// Bytes received but not yet part of a complete packet.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start + self.partial.as_ref().map_or(0, |p| p.payload.len())

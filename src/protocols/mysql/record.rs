@@ -114,6 +114,10 @@ pub struct MysqlObserver {
     answer: Option<Answer>,
     statements: HashMap<u32, Statement>,
     last_prepared: Option<u32>,
+    /// The client asked for TLS (SSLRequest) in the piece just fed.
+    tls_requested: bool,
+    /// Where in the piece just fed the TLS handshake starts.
+    tls_boundary: Option<usize>,
 }
 
 impl MysqlObserver {
@@ -129,6 +133,8 @@ impl MysqlObserver {
             answer: None,
             statements: HashMap::new(),
             last_prepared: None,
+            tls_requested: false,
+            tls_boundary: None,
         }
     }
 
@@ -194,9 +200,10 @@ impl MysqlObserver {
                 let response = message::decode_handshake_response(&p.payload)?;
                 let login = self.login.as_mut().ok_or("a handshake response without a greeting")?;
                 if response.ssl_request {
-                    return Err(
-                        "the client asked for TLS (SSLRequest); the encrypted session is recorded opaque".into()
-                    );
+                    // The real handshake response follows inside TLS (the proxy decrypts it when it can).
+                    login.steps.push("TLS (SSLRequest)".into());
+                    self.tls_requested = true;
+                    return Ok(());
                 }
                 let agreed = response.capabilities & login.greeting.capabilities;
                 if agreed & (caps::COMPRESS | caps::ZSTD_COMPRESSION) != 0 {
@@ -589,8 +596,20 @@ impl Observer for MysqlObserver {
         }
         while let Some(p) = self.client.next_packet() {
             self.on_client_packet(p, at)?;
+            if self.tls_requested {
+                // What follows the SSLRequest in this piece is the start of the TLS handshake.
+                let rest = self.client.buffered();
+                self.client = Framer::new();
+                self.tls_boundary = Some(data.len().saturating_sub(rest));
+                self.tls_requested = false;
+                break;
+            }
         }
         Ok(())
+    }
+
+    fn tls_boundary(&mut self) -> Option<usize> {
+        self.tls_boundary.take()
     }
 
     fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String> {

@@ -18,8 +18,9 @@ use super::{CACHING_SHA2, NATIVE_PASSWORD, command};
 use crate::protocols::ServeCtx;
 use crate::store::{MysqlColumn, MysqlError, MysqlMock, MysqlResult, MysqlValue};
 
-/// What doppel offers in replay: no TLS, compression, session tracking or MariaDB extensions, so clients
-/// fall back to the plain protocol that every recording can be re-encoded into.
+/// What doppel offers in replay: no compression, session tracking or MariaDB extensions, so clients fall
+/// back to the plain protocol that every recording can be re-encoded into. TLS is added when doppel's CA
+/// is loaded.
 const OFFERED: u64 = caps::LONG_PASSWORD
     | 1 << 1 // FOUND_ROWS
     | 1 << 2 // LONG_FLAG
@@ -151,7 +152,7 @@ async fn handshake(wire: &mut Wire, ctx: ServeCtx) -> Option<Session> {
         server_version: if hs.server_version.is_empty() { "8.0.0-doppel".into() } else { hs.server_version.clone() },
         connection_id: CONNECTION_IDS.fetch_add(1, Ordering::Relaxed),
         scramble: scramble(),
-        capabilities: OFFERED,
+        capabilities: if ctx.ca.is_some() { OFFERED | caps::SSL } else { OFFERED },
         charset: if hs.charset == 0 { 45 } else { hs.charset },
         status: AUTOCOMMIT,
         auth_plugin: plugin.clone(),
@@ -160,17 +161,28 @@ async fn handshake(wire: &mut Wire, ctx: ServeCtx) -> Option<Session> {
     let mut seq = 0;
     write_packet(&mut out, &mut seq, &message::encode_greeting(&greeting));
     wire.send(&out).await?;
-    let Some(login) = wire.read().await else {
-        // Clients that insist on TLS hang up here, seeing no SSL capability in the greeting.
-        let what = format!(
-            "a connection to {} closed after the greeting without logging in (does the app require TLS? \
-             doppel's MySQL replay offers none yet)",
-            ctx.dest
-        );
+    let Some(mut login) = wire.read().await else {
+        let what = format!("a connection to {} closed after the greeting without logging in", ctx.dest);
         ctx.pool.miss("mysql", &ctx.dest, what);
         return None;
     };
-    let response = match message::decode_handshake_response(&login.payload) {
+    let mut decoded = message::decode_handshake_response(&login.payload);
+    if decoded.as_ref().is_ok_and(|r| r.ssl_request) {
+        // The app asked for TLS: answer with a certificate from doppel's CA, then read its login inside.
+        let ca = ctx.ca.clone()?;
+        let early = wire.framer.take_rest();
+        let plain = std::mem::replace(&mut wire.stream, Box::new(tokio::io::duplex(1).0));
+        match crate::tls::accept(&ca, crate::protocols::Prefixed::new(early, plain), None, |_| None).await {
+            Ok((tls, _)) => wire.stream = Box::new(tls),
+            Err(e) => {
+                ctx.pool.miss("mysql", &ctx.dest, format!("TLS with the app failed for {}: {e}", ctx.dest));
+                return None;
+            }
+        }
+        login = wire.read().await?;
+        decoded = message::decode_handshake_response(&login.payload);
+    }
+    let response = match decoded {
         Ok(r) => r,
         Err(e) => {
             ctx.pool.miss(
@@ -181,10 +193,7 @@ async fn handshake(wire: &mut Wire, ctx: ServeCtx) -> Option<Session> {
             return None;
         }
     };
-    if response.ssl_request {
-        ctx.pool.miss("mysql", &ctx.dest, format!("a connection to {} that requires TLS (not replayed yet)", ctx.dest));
-        return None;
-    }
+
     let mut seq = login.seq.wrapping_add(1);
     let mut out = Vec::new();
     if let Some(e) = recorded.as_ref().and_then(|m| m.error.as_ref()) {

@@ -377,16 +377,42 @@ fn auth_switch_and_refused_login() {
 }
 
 #[test]
-fn tls_makes_the_observer_step_aside() {
-    let mut c = Conv::default();
-    c.server(&[message::encode_greeting(&greeting(NATIVE_PASSWORD))]);
+fn an_ssl_request_marks_where_tls_starts_in_the_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = SetMeta {
+        version: FORMAT_VERSION,
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        command: vec!["app".into()],
+        app_ports: vec![],
+        capture: "explicit".into(),
+        deps: vec![],
+    };
+    let writer = Store::new(dir.path()).create_set(Some("s"), &meta).unwrap();
+    let at = Instant::now();
+    let ctx = RecordCtx {
+        sink: writer.sink(),
+        role: Role::Egress { dest: "db:3306".into() },
+        connection: 1,
+        opened_at: SystemTime::UNIX_EPOCH,
+        opened: at,
+    };
+    let mut obs = super::record::MysqlObserver::new(ctx);
+    let mut hello = Vec::new();
+    let mut seq = 0;
+    write_packet(&mut hello, &mut seq, &message::encode_greeting(&greeting(NATIVE_PASSWORD)));
+    obs.server(&hello, at).unwrap();
+    assert_eq!(obs.tls_boundary(), None);
     let ssl =
         HandshakeResponse { capabilities: client_caps(true) | caps::SSL, ssl_request: true, ..Default::default() };
-    c.client(&message::encode_handshake_response(&ssl));
-    c.msgs.push((false, vec![0x16, 0x03, 0x03, 0x00, 0x10]));
-    let (mocks, error) = observe(&c.msgs, whole);
-    assert!(mocks.is_empty());
-    assert!(error.is_some_and(|e| e.contains("TLS")));
+    let mut piece = Vec::new();
+    let mut seq = 1;
+    write_packet(&mut piece, &mut seq, &message::encode_handshake_response(&ssl));
+    let plain = piece.len();
+    // The client's ClientHello arrived in the same read as its SSLRequest.
+    piece.extend_from_slice(&[0x16, 0x03, 0x01, 0x00, 0x10]);
+    obs.client(&piece, at).unwrap();
+    assert_eq!(obs.tls_boundary(), Some(plain));
+    assert_eq!(obs.tls_boundary(), None, "asked once per piece");
 }
 
 #[test]
@@ -559,7 +585,7 @@ async fn replay_server(mocks: Vec<Mock>) -> (Arc<MockPool>, std::net::SocketAddr
     let p = pool.clone();
     tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
-            let ctx = ServeCtx { pool: p.clone(), dest: "db:3306".into() };
+            let ctx = ServeCtx { pool: p.clone(), dest: "db:3306".into(), ca: None };
             tokio::spawn(super::serve::serve(Box::new(conn), Vec::new(), ctx));
         }
     });
@@ -738,5 +764,5 @@ async fn a_client_hanging_up_after_the_greeting_is_reported() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let misses: Vec<String> = pool.misses().into_iter().map(|m| m.what).collect();
-    assert!(misses.first().is_some_and(|m| m.contains("does the app require TLS?")), "{misses:?}");
+    assert!(misses.first().is_some_and(|m| m.contains("closed after the greeting without logging in")), "{misses:?}");
 }
