@@ -553,6 +553,9 @@ impl PgObserver {
                 return self.finish(run, at);
             }
             Backend::Error(f) => {
+                if !simple {
+                    run.describe_result();
+                }
                 run.result().error = Some(error_from_fields(&f));
                 run.end_result();
                 if !simple {

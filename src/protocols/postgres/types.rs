@@ -15,6 +15,7 @@ use super::wire::Format;
 
 /// Built-in types doppel knows by name: (oid, name, array element oid or 0, fixed size or -1).
 const TYPES: &[(u32, &str, u32, i16)] = &[
+    (0, "unspecified", 0, -1),
     (16, "bool", 0, 1),
     (17, "bytea", 0, -1),
     (18, "char", 0, 1),
