@@ -524,7 +524,7 @@ impl Server {
     /// protocol: no RowDescription, values in the formats the app asked for now).
     fn emit(&mut self, q: &PgQuery, from: usize, formats: Option<&[i16]>) -> Emitted {
         let lower = q.sql.to_ascii_lowercase();
-        for (k, r) in q.results.iter().enumerate().skip(from) {
+        for r in q.results.iter().skip(from) {
             if r.copy_in.is_some() {
                 return Emitted::CopyIn;
             }
