@@ -133,6 +133,28 @@ class PsycopgShop:
             return [{"id": r[0], "name": r[1], "price": plain(r[2])} for r in rows]
 
 
+    def import_rows(self, rows):
+        with self.conn() as c:
+            with c.cursor().copy("COPY items (name, price) FROM STDIN") as copy:
+                for name, price in rows:
+                    copy.write_row((name, Decimal(str(price))))
+            return len(rows)
+
+    def export(self):
+        with self.conn() as c:
+            with c.cursor().copy("COPY (SELECT name, price FROM items ORDER BY id) TO STDOUT") as copy:
+                data = b"".join(bytes(b) for b in copy)
+            return data.decode().splitlines()
+
+    def notify(self):
+        with self.conn() as c:
+            c.execute("LISTEN shop_events")
+            c.execute("NOTIFY shop_events, 'restocked'")
+            note = next(iter(c.notifies(timeout=5, stop_after=1)), None)
+            c.execute("UNLISTEN shop_events")
+            return {"channel": note.channel, "payload": note.payload} if note else None
+
+
 # --- SQLAlchemy on psycopg 3 -----------------------------------------------------------------------
 class SqlAlchemyShop:
     def __init__(self):
@@ -302,6 +324,23 @@ class PsqlShop:
         return [{"id": int(i), "name": n, "price": p} for i, n, p in rows]
 
 
+    def import_rows(self, rows):
+        data = "".join(f"{name}\t{price}\n" for name, price in rows)
+        self.psql("COPY items (name, price) FROM STDIN;\n" + data + "\\.\n")
+        return len(rows)
+
+    def export(self):
+        return ["\t".join(r) for r in self.psql(None, command="COPY (SELECT name, price FROM items ORDER BY id) TO STDOUT")]
+
+    def notify(self):
+        # A notice (DROP ... IF EXISTS) and a notification in one multi-statement query.
+        cmd = ["psql", "-X", "-q", "-h", HOST, "-p", str(PORT), "-U", USER, "-d", DB, "-c",
+               "DROP TABLE IF EXISTS doppel_absent; LISTEN shop_events; NOTIFY shop_events, 'restocked'"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        said = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+        return {"said": [line.split(" received from")[0] for line in said]}
+
+
 SHOPS = {"psycopg": PsycopgShop, "sqlalchemy": SqlAlchemyShop, "asyncpg": AsyncpgShop, "psql": PsqlShop}
 shop = SHOPS[DRIVER]()
 
@@ -344,6 +383,21 @@ def list_items():
         return jsonify(items=shop.list(min_price_param(int(request.args.get("min_price", "0")))))
     except Exception as e:  # a database error (or a doppel miss in replay) is this endpoint's 500
         return jsonify(error=str(e).splitlines()[0]), 500
+
+
+@app.post("/import")
+def import_items():
+    return jsonify(imported=shop.import_rows(request.get_json()["rows"]))
+
+
+@app.get("/export")
+def export_items():
+    return jsonify(lines=shop.export())
+
+
+@app.get("/notify")
+def notify():
+    return jsonify(shop.notify())
 
 
 if __name__ == "__main__":
