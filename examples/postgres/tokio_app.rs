@@ -50,8 +50,10 @@ async fn create(pool: &Pool, body: &Value) -> Reply {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let tags: Vec<String> =
-        body["tags"].as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect()).unwrap_or_default();
+    let tags: Vec<String> = body["tags"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect())
+        .unwrap_or_default();
     let meta = body.get("meta").cloned().unwrap_or(json!({})).to_string();
     let c = pool.get().await;
     let r = c
@@ -62,8 +64,13 @@ async fn create(pool: &Pool, body: &Value) -> Reply {
         )
         .await;
     match r {
-        Ok(row) => Ok((201, json!({"id": row.get::<_, i64>(0), "name": row.get::<_, String>(1), "price": row.get::<_, String>(2)}))),
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok((409, json!({"error": "duplicate", "name": name}))),
+        Ok(row) => Ok((
+            201,
+            json!({"id": row.get::<_, i64>(0), "name": row.get::<_, String>(1), "price": row.get::<_, String>(2)}),
+        )),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            Ok((409, json!({"error": "duplicate", "name": name})))
+        }
         Err(e) => Err(e),
     }
 }
@@ -100,7 +107,8 @@ async fn buy(pool: &Pool, id: i64, qty: i32) -> Reply {
         return Ok((409, json!({"error": "out of stock", "id": id})));
     }
     tx.execute("UPDATE items SET stock = stock - $1 WHERE id = $2", &[&qty, &id]).await?;
-    let order: i64 = tx.query_one("INSERT INTO orders (item_id, qty) VALUES ($1, $2) RETURNING id", &[&id, &qty]).await?.get(0);
+    let order: i64 =
+        tx.query_one("INSERT INTO orders (item_id, qty) VALUES ($1, $2) RETURNING id", &[&id, &qty]).await?.get(0);
     tx.commit().await?;
     Ok((200, json!({"order_id": order, "stock_left": stock - qty, "total": total(&price, qty)})))
 }

@@ -102,10 +102,11 @@ fn statements(norm: &str) -> Vec<&str> {
 }
 
 /// Whether a statement only reads or sets session state: its recorded answers may be served any number of
-/// times, on any connection (SET, SHOW, transaction control, pool pings, version and catalog queries).
+/// times, on any connection (SET, SHOW, transaction control, pool pings (an empty query included), version
+/// and catalog queries).
 pub fn is_session_sql(norm: &str) -> bool {
     let parts = statements(norm);
-    !parts.is_empty() && parts.iter().all(|s| is_session_statement(s))
+    parts.iter().all(|s| is_session_statement(s))
 }
 
 fn is_session_statement(s: &str) -> bool {
