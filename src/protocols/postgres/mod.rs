@@ -3,6 +3,8 @@
 //! plays the server: it accepts any authentication, sends the recorded server parameters, and answers each
 //! statement from the mocks, matched on whitespace-collapsed SQL and parameter values.
 
+#[cfg(test)]
+mod conversation_tests;
 mod record;
 mod serve;
 pub mod types;
@@ -208,10 +210,11 @@ pub fn fields_from_error(e: &PgError) -> Fields {
         if name == "severity_nonlocalized" {
             continue;
         }
-        let code = FIELD_NAMES.iter().find(|(_, n)| n == name).map(|(c, _)| *c).or_else(|| match name.as_bytes() {
+        let single = match name.as_bytes() {
             [one] => Some(*one),
             _ => None,
-        });
+        };
+        let code = FIELD_NAMES.iter().find(|(_, n)| n == name).map(|(c, _)| *c).or(single);
         if let Some(c) = code {
             out.push((c, value.clone()));
         }

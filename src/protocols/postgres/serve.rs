@@ -604,9 +604,8 @@ impl Server {
         let usable = |i: &usize| {
             self.query(*i).is_some_and(|q| {
                 q.protocol == PgProtocol::Extended
-                    && (q.described_columns.is_some()
-                        || (q.stage.is_none()
-                            && q.results.first().is_some_and(|r| r.columns.is_some() || r.tag.is_some())))
+                    // An execution (even a failed one) was described successfully before it ran.
+                    && (q.described_columns.is_some() || q.stage.is_none())
             })
         };
         let same_params = |i: &usize| match (portal, self.query(*i)) {
