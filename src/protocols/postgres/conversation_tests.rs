@@ -479,3 +479,47 @@ async fn cancel_request_is_accepted_and_closed() {
     server.await.unwrap();
     assert!(pool.misses().is_empty());
 }
+
+#[test]
+fn values_survive_the_yaml_round_trip() {
+    use crate::store::{PgQuery, PgResult, PostgresMock};
+    use serde_json::json;
+    let tricky = vec![
+        json!("null"),
+        json!("~"),
+        json!("yes"),
+        json!("true"),
+        json!("1e3"),
+        json!("0x10"),
+        json!(""),
+        json!(" padded "),
+        json!("-"),
+        json!("2024-01-01"),
+        json!("a: b"),
+        json!("[x]"),
+        json!("line\nbreak"),
+        json!("#hash"),
+        json!(null),
+        json!(true),
+        json!(0.1),
+        json!(1e300),
+        json!(-0.0),
+        json!(i64::MIN),
+        json!(u32::MAX),
+        json!([1, null, [2]]),
+        json!({"base64": "AQI="}),
+    ];
+    let mut mock = Mock::new("postgres", 1, DEST, 1, "2026-01-01T00:00:00.000Z".into(), 0.0);
+    mock.postgres = Some(PostgresMock {
+        startup: None,
+        query: Some(PgQuery {
+            sql: "SELECT $1".into(),
+            parameters: tricky.clone(),
+            results: vec![PgResult { rows: vec![tricky.clone()], ..PgResult::default() }],
+            ..PgQuery::default()
+        }),
+    });
+    let yaml = crate::store::to_yaml(&mock).unwrap();
+    let back: Mock = crate::store::parse_yaml(&yaml, std::path::Path::new("mocks.yaml"), 1).unwrap();
+    assert_eq!(back, mock, "{yaml}");
+}
