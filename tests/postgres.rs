@@ -248,7 +248,11 @@ fn sqlalchemy_on_psycopg() {
 
 #[test]
 fn asyncpg_prepared_statements_in_binary() {
-    let shop = round_trip(App::Python("asyncpg"), |_| {});
+    let shop = round_trip(App::Python("asyncpg"), |s| {
+        // executemany: a pipelined batch of Bind/Execute pairs before one Sync.
+        let r = s.post("/import", r#"{"rows":[["kiwi","0.80"],["plum","1.10"],["fig","3.00"]]}"#);
+        assert!(r.stdout.contains(r#""imported":3"#), "{r:?}");
+    });
     let mocks = shop.mocks();
     assert!(mocks.contains("statement: __asyncpg_stmt_"), "{mocks}");
     assert!(mocks.contains("format: binary"), "{mocks}");

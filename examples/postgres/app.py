@@ -272,6 +272,17 @@ class AsyncpgShop:
 
         return [{"id": r["id"], "name": r["name"], "price": plain(r["price"])} for r in self.run(go())]
 
+    def import_rows(self, rows):
+        # executemany pipelines one Bind/Execute per row before a single Sync.
+        async def go():
+            async with self.pool.acquire() as c:
+                await c.executemany(
+                    "INSERT INTO items (name, price) VALUES ($1, $2)", [(n, Decimal(str(p))) for n, p in rows]
+                )
+
+        self.run(go())
+        return len(rows)
+
 
 # --- psql ------------------------------------------------------------------------------------------
 class PsqlShop:

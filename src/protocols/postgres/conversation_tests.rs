@@ -523,3 +523,34 @@ fn values_survive_the_yaml_round_trip() {
     let back: Mock = crate::store::parse_yaml(&yaml, std::path::Path::new("mocks.yaml"), 1).unwrap();
     assert_eq!(back, mock, "{yaml}");
 }
+
+/// A statement prepared and described but never executed (a driver preparing ahead).
+fn prepared_only() -> Vec<(bool, Vec<u8>)> {
+    let mut conv = conversation();
+    conv.truncate(10); // startup and the prepare/describe of stmt_1
+    conv.push((true, fe(&[Frontend::Close { kind: b'S', name: "stmt_1".into() }, Frontend::Sync])));
+    conv.push((false, be(&[Backend::CloseComplete, Backend::ReadyForQuery(b'I')])));
+    conv
+}
+
+#[tokio::test]
+async fn a_statement_described_but_never_executed_is_described_again() {
+    let mocks = observe(&prepared_only(), whole);
+    assert_eq!(mocks.len(), 2);
+    let q = mocks[1].postgres.as_ref().unwrap().query.clone().unwrap();
+    assert_eq!(q.stage.as_deref(), Some("describe"));
+    assert_eq!(q.parameter_types, vec!["int4".to_string()]);
+    let (mut c, pool) = replay_server(mocks).await;
+    c.until_ready().await;
+    c.send(&[
+        Frontend::Parse { name: "s9".into(), sql: "SELECT n FROM t WHERE n = $1".into(), param_types: vec![] },
+        Frontend::Describe { kind: b'S', name: "s9".into() },
+        Frontend::Sync,
+    ])
+    .await;
+    let r = c.until_ready().await;
+    assert_eq!(r[1], Backend::ParameterDescription(vec![23]));
+    assert_eq!(r[2], Backend::RowDescription(vec![col("n", 23, 0)]));
+    assert!(pool.misses().is_empty());
+    assert_eq!(pool.usage(), vec![1, 1]);
+}

@@ -665,20 +665,16 @@ impl PgObserver {
 
     /// A statement prepared and described but never executed still needs its description in replay.
     fn describe_only(&mut self, stmt: Stmt) {
-        if stmt.executed || stmt.failed || stmt.described_columns.is_none() {
+        if stmt.executed || stmt.failed {
             return;
         }
-        let mut run = Run::new(extended_query(&stmt), stmt.at);
-        run.query.stage = Some("describe".into());
-        run.query.described_columns =
-            stmt.described_columns.clone().map(|c| c.unwrap_or_default().iter().map(column_to_store).collect());
-        run.parse_types = stmt.parse_types.clone();
-        run.described_params = stmt.described_params.clone();
-        if let Some(d) = &stmt.described_params {
-            run.query.parameter_types = d.iter().map(|o| types::type_name(*o)).collect();
-        }
-        let at = stmt.at;
-        self.submit(PostgresMock { startup: None, query: Some(run.query) }, at, at);
+        let Some(columns) = &stmt.described_columns else { return };
+        let mut query = extended_query(&stmt);
+        query.stage = Some("describe".into());
+        query.described_columns = Some(columns.iter().flatten().map(column_to_store).collect());
+        let params = stmt.described_params.as_ref().unwrap_or(&stmt.parse_types);
+        query.parameter_types = params.iter().map(|o| types::type_name(*o)).collect();
+        self.submit(PostgresMock { startup: None, query: Some(query) }, stmt.at, stmt.at);
     }
 
     /// ReadyForQuery: the executions since the last one are complete; session messages attach to the last.
