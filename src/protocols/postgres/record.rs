@@ -524,7 +524,8 @@ impl PgObserver {
         }
         match msg {
             Backend::RowDescription(cols) if simple => {
-                run.end_result();
+                // Results end with CommandComplete, EmptyQuery or an error: an open one holds only notices
+                // that came first, and they belong to this statement.
                 run.result().columns = Some(cols.iter().map(column_to_store).collect());
                 run.columns = Some(cols);
             }
