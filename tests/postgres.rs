@@ -1,7 +1,9 @@
 //! PostgreSQL end to end, against the local server (127.0.0.1:5432, trust auth) with real drivers: the
 //! example shop (examples/postgres/) on psycopg 3, SQLAlchemy, asyncpg, psql, node `pg` and tokio-postgres
 //! is recorded against a fresh database, the database is dropped, the recording replays green, and a
-//! changed build is caught. Each test uses its own database `doppel_pg_<random>`.
+//! changed build is caught. Each test uses its own database `doppel_pg_<random>`. Password authentication
+//! (SCRAM-SHA-256, md5, cleartext) runs against a private cluster started by the test (the shared server
+//! trusts loopback).
 
 mod common;
 
@@ -285,4 +287,187 @@ fn node_pg() {
 fn tokio_postgres() {
     let shop = round_trip(App::Tokio, |_| {});
     assert!(shop.mocks().contains("statement: s"), "{}", shop.mocks());
+}
+
+/// A private PostgreSQL cluster that asks for passwords: SCRAM-SHA-256 by default, md5 and cleartext for
+/// two roles. Stopped and removed when dropped.
+struct PasswordServer {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl PasswordServer {
+    fn start() -> PasswordServer {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql (scripts/test installs them)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+            .expect("initdb");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::write(dir.path().join("pw"), "secret\n").unwrap();
+        let s = PasswordServer { dir, bin, port };
+        // The server refuses to run as root: use its own account then.
+        s.chown();
+        let data = s.dir.path().join("data");
+        let pw = s.dir.path().join("pw");
+        s.run_as_owner(
+            Command::new(s.bin.join("initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-U", "app", "-N", "--auth=scram-sha-256"])
+                .arg(format!("--pwfile={}", pw.display())),
+        );
+        let hba = std::fs::read_to_string(data.join("pg_hba.conf")).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            format!("host all md5user 127.0.0.1/32 md5\nhost all plainuser 127.0.0.1/32 password\n{hba}"),
+        )
+        .unwrap();
+        let opts =
+            format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c ssl=off", s.dir.path().display());
+        s.run_as_owner(
+            Command::new(s.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &opts, "-w", "-l"])
+                .arg(s.dir.path().join("log"))
+                .arg("start"),
+        );
+        for sql in [
+            "CREATE DATABASE shop",
+            "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN SUPERUSER PASSWORD 'secret'",
+            "CREATE ROLE plainuser LOGIN SUPERUSER PASSWORD 'secret'",
+        ] {
+            assert_eq!(s.psql("postgres", sql).code, 0, "{sql}");
+        }
+        let schema = repo().join("examples/postgres/schema.sql");
+        let r = run(s
+            .client("psql")
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "app",
+                "-d",
+                "shop",
+                "-f",
+            ])
+            .arg(schema));
+        assert_eq!(r.code, 0, "{r:?}");
+        s
+    }
+
+    fn chown(&self) {
+        if unsafe { libc::geteuid() } == 0 {
+            run(Command::new("chown").arg("-R").arg("postgres").arg(self.dir.path()));
+        }
+    }
+
+    fn run_as_owner(&self, cmd: &mut Command) {
+        let mut c = if unsafe { libc::geteuid() } == 0 {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(cmd.get_program()).args(cmd.get_args());
+            c
+        } else {
+            std::mem::replace(cmd, Command::new("true"))
+        };
+        let r = run(&mut c);
+        assert_eq!(r.code, 0, "{r:?}\n{}", std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default());
+    }
+
+    fn client(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("PGPASSWORD", "secret").env("PGSSLMODE", "disable");
+        c
+    }
+
+    fn psql(&self, db: &str, sql: &str) -> Ran {
+        run(self.client("psql").args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "app",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ]))
+    }
+}
+
+impl Drop for PasswordServer {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let mut stop = Command::new(self.bin.join("pg_ctl"));
+        stop.arg("-D").arg(&data).args(["-m", "immediate", "stop"]);
+        if unsafe { libc::geteuid() } == 0 {
+            let _ = run(Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(stop.get_program())
+                .args(stop.get_args()));
+        } else {
+            let _ = run(&mut stop);
+        }
+    }
+}
+
+#[test]
+fn scram_md5_and_cleartext_passwords_are_recorded_and_replay_accepts_the_app() {
+    let server = PasswordServer::start();
+    let server_port = server.port;
+    let users = [("app", "scram-sha-256"), ("md5user", "md5"), ("plainuser", "cleartext")];
+    let runs: Vec<_> = users.iter().map(|_| (tempfile::tempdir().unwrap(), free_port())).collect();
+    let doppel = |i: usize, sub: &str| {
+        let (dir, app_port) = (&runs[i].0, runs[i].1);
+        let mut c = Command::new(doppel_bin());
+        c.current_dir(dir.path()).arg(sub).arg("--path").arg(dir.path().join("rec"));
+        if sub == "record" {
+            c.args(["--port", &app_port.to_string()]);
+        }
+        c.arg("--").arg("python3").arg(repo().join("examples/postgres/app.py"));
+        c.env("APP_PORT", app_port.to_string())
+            .env("DRIVER", "psycopg")
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", server_port.to_string())
+            .env("PGUSER", users[i].0)
+            .env("PGPASSWORD", "secret")
+            .env("PGDATABASE", "shop")
+            .env("PGSSLMODE", "disable")
+            .env_remove("APP_VARIANT");
+        c
+    };
+    for (i, (user, method)) in users.iter().enumerate() {
+        let (dir, app_port) = (&runs[i].0, runs[i].1);
+        let mut rec = Bg::spawn(&mut doppel(i, "record"), dir.path(), "record");
+        let url = format!("http://127.0.0.1:{app_port}/items/99");
+        wait_http_ok(&format!("http://127.0.0.1:{app_port}/health"), Duration::from_secs(60), &rec);
+        let r = curl(&["-w", " %{http_code}", &url]);
+        assert!(r.stdout.ends_with(" 404"), "{r:?}\n{}", rec.explain());
+        rec.signal(libc::SIGINT);
+        assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+        let mocks = read_all(&dir.path().join("rec/test-set-0/mocks.yaml"));
+        assert!(mocks.contains(&format!("auth: {method}")), "{user}:\n{mocks}");
+        assert!(!mocks.contains("secret"), "a password was recorded:\n{mocks}");
+    }
+    // Replay with the server gone: no password exchange, doppel accepts the app itself.
+    drop(server);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", server_port)).is_err(), "the server still answers");
+    for (i, (user, _)) in users.iter().enumerate() {
+        let ok = run(&mut doppel(i, "test"));
+        assert_eq!(ok.code, 0, "{user}: {ok:?}");
+        assert!(passed_line(&ok).starts_with("2 passed, 0 failed"), "{user}: {ok:?}");
+    }
 }
