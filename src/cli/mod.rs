@@ -63,6 +63,13 @@ enum Command {
     DemoApp,
     #[command(hide = true, name = "__demo-deps")]
     DemoDeps,
+    #[command(hide = true, name = "__bench-server")]
+    BenchServer {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        forward: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -225,6 +232,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::DemoApp => return crate::demo::app::main().await,
         Command::DemoDeps => return crate::demo::deps::main().await,
+        Command::BenchServer { port, forward } => return crate::demo::bench::main(port, forward).await,
         Command::Demo(args) => return crate::demo::run(args).await,
         _ => {}
     }
@@ -234,7 +242,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Test(args) => cmd_test(args, config, cli.quiet).await,
         Command::List(args) => cmd_list(args, config),
         Command::Ca => cmd_ca(),
-        Command::Demo(_) | Command::DemoApp | Command::DemoDeps => Ok(0),
+        Command::Demo(_) | Command::DemoApp | Command::DemoDeps | Command::BenchServer { .. } => Ok(0),
     }
 }
 

@@ -4,6 +4,7 @@
 //! rounding bug and shows the field that regressed.
 
 pub mod app;
+pub mod bench;
 pub mod deps;
 
 use std::sync::Arc;

@@ -12,7 +12,7 @@ mod postgres;
 mod redis;
 
 pub use mysql::*;
-pub use postgres::PostgresMock;
+pub use postgres::{PgColumn, PgCopy, PgError, PgNotification, PgProtocol, PgQuery, PgResult, PgStartup, PostgresMock};
 pub use redis::RedisMock;
 
 pub const FORMAT_VERSION: u32 = 1;
