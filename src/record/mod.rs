@@ -147,6 +147,7 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
         Some(tokio::spawn(async move {
             let mut seen = BTreeSet::new();
             let mut tasks = Vec::new();
+            let started = Instant::now();
             loop {
                 for port in link.listening_ports() {
                     if !seen.insert(port) {
@@ -169,7 +170,9 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
                         }
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Apps open their ports at start-up: look often then, rarely after (reading /proc costs CPU).
+                let every = if started.elapsed() < Duration::from_secs(10) { 50 } else { 1000 };
+                tokio::time::sleep(Duration::from_millis(every)).await;
             }
         }))
     } else {

@@ -419,7 +419,9 @@ impl SetWriter {
 }
 
 fn writer_loop(rx: mpsc::Receiver<ToWriter>, tests_dir: &Path, mocks_path: &Path, summary: &Mutex<WriteSummary>) {
-    let mut names: BTreeSet<String> = BTreeSet::new();
+    let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // Next suffix to try per base name: keeps naming O(1) when thousands of tests share a path.
+    let mut next_suffix: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut mocks: Option<File> = None;
     for msg in rx {
         let record = match msg {
@@ -429,10 +431,14 @@ fn writer_loop(rx: mpsc::Receiver<ToWriter>, tests_dir: &Path, mocks_path: &Path
         let result = match record {
             Record::Test(mut test) => {
                 let base = slug(&test.request.method, &test.request.target);
-                let name = (1..)
-                    .map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") })
-                    .find(|n| !names.contains(n))
-                    .unwrap_or(base);
+                let counter = next_suffix.entry(base.clone()).or_insert(1);
+                let name = loop {
+                    let candidate = if *counter == 1 { base.clone() } else { format!("{base}-{counter}") };
+                    *counter += 1;
+                    if !names.contains(&candidate) {
+                        break candidate;
+                    }
+                };
                 names.insert(name.clone());
                 test.name = name.clone();
                 let r =
