@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod redis;
 pub mod tcp;
 
 use std::net::SocketAddr;
@@ -173,7 +174,7 @@ pub trait Protocol: Send + Sync + 'static {
 /// Every protocol doppel parses, in detection order. The opaque `tcp` protocol is the fallback and is not
 /// listed.
 pub fn registry() -> Vec<Arc<dyn Protocol>> {
-    vec![Arc::new(http::Http)]
+    vec![Arc::new(redis::Redis), Arc::new(http::Http)]
 }
 
 /// The protocol of a connection from its first client bytes, or `None` while undecided. `done` means no

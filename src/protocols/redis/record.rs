@@ -1,0 +1,391 @@
+//! Turns a proxied Redis connection into mocks. Commands are queued as the app sends them and paired with
+//! replies in order (pipelining), while connection state (selected database, RESP version, an open
+//! transaction, subscriptions) follows the replies, because the server applies commands in that order.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::resp::{Decoder, Side};
+use super::{PubSubFrame, SubKind, command_name, pubsub_frame, subscription_command};
+use crate::protocols::{Observer, RecordCtx, Role};
+use crate::store::body::INLINE_LIMIT;
+use crate::store::{Mock, Record, RedisMock, RedisPushed, RedisQueued, RedisValue, format_time};
+
+/// A command waiting for its reply.
+struct Pending {
+    command: Vec<RedisValue>,
+    name: String,
+    at: Instant,
+    /// For (P|S)(UN)SUBSCRIBE: the kind, whether it subscribes, and how many channels it names.
+    subscription: Option<(SubKind, bool, usize)>,
+    replies: Vec<RedisValue>,
+}
+
+/// A MULTI whose EXEC has not come yet.
+struct Transaction {
+    at: Instant,
+    db: i64,
+    resp: u8,
+    queued: Vec<RedisQueued>,
+}
+
+/// A subscription whose channels are still open: its mock is written when they are all unsubscribed or the
+/// connection ends, with every message pushed on them.
+struct Subscription {
+    mock: Mock,
+    kind: SubKind,
+    channels: Vec<Vec<u8>>,
+    confirmed: Instant,
+}
+
+pub struct RedisObserver {
+    ctx: RecordCtx,
+    commands: Decoder,
+    replies: Decoder,
+    frames: Vec<RedisValue>,
+    pending: VecDeque<Pending>,
+    db: i64,
+    resp: u8,
+    transaction: Option<Transaction>,
+    subscriptions: Vec<Subscription>,
+}
+
+impl RedisObserver {
+    pub fn new(ctx: RecordCtx) -> RedisObserver {
+        RedisObserver {
+            ctx,
+            commands: Decoder::new(Side::Client),
+            replies: Decoder::new(Side::Server),
+            frames: Vec::new(),
+            pending: VecDeque::new(),
+            db: 0,
+            resp: 2,
+            transaction: None,
+            subscriptions: Vec::new(),
+        }
+    }
+
+    fn on_command(&mut self, command: Vec<RedisValue>, at: Instant) -> Result<(), String> {
+        if !command.iter().all(|a| matches!(a, RedisValue::Bulk(_))) {
+            return Err("a command that is not an array of bulk strings".into());
+        }
+        let name = command_name(&command);
+        // Commands after which replies no longer pair one to one with commands.
+        match name.as_str() {
+            "MONITOR" | "SYNC" | "PSYNC" | "REPLCONF" => {
+                return Err(format!("{name} turns the connection into a stream doppel does not parse"));
+            }
+            "CLIENT" if super::subcommand(&command) == "REPLY" => {
+                return Err("CLIENT REPLY switches replies off; they cannot be paired with commands".into());
+            }
+            _ => {}
+        }
+        let subscription = subscription_command(&name).map(|(kind, subscribe)| (kind, subscribe, command.len() - 1));
+        self.pending.push_back(Pending { command, name, at, subscription, replies: Vec::new() });
+        Ok(())
+    }
+
+    fn on_reply(&mut self, frame: RedisValue, at: Instant) -> Result<(), String> {
+        let is_push = matches!(frame, RedisValue::Push(_));
+        let front_subscribes = self.pending.front().is_some_and(|p| p.subscription.is_some());
+        // In RESP2 an array is pub/sub traffic only around subscriptions; RESP3 marks it as a push.
+        if is_push || front_subscribes || !self.subscriptions.is_empty() {
+            match pubsub_frame(&frame) {
+                Some(PubSubFrame::Message { kind, key, .. }) => {
+                    self.on_message(kind, &key, frame, at);
+                    return Ok(());
+                }
+                Some(PubSubFrame::Confirmation { kind, subscribe, channel }) => {
+                    return self.on_confirmation(kind, subscribe, channel, frame, at);
+                }
+                None if is_push => {
+                    tracing::debug!(
+                        "connection {}: a push frame that is not pub/sub is not recorded",
+                        self.ctx.connection
+                    );
+                    return Ok(());
+                }
+                None => {}
+            }
+        }
+        let mut p = self.pending.pop_front().ok_or("a reply arrived while no command was waiting for one")?;
+        p.replies.push(frame);
+        self.finish(p, at);
+        Ok(())
+    }
+
+    fn on_message(&mut self, kind: SubKind, key: &[u8], frame: RedisValue, at: Instant) {
+        let Some(sub) = self.subscriptions.iter_mut().find(|s| s.kind == kind && s.channels.iter().any(|c| c == key))
+        else {
+            tracing::debug!(
+                "connection {}: a message on a channel no recorded subscription holds",
+                self.ctx.connection
+            );
+            return;
+        };
+        if let Some(redis) = &mut sub.mock.redis {
+            redis
+                .pushed
+                .push(RedisPushed { after_ms: ms(at.saturating_duration_since(sub.confirmed)), message: frame });
+        }
+    }
+
+    fn on_confirmation(
+        &mut self,
+        kind: SubKind,
+        subscribe: bool,
+        channel: Option<Vec<u8>>,
+        frame: RedisValue,
+        at: Instant,
+    ) -> Result<(), String> {
+        let Some(front) = self.pending.front_mut() else {
+            // The server may unsubscribe a client by itself (ACL changes): nothing to record.
+            self.close_channels(kind, channel.as_deref(), at);
+            return Ok(());
+        };
+        if front.subscription.map(|(k, s, _)| (k, s)) != Some((kind, subscribe)) {
+            return Err(format!("a {} confirmation arrived while {} was waiting", frame_name(&frame), front.name));
+        }
+        front.replies.push(frame);
+        let (_, _, named) = front.subscription.unwrap_or((kind, subscribe, 0));
+        let received = front.replies.len();
+        if !subscribe {
+            self.close_channels(kind, channel.as_deref(), at);
+        }
+        let complete = if named > 0 {
+            received >= named
+        } else {
+            // UNSUBSCRIBE with no arguments: one confirmation per open channel, or one saying there were none.
+            channel.is_none() || !self.subscriptions.iter().any(|s| s.kind == kind)
+        };
+        if complete && let Some(p) = self.pending.pop_front() {
+            self.finish(p, at);
+        }
+        Ok(())
+    }
+
+    /// A channel (or every channel of a kind, for `None`) was unsubscribed: subscriptions left with no open
+    /// channel are written.
+    fn close_channels(&mut self, kind: SubKind, channel: Option<&[u8]>, at: Instant) {
+        for s in self.subscriptions.iter_mut().filter(|s| s.kind == kind) {
+            match channel {
+                Some(c) => s.channels.retain(|x| x != c),
+                None => s.channels.clear(),
+            }
+        }
+        let (closed, open): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.subscriptions).into_iter().partition(|s| s.channels.is_empty());
+        self.subscriptions = open;
+        for s in closed {
+            self.emit_subscription(s, at);
+        }
+    }
+
+    /// A command got its whole reply: update the connection state and write (or hold) its mock.
+    fn finish(&mut self, p: Pending, at: Instant) {
+        let (db, resp) = (self.db, self.resp);
+        let ok = |expected: &[u8]| matches!(p.replies.as_slice(), [RedisValue::Simple(s)] if s == expected);
+        if let Some(tx) = &mut self.transaction {
+            if p.name == "EXEC" || p.name == "DISCARD" {
+                let Some(tx) = self.transaction.take() else { return };
+                let redis = RedisMock {
+                    resp: tx.resp,
+                    db: tx.db,
+                    command: p.command,
+                    queued: Some(tx.queued),
+                    reply: p.replies.into_iter().next(),
+                    ..RedisMock::default()
+                };
+                self.emit(redis, tx.at, at);
+            } else if let Some(reply) = p.replies.into_iter().next() {
+                tx.queued.push(RedisQueued { command: p.command, reply });
+            }
+            return;
+        }
+        match p.name.as_str() {
+            "MULTI" if ok(b"OK") => {
+                self.transaction = Some(Transaction { at: p.at, db, resp, queued: Vec::new() });
+                return;
+            }
+            "SELECT" if ok(b"OK") => {
+                if let Some(n) = super::arg(&p.command, 1).and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()) {
+                    self.db = n;
+                }
+            }
+            "HELLO" if p.replies.first().is_some_and(|r| !r.is_error()) => {
+                if let Some(v) = super::arg(&p.command, 1).and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()) {
+                    self.resp = v;
+                }
+            }
+            "RESET" if ok(b"RESET") => {
+                self.db = 0;
+                self.resp = 2;
+                let subs = std::mem::take(&mut self.subscriptions);
+                for s in subs {
+                    self.emit_subscription(s, at);
+                }
+            }
+            _ => {}
+        }
+        let mut redis = RedisMock { resp, db, command: p.command, ..RedisMock::default() };
+        match p.subscription {
+            Some((kind, true, _)) if !p.replies.iter().any(RedisValue::is_error) => {
+                let channels = p
+                    .replies
+                    .iter()
+                    .filter_map(|r| match pubsub_frame(r) {
+                        Some(PubSubFrame::Confirmation { channel: Some(c), .. }) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                redis.replies = p.replies;
+                let mock = self.mock(redis, p.at, at);
+                self.subscriptions.push(Subscription { mock, kind, channels, confirmed: at });
+            }
+            Some(_) => {
+                redis.replies = p.replies;
+                self.emit(redis, p.at, at);
+            }
+            None => {
+                redis.reply = p.replies.into_iter().next();
+                self.emit(redis, p.at, at);
+            }
+        }
+    }
+
+    fn mock(&self, mut redis: RedisMock, started: Instant, done: Instant) -> Mock {
+        let Role::Egress { dest } = &self.ctx.role else { return Mock::default() };
+        redis.command.iter_mut().for_each(|v| self.spill(v));
+        for q in redis.queued.iter_mut().flatten() {
+            q.command.iter_mut().for_each(|v| self.spill(v));
+            self.spill(&mut q.reply);
+        }
+        if let Some(r) = &mut redis.reply {
+            self.spill(r);
+        }
+        redis.replies.iter_mut().for_each(|v| self.spill(v));
+        let mut mock = Mock::new(
+            "redis",
+            self.ctx.sink.next_mock_id(),
+            dest,
+            self.ctx.connection,
+            format_time(time::OffsetDateTime::from(self.ctx.wall(started))),
+            ms(done.saturating_duration_since(started)),
+        );
+        mock.redis = Some(redis);
+        mock
+    }
+
+    fn emit(&self, redis: RedisMock, started: Instant, done: Instant) {
+        let mock = self.mock(redis, started, done);
+        self.ctx.sink.submit(Record::Mock(Box::new(mock)));
+    }
+
+    fn emit_subscription(&self, mut s: Subscription, _at: Instant) {
+        if let Some(redis) = &mut s.mock.redis {
+            for p in &mut redis.pushed {
+                self.spill(&mut p.message);
+            }
+        }
+        self.ctx.sink.submit(Record::Mock(Box::new(s.mock)));
+    }
+
+    /// Moves bulk strings over the inline limit to files of the test set, as HTTP bodies are.
+    fn spill(&self, v: &mut RedisValue) {
+        match v {
+            RedisValue::Bulk(b) if b.len() > INLINE_LIMIT => {
+                let mut buf = self.ctx.sink.spill_buffer();
+                if let Err(e) = buf.push(b) {
+                    tracing::warn!("cannot store a {}-byte Redis value in a file ({e}); it stays inline", b.len());
+                    buf.discard();
+                    return;
+                }
+                if let Some(crate::store::Body { file: Some(file), size: Some(size), .. }) = buf.into_body() {
+                    *v = RedisValue::BulkFile { file, size };
+                }
+            }
+            RedisValue::Array(items) | RedisValue::Set(items) | RedisValue::Push(items) => {
+                items.iter_mut().for_each(|x| self.spill(x))
+            }
+            RedisValue::Map(entries) => entries.iter_mut().for_each(|(k, x)| {
+                self.spill(k);
+                self.spill(x);
+            }),
+            RedisValue::Attributed { value, .. } => self.spill(value),
+            _ => {}
+        }
+    }
+}
+
+fn frame_name(frame: &RedisValue) -> String {
+    match frame {
+        RedisValue::Array(items) | RedisValue::Push(items) => items
+            .first()
+            .and_then(|v| v.as_bytes())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+impl Observer for RedisObserver {
+    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+        if let Role::Ingress { .. } = self.ctx.role {
+            return Err("a Redis client on the app's port; only HTTP test cases are recorded there".into());
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut frames = std::mem::take(&mut self.frames);
+        let fed = self.commands.feed(data, &mut frames).map_err(|e| format!("unreadable Redis command: {e}"));
+        let mut result = fed;
+        for command in frames.drain(..) {
+            let RedisValue::Array(args) = command else { continue };
+            if let Err(e) = self.on_command(args, at) {
+                result = Err(e);
+                break;
+            }
+        }
+        frames.clear();
+        self.frames = frames;
+        result
+    }
+
+    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut frames = std::mem::take(&mut self.frames);
+        let fed = self.replies.feed(data, &mut frames).map_err(|e| format!("unreadable Redis reply: {e}"));
+        let mut result = fed;
+        for frame in frames.drain(..) {
+            if let Err(e) = self.on_reply(frame, at) {
+                result = Err(e);
+                break;
+            }
+        }
+        frames.clear();
+        self.frames = frames;
+        result
+    }
+
+    fn close(&mut self, at: Instant) {
+        for s in std::mem::take(&mut self.subscriptions) {
+            self.emit_subscription(s, at);
+        }
+        if !self.pending.is_empty() || self.transaction.is_some() {
+            tracing::debug!(
+                "connection {}: {} command(s) without a reply{} not recorded",
+                self.ctx.connection,
+                self.pending.len(),
+                if self.transaction.is_some() { " and an unfinished transaction" } else { "" }
+            );
+        }
+        self.pending.clear();
+        self.transaction = None;
+    }
+}
