@@ -389,3 +389,165 @@ impl Observer for RedisObserver {
         self.transaction = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocols::redis::resp::{encode, encode_command};
+    use crate::store::{FORMAT_VERSION, SetMeta, Store};
+
+    fn bulk(s: &str) -> RedisValue {
+        RedisValue::Bulk(s.as_bytes().to_vec())
+    }
+
+    fn simple(s: &str) -> RedisValue {
+        RedisValue::Simple(s.as_bytes().to_vec())
+    }
+
+    fn frame(items: &[&str], count: i64) -> RedisValue {
+        let mut v: Vec<RedisValue> = items.iter().map(|s| bulk(s)).collect();
+        v.push(RedisValue::Integer(count));
+        RedisValue::Array(v)
+    }
+
+    fn command(args: &[&str]) -> Vec<u8> {
+        encode_command(&args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>())
+    }
+
+    /// Runs an observer over the two byte streams, each cut at the given points, and returns its mocks.
+    fn observe(client: &[u8], server: &[u8], client_cut: usize, server_cut: usize) -> Vec<RedisMock> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let meta = SetMeta {
+            version: FORMAT_VERSION,
+            created_at: String::new(),
+            command: vec![],
+            app_ports: vec![],
+            capture: "test".into(),
+            deps: vec![],
+        };
+        let writer = store.create_set(None, &meta).unwrap();
+        let ctx = RecordCtx {
+            sink: writer.sink(),
+            role: Role::Egress { dest: "127.0.0.1:6379".into() },
+            connection: 1,
+            opened_at: std::time::SystemTime::now(),
+            opened: Instant::now(),
+        };
+        let mut obs = RedisObserver::new(ctx);
+        let now = Instant::now();
+        obs.client(&client[..client_cut], now).unwrap();
+        obs.client(&client[client_cut..], now).unwrap();
+        obs.server(&server[..server_cut], now).unwrap();
+        obs.server(&server[server_cut..], now).unwrap();
+        obs.close(now);
+        drop(obs);
+        let name = writer.name.clone();
+        writer.finish();
+        store.load_set(&name).unwrap().mocks.into_iter().filter_map(|m| m.redis).collect()
+    }
+
+    #[test]
+    fn pipelined_session_transaction_and_subscription() {
+        let client = [
+            command(&["SELECT", "2"]),
+            command(&["SET", "k", "v"]),
+            command(&["GET", "k"]),
+            command(&["MULTI"]),
+            command(&["INCR", "n"]),
+            command(&["GET", "k"]),
+            command(&["EXEC"]),
+            command(&["SUBSCRIBE", "a", "b"]),
+            command(&["UNSUBSCRIBE"]),
+        ]
+        .concat();
+        let replies = [
+            simple("OK"),
+            simple("OK"),
+            bulk("v"),
+            simple("OK"),
+            simple("QUEUED"),
+            simple("QUEUED"),
+            RedisValue::Array(vec![RedisValue::Integer(1), bulk("v")]),
+            frame(&["subscribe", "a"], 1),
+            frame(&["subscribe", "b"], 2),
+            RedisValue::Array(vec![bulk("message"), bulk("a"), bulk("hi")]),
+            frame(&["unsubscribe", "a"], 1),
+            frame(&["unsubscribe", "b"], 0),
+        ];
+        let server: Vec<u8> = replies.iter().flat_map(encode).collect();
+        let expected = observe(&client, &server, client.len(), server.len());
+        let names: Vec<String> = expected.iter().map(|m| super::super::describe(&m.command)).collect();
+        assert_eq!(names, ["SELECT 2", "SET k v", "GET k", "EXEC", "SUBSCRIBE a b", "UNSUBSCRIBE"]);
+        assert_eq!(expected[0].db, 0, "SELECT itself ran on database 0");
+        assert_eq!((expected[1].db, expected[2].reply.clone()), (2, Some(bulk("v"))));
+        let tx = &expected[3];
+        assert_eq!(tx.queued.as_ref().map(|q| q.len()), Some(2));
+        assert_eq!(tx.reply, Some(RedisValue::Array(vec![RedisValue::Integer(1), bulk("v")])));
+        assert_eq!(expected[5].replies.len(), 2);
+        let sub = &expected[4];
+        assert_eq!(sub.replies.len(), 2);
+        assert_eq!(sub.pushed.len(), 1);
+        assert_eq!(sub.pushed[0].message, RedisValue::Array(vec![bulk("message"), bulk("a"), bulk("hi")]));
+        // Where the reads are cut changes nothing.
+        for (c, s) in [(1, 1), (7, 30), (client.len() / 2, server.len() / 3), (client.len() - 1, server.len() - 1)] {
+            assert_eq!(observe(&client, &server, c, s), expected, "cut at {c}/{s}");
+        }
+    }
+
+    #[test]
+    fn resp3_pushes_and_large_values() {
+        let big = "x".repeat(INLINE_LIMIT + 10);
+        let client = [command(&["HELLO", "3"]), command(&["SET", "big", &big]), command(&["SUBSCRIBE", "c"])].concat();
+        let push = |items: &[RedisValue]| RedisValue::Push(items.to_vec());
+        let replies = [
+            RedisValue::Map(vec![(bulk("proto"), RedisValue::Integer(3))]),
+            simple("OK"),
+            push(&[bulk("subscribe"), bulk("c"), RedisValue::Integer(1)]),
+            push(&[bulk("message"), bulk("c"), bulk("m1")]),
+            push(&[bulk("invalidate"), RedisValue::Array(vec![bulk("k")])]),
+            push(&[bulk("message"), bulk("c"), bulk("m2")]),
+        ];
+        let server: Vec<u8> = replies.iter().flat_map(encode).collect();
+        let mocks = observe(&client, &server, client.len(), 9);
+        assert_eq!(mocks.len(), 3);
+        assert_eq!((mocks[0].resp, mocks[1].resp), (2, 3), "HELLO ran over RESP2, what follows over RESP3");
+        assert!(matches!(&mocks[1].command[2], RedisValue::BulkFile { size, .. } if *size as usize == big.len()));
+        let messages: Vec<&RedisValue> = mocks[2].pushed.iter().map(|p| &p.message).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+    }
+
+    #[test]
+    fn streams_it_cannot_pair_are_handed_back() {
+        let ctx = |role| RecordCtx {
+            sink: Store::new(tempfile::tempdir().unwrap().path())
+                .create_set(
+                    Some("s"),
+                    &SetMeta {
+                        version: FORMAT_VERSION,
+                        created_at: String::new(),
+                        command: vec![],
+                        app_ports: vec![],
+                        capture: "test".into(),
+                        deps: vec![],
+                    },
+                )
+                .unwrap()
+                .sink(),
+            role,
+            connection: 1,
+            opened_at: std::time::SystemTime::now(),
+            opened: Instant::now(),
+        };
+        let egress = || Role::Egress { dest: "r:6379".into() };
+        let now = Instant::now();
+        let mut o = RedisObserver::new(ctx(egress()));
+        assert!(o.client(&command(&["MONITOR"]), now).is_err());
+        let mut o = RedisObserver::new(ctx(egress()));
+        assert!(o.server(b"+OK\r\n", now).is_err(), "a reply nobody asked for");
+        let mut o = RedisObserver::new(ctx(egress()));
+        assert!(o.client(b"*1\r\n:5\r\n", now).is_err());
+        let mut o = RedisObserver::new(ctx(Role::Ingress { port: 8080 }));
+        assert!(o.client(&command(&["PING"]), now).is_err());
+    }
+}

@@ -574,3 +574,229 @@ fn hello_key(command: &[RedisValue]) -> (Option<Vec<u8>>, Vec<Vec<u8>>) {
     }
     (version, credentials)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocols::redis::resp::{encode, encode_command};
+    use crate::store::{Mock, RedisPushed, RedisQueued};
+
+    fn bulk(s: &str) -> RedisValue {
+        RedisValue::Bulk(s.as_bytes().to_vec())
+    }
+
+    fn simple(s: &str) -> RedisValue {
+        RedisValue::Simple(s.as_bytes().to_vec())
+    }
+
+    fn args(a: &str) -> Vec<RedisValue> {
+        a.split(' ').map(bulk).collect()
+    }
+
+    fn mock(id: u64, redis: RedisMock) -> Mock {
+        let mut m = Mock::new("redis", id, "redis:6379", 1, "2026-01-01T00:00:00.000Z".into(), 0.1);
+        m.redis = Some(redis);
+        m
+    }
+
+    fn reply(id: u64, command: &str, reply: RedisValue) -> Mock {
+        mock(id, RedisMock { command: args(command), reply: Some(reply), ..RedisMock::default() })
+    }
+
+    async fn start(mocks: Vec<Mock>) -> (Arc<MockPool>, std::net::SocketAddr) {
+        let pool = Arc::new(MockPool::new(mocks, std::path::PathBuf::from(".")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let p = pool.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(serve(conn, Vec::new(), ServeCtx { pool: p.clone(), dest: "redis:6379".into() }));
+            }
+        });
+        (pool, addr)
+    }
+
+    fn commands(list: &[&str]) -> Vec<u8> {
+        list.iter().flat_map(|c| encode_command(&c.split(' ').map(str::as_bytes).collect::<Vec<_>>())).collect()
+    }
+
+    /// Sends `send`, then reads until exactly the bytes of `expected` came (or fails after a while).
+    async fn exchange(conn: &mut TcpStream, send: &[u8], expected: &[RedisValue]) {
+        let want: Vec<u8> = expected.iter().flat_map(encode).collect();
+        conn.write_all(send).await.unwrap();
+        let mut got = vec![0u8; want.len()];
+        tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {:?}", String::from_utf8_lossy(&want)))
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+    }
+
+    #[tokio::test]
+    async fn pipelined_repeats_in_order_and_misses_named() {
+        let (pool, addr) = start(vec![
+            reply(1, "GET k", bulk("v1")),
+            reply(2, "SET k v2", simple("OK")),
+            reply(3, "GET k", bulk("v2")),
+        ])
+        .await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        exchange(&mut c, &commands(&["get k", "SET k v2", "GET k"]), &[bulk("v1"), simple("OK"), bulk("v2")]).await;
+        let miss = RedisValue::Error(b"ERR doppel: no recorded reply for GET user:42".to_vec());
+        exchange(&mut c, &commands(&["GET user:42"]), &[miss]).await;
+        assert_eq!(pool.misses().len(), 1);
+        assert!(pool.misses()[0].what.starts_with("redis GET user:42 (to redis:6379)"), "{:?}", pool.misses());
+        // A miss on arguments says what the recordings have.
+        exchange(
+            &mut c,
+            b"GET other\r\n",
+            &[RedisValue::Error(b"ERR doppel: no recorded reply for GET other".to_vec())],
+        )
+        .await;
+        assert!(pool.misses()[1].what.contains("the 2 recorded GET commands have other arguments"));
+    }
+
+    #[tokio::test]
+    async fn sessions_on_every_connection_and_databases_apart() {
+        let hello_reply = RedisValue::Map(vec![(bulk("proto"), RedisValue::Integer(3))]);
+        let (pool, addr) = start(vec![
+            reply(1, "HELLO 3", hello_reply.clone()),
+            mock(
+                2,
+                RedisMock {
+                    resp: 3,
+                    db: 1,
+                    command: args("GET k"),
+                    reply: Some(RedisValue::Nil),
+                    ..Default::default()
+                },
+            ),
+            reply(3, "AUTH secret", simple("OK")),
+        ])
+        .await;
+        for _ in 0..3 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            exchange(
+                &mut c,
+                &commands(&["AUTH secret", "HELLO 3 SETNAME other-name"]),
+                &[simple("OK"), hello_reply.clone()],
+            )
+            .await;
+            exchange(
+                &mut c,
+                &commands(&["SELECT 1", "CLIENT SETNAME x", "GET k"]),
+                &[simple("OK"), simple("OK"), RedisValue::Nil],
+            )
+            .await;
+        }
+        assert!(pool.misses().is_empty(), "{:?}", pool.misses());
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        exchange(
+            &mut c,
+            &commands(&["HELLO 3", "GET k"]),
+            &[hello_reply, RedisValue::Error(b"ERR doppel: no recorded reply for GET k".to_vec())],
+        )
+        .await;
+        assert!(pool.misses()[0].what.contains("recorded on database 1"), "{:?}", pool.misses());
+        exchange(
+            &mut c,
+            &commands(&["AUTH wrong"]),
+            &[RedisValue::Error(b"ERR doppel: no recorded reply for AUTH wrong".to_vec())],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn transactions_match_as_a_whole() {
+        let queued = |c: &str| RedisQueued { command: args(c), reply: simple("QUEUED") };
+        let exec = |id, inside: &[&str], result: Vec<RedisValue>| {
+            mock(
+                id,
+                RedisMock {
+                    command: args("EXEC"),
+                    queued: Some(inside.iter().map(|c| queued(c)).collect()),
+                    reply: Some(RedisValue::Array(result)),
+                    ..Default::default()
+                },
+            )
+        };
+        let (pool, addr) = start(vec![
+            exec(1, &["INCR n", "GET k"], vec![RedisValue::Integer(1), bulk("v")]),
+            exec(2, &["INCR n", "GET j"], vec![RedisValue::Integer(2), RedisValue::Null]),
+            reply(3, "WATCH k", simple("OK")),
+        ])
+        .await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let q = simple("QUEUED");
+        exchange(
+            &mut c,
+            &commands(&["WATCH k", "MULTI", "INCR n", "GET j", "EXEC"]),
+            &[
+                simple("OK"),
+                simple("OK"),
+                q.clone(),
+                q.clone(),
+                RedisValue::Array(vec![RedisValue::Integer(2), RedisValue::Null]),
+            ],
+        )
+        .await;
+        // A queued command nobody recorded aborts the transaction, as a queueing error does in Redis.
+        exchange(
+            &mut c,
+            &commands(&["MULTI", "INCR n", "DEL k", "EXEC"]),
+            &[
+                simple("OK"),
+                q,
+                RedisValue::Error(b"ERR doppel: no recorded reply for DEL k (queued after MULTI)".to_vec()),
+                RedisValue::Error(b"EXECABORT Transaction discarded because of previous errors.".to_vec()),
+            ],
+        )
+        .await;
+        assert_eq!(pool.misses().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn subscriptions_push_recorded_messages() {
+        let message = |ch: &str, m: &str| RedisValue::Array(vec![bulk("message"), bulk(ch), bulk(m)]);
+        let confirm = |ch: &str, n| RedisValue::Array(vec![bulk("subscribe"), bulk(ch), RedisValue::Integer(n)]);
+        let (pool, addr) = start(vec![
+            mock(
+                1,
+                RedisMock {
+                    command: args("SUBSCRIBE news jobs"),
+                    replies: vec![confirm("news", 1), confirm("jobs", 2)],
+                    pushed: vec![
+                        // Published by someone else: sent at its recorded delay.
+                        RedisPushed { after_ms: 20.0, message: message("news", "tick") },
+                        // Published by the app: sent when the app publishes it again.
+                        RedisPushed { after_ms: 1.0, message: message("jobs", "job-1") },
+                    ],
+                    ..Default::default()
+                },
+            ),
+            reply(2, "PUBLISH jobs job-1", RedisValue::Integer(1)),
+        ])
+        .await;
+        let mut sub = TcpStream::connect(addr).await.unwrap();
+        exchange(&mut sub, &commands(&["SUBSCRIBE news jobs"]), &[confirm("news", 1), confirm("jobs", 2)]).await;
+        exchange(&mut sub, b"", &[message("news", "tick")]).await;
+        // Nothing more until the app publishes.
+        let mut one = [0u8; 1];
+        assert!(tokio::time::timeout(Duration::from_millis(150), sub.read(&mut one)).await.is_err());
+        let mut publisher = TcpStream::connect(addr).await.unwrap();
+        exchange(&mut publisher, &commands(&["PUBLISH jobs job-1"]), &[RedisValue::Integer(1)]).await;
+        exchange(&mut sub, b"", &[message("jobs", "job-1")]).await;
+        assert!(pool.misses().is_empty(), "{:?}", pool.misses());
+    }
+
+    #[tokio::test]
+    async fn blocking_commands_keep_their_wait() {
+        let mut blpop = reply(1, "BLPOP q 1", RedisValue::NullArray);
+        blpop.duration_ms = 300.0;
+        let (_, addr) = start(vec![blpop]).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let began = std::time::Instant::now();
+        exchange(&mut c, &commands(&["BLPOP q 1"]), &[RedisValue::NullArray]).await;
+        assert!(began.elapsed() >= Duration::from_millis(290), "{:?}", began.elapsed());
+    }
+}

@@ -44,7 +44,7 @@ pub struct RedisMock {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub reply: Option<RedisValue>,
     /// For (P|S)(UN)SUBSCRIBE: every frame the command got, one confirmation per channel.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", serialize_with = "flow_values")]
     pub replies: Vec<RedisValue>,
     /// For a subscription: the messages pushed on its channels, in the order they arrived.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -442,12 +442,29 @@ fn flow_seq<S: Serializer>(items: &[RedisValue], s: S) -> Result<S::Ok, S::Error
     serde_saphyr::FlowSeq(items).serialize(s)
 }
 
-/// Pushed messages on one line when they are plain arrays.
+/// Pub/sub frames on one line: `[message, news, hello]`, `{push: [message, news, hello]}`.
 fn flow_value<S: Serializer>(value: &RedisValue, s: S) -> Result<S::Ok, S::Error> {
     match value {
         RedisValue::Array(items) => serde_saphyr::FlowSeq(items).serialize(s),
+        RedisValue::Push(items) => tagged(s, "push", &serde_saphyr::FlowSeq(items)),
         other => other.serialize(s),
     }
+}
+
+struct Flow<'a>(&'a RedisValue);
+
+impl Serialize for Flow<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        flow_value(self.0, s)
+    }
+}
+
+fn flow_values<S: Serializer>(values: &[RedisValue], s: S) -> Result<S::Ok, S::Error> {
+    let mut seq = s.serialize_seq(Some(values.len()))?;
+    for v in values {
+        seq.serialize_element(&Flow(v))?;
+    }
+    seq.end()
 }
 
 #[cfg(test)]
@@ -509,6 +526,7 @@ mod tests {
         };
         let yaml = round_trip(&subscription);
         assert!(yaml.contains("message: [message, news, hello world]"), "{yaml}");
+        assert!(yaml.contains("replies:\n- push: [subscribe, news, 1]"), "{yaml}");
 
         let transaction = RedisMock {
             command: vec![bulk("EXEC")],
