@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::resp::{Decoder, Side};
 use super::{PubSubFrame, SubKind, command_name, pubsub_frame, subscription_command};
+use crate::protocols::tcp::TcpObserver;
 use crate::protocols::{Observer, RecordCtx, Role};
 use crate::store::body::INLINE_LIMIT;
 use crate::store::{Mock, Record, RedisMock, RedisPushed, RedisQueued, RedisValue, format_time};
@@ -38,8 +39,20 @@ struct Subscription {
     confirmed: Instant,
 }
 
+/// Until the server's first reply shows it speaks RESP, the raw bytes are kept: a line protocol that only
+/// looked like inline Redis (`INCR orders\n` to some other store) is then recorded whole as opaque bytes.
+enum Trust {
+    Unproven { log: Vec<(bool, Vec<u8>, Instant)>, size: usize },
+    Proven,
+    NotRedis(TcpObserver),
+}
+
+/// Bytes kept while the protocol is unproven; past this, a failure is handed to the proxy as usual.
+const UNPROVEN_LOG_LIMIT: usize = 1024 * 1024;
+
 pub struct RedisObserver {
     ctx: RecordCtx,
+    trust: Trust,
     commands: Decoder,
     replies: Decoder,
     frames: Vec<RedisValue>,
@@ -54,6 +67,7 @@ impl RedisObserver {
     pub fn new(ctx: RecordCtx) -> RedisObserver {
         RedisObserver {
             ctx,
+            trust: Trust::Unproven { log: Vec::new(), size: 0 },
             commands: Decoder::new(Side::Client),
             replies: Decoder::new(Side::Server),
             frames: Vec::new(),
@@ -332,11 +346,41 @@ fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
-impl Observer for RedisObserver {
-    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
-        if let Role::Ingress { .. } = self.ctx.role {
-            return Err("a Redis client on the app's port; only HTTP test cases are recorded there".into());
+impl RedisObserver {
+    /// Keeps a copy of what passed while the protocol is unproven.
+    fn remember(&mut self, from_client: bool, data: &[u8], at: Instant) {
+        if let Trust::Unproven { log, size } = &mut self.trust {
+            *size += data.len();
+            if *size > UNPROVEN_LOG_LIMIT {
+                self.trust = Trust::Proven;
+            } else {
+                log.push((from_client, data.to_vec(), at));
+            }
         }
+    }
+
+    /// Settles what a parse result means while the protocol is unproven: a failure before any reply was
+    /// understood makes the whole connection opaque, from its first byte.
+    fn settle(&mut self, result: Result<(), String>, replied: bool) -> Result<(), String> {
+        match (&mut self.trust, result) {
+            (Trust::Unproven { log, .. }, Err(why)) => {
+                let mut tcp = TcpObserver::new(self.ctx.clone(), Some(format!("not Redis after all: {why}")));
+                for (from_client, bytes, at) in std::mem::take(log) {
+                    let _ = if from_client { tcp.client(&bytes, at) } else { tcp.server(&bytes, at) };
+                }
+                self.pending.clear();
+                self.trust = Trust::NotRedis(tcp);
+                Ok(())
+            }
+            (Trust::Unproven { .. }, Ok(())) if replied => {
+                self.trust = Trust::Proven;
+                Ok(())
+            }
+            (_, r) => r,
+        }
+    }
+
+    fn client_bytes(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
         if data.is_empty() {
             return Ok(());
         }
@@ -355,12 +399,14 @@ impl Observer for RedisObserver {
         result
     }
 
-    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    /// Feeds server bytes; tells whether a whole reply was understood.
+    fn server_bytes(&mut self, data: &[u8], at: Instant) -> (Result<(), String>, bool) {
         if data.is_empty() {
-            return Ok(());
+            return (Ok(()), false);
         }
         let mut frames = std::mem::take(&mut self.frames);
         let fed = self.replies.feed(data, &mut frames).map_err(|e| format!("unreadable Redis reply: {e}"));
+        let replied = !frames.is_empty();
         let mut result = fed;
         for frame in frames.drain(..) {
             if let Err(e) = self.on_reply(frame, at) {
@@ -370,10 +416,37 @@ impl Observer for RedisObserver {
         }
         frames.clear();
         self.frames = frames;
-        result
+        (result, replied)
+    }
+}
+
+impl Observer for RedisObserver {
+    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+        if let Role::Ingress { .. } = self.ctx.role {
+            return Err("a Redis client on the app's port; only HTTP test cases are recorded there".into());
+        }
+        if let Trust::NotRedis(tcp) = &mut self.trust {
+            return tcp.client(data, at);
+        }
+        self.remember(true, data, at);
+        let result = self.client_bytes(data, at);
+        self.settle(result, false)
+    }
+
+    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+        if let Trust::NotRedis(tcp) = &mut self.trust {
+            return tcp.server(data, at);
+        }
+        self.remember(false, data, at);
+        let (result, replied) = self.server_bytes(data, at);
+        self.settle(result, replied)
     }
 
     fn close(&mut self, at: Instant) {
+        if let Trust::NotRedis(tcp) = &mut self.trust {
+            tcp.close(at);
+            return;
+        }
         for s in std::mem::take(&mut self.subscriptions) {
             self.emit_subscription(s, at);
         }
@@ -517,36 +590,71 @@ mod tests {
         assert_eq!(messages.len(), 2, "{messages:?}");
     }
 
+    /// Runs an observer over a conversation (client bytes, then server bytes) and returns every mock.
+    fn observe_all(client: &[u8], server: &[u8]) -> Vec<Mock> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let meta = SetMeta {
+            version: FORMAT_VERSION,
+            created_at: String::new(),
+            command: vec![],
+            app_ports: vec![],
+            capture: "test".into(),
+            deps: vec![],
+        };
+        let writer = store.create_set(Some("s"), &meta).unwrap();
+        let ctx = RecordCtx {
+            sink: writer.sink(),
+            role: Role::Egress { dest: "10.0.0.1:7000".into() },
+            connection: 1,
+            opened_at: std::time::SystemTime::now(),
+            opened: Instant::now(),
+        };
+        let mut obs = RedisObserver::new(ctx);
+        let now = Instant::now();
+        assert!(obs.client(client, now).is_ok());
+        assert!(obs.server(server, now).is_ok());
+        obs.close(now);
+        drop(obs);
+        writer.finish();
+        store.load_set("s").unwrap().mocks
+    }
+
     #[test]
-    fn streams_it_cannot_pair_are_handed_back() {
+    fn what_only_looked_like_redis_is_recorded_whole_as_opaque_bytes() {
+        // A line protocol whose commands happen to be Redis words, answered in something that is not RESP.
+        let mocks = observe_all(b"INCR orders\n", b"VALUE 1\n");
+        assert_eq!(mocks.len(), 1);
+        let tcp = mocks[0].tcp.as_ref().expect("an opaque mock");
+        let text: Vec<String> = tcp.chunks.iter().map(|c| String::from_utf8(c.bytes().unwrap()).unwrap()).collect();
+        assert_eq!(text, ["INCR orders\n", "VALUE 1\n"]);
+        assert!(tcp.note.as_deref().unwrap_or("").contains("not Redis"), "{:?}", tcp.note);
+        // Streams that replies cannot be paired in are opaque too.
+        assert!(observe_all(&command(&["MONITOR"]), b"+OK\r\n")[0].tcp.is_some());
+        assert!(observe_all(b"", b"+OK\r\n")[0].tcp.is_some(), "a reply nobody asked for");
+        // Once a reply proved the server speaks RESP, a later failure is the proxy's to handle.
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SetMeta {
+            version: FORMAT_VERSION,
+            created_at: String::new(),
+            command: vec![],
+            app_ports: vec![],
+            capture: "test".into(),
+            deps: vec![],
+        };
+        let writer = Store::new(dir.path()).create_set(Some("s"), &meta).unwrap();
         let ctx = |role| RecordCtx {
-            sink: Store::new(tempfile::tempdir().unwrap().path())
-                .create_set(
-                    Some("s"),
-                    &SetMeta {
-                        version: FORMAT_VERSION,
-                        created_at: String::new(),
-                        command: vec![],
-                        app_ports: vec![],
-                        capture: "test".into(),
-                        deps: vec![],
-                    },
-                )
-                .unwrap()
-                .sink(),
+            sink: writer.sink(),
             role,
             connection: 1,
             opened_at: std::time::SystemTime::now(),
             opened: Instant::now(),
         };
-        let egress = || Role::Egress { dest: "r:6379".into() };
         let now = Instant::now();
-        let mut o = RedisObserver::new(ctx(egress()));
-        assert!(o.client(&command(&["MONITOR"]), now).is_err());
-        let mut o = RedisObserver::new(ctx(egress()));
-        assert!(o.server(b"+OK\r\n", now).is_err(), "a reply nobody asked for");
-        let mut o = RedisObserver::new(ctx(egress()));
-        assert!(o.client(b"*1\r\n:5\r\n", now).is_err());
+        let mut o = RedisObserver::new(ctx(Role::Egress { dest: "r:6379".into() }));
+        o.client(&command(&["PING"]), now).unwrap();
+        o.server(b"+PONG\r\n", now).unwrap();
+        assert!(o.server(b"+PONG\r\n", now).is_err());
         let mut o = RedisObserver::new(ctx(Role::Ingress { port: 8080 }));
         assert!(o.client(&command(&["PING"]), now).is_err());
     }
