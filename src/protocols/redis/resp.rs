@@ -115,43 +115,18 @@ impl Decoder {
         while self.pos < self.buf.len() {
             let top_level = self.stack.is_empty();
             if self.side == Side::Client && top_level && self.buf[self.pos] != b'*' {
-                let Some(line) = self.take_line(MAX_INLINE, false)? else { return Ok(()) };
-                let args = split_inline(&line)?;
+                let Some((start, end)) = self.take_line(MAX_INLINE, false)? else { return Ok(()) };
+                let args = split_inline(&self.buf[start..end])?;
                 if !args.is_empty() {
                     out.push(RedisValue::Array(args.into_iter().map(RedisValue::Bulk).collect()));
                 }
                 continue;
             }
-            let Some(line) = self.take_line(MAX_LINE, true)? else { return Ok(()) };
-            let (&kind, rest) = line.split_first().ok_or("an empty line where a RESP type was expected")?;
-            if self.side == Side::Client && !(kind == b'$' || (kind == b'*' && top_level)) {
-                return Err(format!(
-                    "expected '{}' in a command, got {:?}",
-                    if top_level { '*' } else { '$' },
-                    char::from(kind)
-                ));
-            }
-            match kind {
-                b'+' => self.complete(RedisValue::Simple(rest.to_vec()), out)?,
-                b'-' => self.complete(RedisValue::Error(rest.to_vec()), out)?,
-                b':' => self.complete(RedisValue::Integer(parse_int(rest)?), out)?,
-                b'_' if rest.is_empty() => self.complete(RedisValue::Nil, out)?,
-                b',' => self.complete(RedisValue::Double(text(rest)?), out)?,
-                b'(' => self.complete(RedisValue::BigNumber(text(rest)?), out)?,
-                b'#' => {
-                    let v = match rest {
-                        b"t" => true,
-                        b"f" => false,
-                        _ => return Err(format!("bad boolean {:?}", String::from_utf8_lossy(rest))),
-                    };
-                    self.complete(RedisValue::Boolean(v), out)?
-                }
-                b'$' | b'!' | b'=' => {
-                    let len = parse_int(rest)?;
-                    if len == -1 && kind == b'$' && self.side == Side::Server {
-                        self.complete(RedisValue::Null, out)?;
-                        continue;
-                    }
+            let Some((start, end)) = self.take_line(MAX_LINE, true)? else { return Ok(()) };
+            match self.read_line(start, end, top_level)? {
+                Line::Value(v) => self.complete(v, out)?,
+                Line::Bulk(b'$', -1) if self.side == Side::Server => self.complete(RedisValue::Null, out)?,
+                Line::Bulk(kind, len) => {
                     if !(0..=MAX_BULK).contains(&len) {
                         return Err(format!("invalid bulk length {len}"));
                     }
@@ -162,12 +137,8 @@ impl Decoder {
                     };
                     self.start_bulk(bulk_kind, len as usize, out)?;
                 }
-                b'*' | b'~' | b'>' | b'%' | b'|' => {
-                    let n = parse_int(rest)?;
-                    if n == -1 && kind == b'*' && self.side == Side::Server {
-                        self.complete(RedisValue::NullArray, out)?;
-                        continue;
-                    }
+                Line::Aggregate(b'*', -1) if self.side == Side::Server => self.complete(RedisValue::NullArray, out)?,
+                Line::Aggregate(kind, n) => {
                     if n < 0 || n > i64::from(i32::MAX) {
                         return Err(format!("invalid aggregate length {n}"));
                     }
@@ -183,15 +154,42 @@ impl Decoder {
                     };
                     self.open(kind, expected, out)?;
                 }
-                other => return Err(format!("unknown RESP type byte {:?}", char::from(other))),
             }
         }
         Ok(())
     }
 
-    /// The next line without its line end, or `None` until it is complete. RESP lines end in CRLF; inline
-    /// commands may end in a bare LF, as Redis accepts.
-    fn take_line(&mut self, limit: usize, crlf: bool) -> Result<Option<Vec<u8>>, String> {
+    /// Reads one RESP line in place (headers are parsed without copying them).
+    fn read_line(&self, start: usize, end: usize, top_level: bool) -> Result<Line, String> {
+        let (&kind, rest) = self.buf[start..end].split_first().ok_or("an empty line where a RESP type was expected")?;
+        if self.side == Side::Client && !(kind == b'$' || (kind == b'*' && top_level)) {
+            return Err(format!(
+                "expected '{}' in a command, got {:?}",
+                if top_level { '*' } else { '$' },
+                char::from(kind)
+            ));
+        }
+        Ok(match kind {
+            b'+' => Line::Value(RedisValue::Simple(rest.to_vec())),
+            b'-' => Line::Value(RedisValue::Error(rest.to_vec())),
+            b':' => Line::Value(RedisValue::Integer(parse_int(rest)?)),
+            b'_' if rest.is_empty() => Line::Value(RedisValue::Nil),
+            b',' => Line::Value(RedisValue::Double(text(rest)?)),
+            b'(' => Line::Value(RedisValue::BigNumber(text(rest)?)),
+            b'#' => Line::Value(RedisValue::Boolean(match rest {
+                b"t" => true,
+                b"f" => false,
+                _ => return Err(format!("bad boolean {:?}", String::from_utf8_lossy(rest))),
+            })),
+            b'$' | b'!' | b'=' => Line::Bulk(kind, parse_int(rest)?),
+            b'*' | b'~' | b'>' | b'%' | b'|' => Line::Aggregate(kind, parse_int(rest)?),
+            other => return Err(format!("unknown RESP type byte {:?}", char::from(other))),
+        })
+    }
+
+    /// Where the next line is in `buf` (without its line end), or `None` until it is complete. RESP lines end
+    /// in CRLF; inline commands may end in a bare LF, as Redis accepts.
+    fn take_line(&mut self, limit: usize, crlf: bool) -> Result<Option<(usize, usize)>, String> {
         let from = self.scan.max(self.pos);
         match memchr(b'\n', &self.buf[from..]) {
             None => {
@@ -212,10 +210,10 @@ impl Decoder {
                 if end - self.pos > limit {
                     return Err(format!("a line longer than {limit} bytes"));
                 }
-                let line = self.buf[self.pos..end].to_vec();
+                let start = self.pos;
                 self.pos = nl + 1;
                 self.scan = self.pos;
-                Ok(Some(line))
+                Ok(Some((start, end)))
             }
         }
     }
@@ -277,6 +275,13 @@ impl Decoder {
             }
         }
     }
+}
+
+/// A RESP line: a whole value, or the header of a bulk string or an aggregate.
+enum Line {
+    Value(RedisValue),
+    Bulk(u8, i64),
+    Aggregate(u8, i64),
 }
 
 enum Finished {
