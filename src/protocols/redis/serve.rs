@@ -724,6 +724,15 @@ mod tests {
             exec(1, &["INCR n", "GET k"], vec![RedisValue::Integer(1), bulk("v")]),
             exec(2, &["INCR n", "GET j"], vec![RedisValue::Integer(2), RedisValue::Null]),
             reply(3, "WATCH k", simple("OK")),
+            mock(
+                4,
+                RedisMock {
+                    command: args("DISCARD"),
+                    queued: Some(vec![queued("SET k x")]),
+                    reply: Some(simple("OK")),
+                    ..Default::default()
+                },
+            ),
         ])
         .await;
         let mut c = TcpStream::connect(addr).await.unwrap();
@@ -753,6 +762,13 @@ mod tests {
         )
         .await;
         assert_eq!(pool.misses().len(), 1);
+        exchange(&mut c, &commands(&["MULTI", "SET k x", "DISCARD"]), &[simple("OK"), simple("QUEUED"), simple("OK")])
+            .await;
+        assert_eq!(pool.misses().len(), 1);
+        // QUIT is answered, then the connection closes.
+        exchange(&mut c, &commands(&["QUIT"]), &[simple("OK")]).await;
+        let mut rest = Vec::new();
+        assert_eq!(c.read_to_end(&mut rest).await.unwrap(), 0);
     }
 
     #[tokio::test]
