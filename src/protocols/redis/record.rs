@@ -102,8 +102,9 @@ impl RedisObserver {
     fn on_reply(&mut self, frame: RedisValue, at: Instant) -> Result<(), String> {
         let is_push = matches!(frame, RedisValue::Push(_));
         let front_subscribes = self.pending.front().is_some_and(|p| p.subscription.is_some());
-        // In RESP2 an array is pub/sub traffic only around subscriptions; RESP3 marks it as a push.
-        if is_push || front_subscribes || !self.subscriptions.is_empty() {
+        // RESP3 marks pub/sub traffic as pushes; in RESP2 an array is pub/sub traffic only around subscriptions.
+        let around_subscriptions = front_subscribes || !self.subscriptions.is_empty();
+        if is_push || (self.resp == 2 && around_subscriptions) {
             match pubsub_frame(&frame) {
                 Some(PubSubFrame::Message { kind, key, .. }) => {
                     self.on_message(kind, &key, frame, at);
@@ -152,19 +153,21 @@ impl RedisObserver {
         frame: RedisValue,
         at: Instant,
     ) -> Result<(), String> {
-        let Some(front) = self.pending.front_mut() else {
-            // The server may unsubscribe a client by itself (ACL changes): nothing to record.
-            self.close_channels(kind, channel.as_deref(), at);
+        let asked =
+            self.pending.front().is_some_and(|p| p.subscription.map(|(k, s, _)| (k, s)) == Some((kind, subscribe)));
+        let Some(front) = self.pending.front_mut().filter(|_| asked) else {
+            // Nobody asked: the server unsubscribed the client by itself (an ACL change, a shard moving).
+            tracing::debug!("connection {}: an unrequested {} frame", self.ctx.connection, frame_name(&frame));
+            if !subscribe {
+                self.close_channels(kind, channel.as_deref());
+            }
             return Ok(());
         };
-        if front.subscription.map(|(k, s, _)| (k, s)) != Some((kind, subscribe)) {
-            return Err(format!("a {} confirmation arrived while {} was waiting", frame_name(&frame), front.name));
-        }
         front.replies.push(frame);
         let (_, _, named) = front.subscription.unwrap_or((kind, subscribe, 0));
         let received = front.replies.len();
         if !subscribe {
-            self.close_channels(kind, channel.as_deref(), at);
+            self.close_channels(kind, channel.as_deref());
         }
         let complete = if named > 0 {
             received >= named
@@ -180,7 +183,7 @@ impl RedisObserver {
 
     /// A channel (or every channel of a kind, for `None`) was unsubscribed: subscriptions left with no open
     /// channel are written.
-    fn close_channels(&mut self, kind: SubKind, channel: Option<&[u8]>, at: Instant) {
+    fn close_channels(&mut self, kind: SubKind, channel: Option<&[u8]>) {
         for s in self.subscriptions.iter_mut().filter(|s| s.kind == kind) {
             match channel {
                 Some(c) => s.channels.retain(|x| x != c),
@@ -191,7 +194,7 @@ impl RedisObserver {
             std::mem::take(&mut self.subscriptions).into_iter().partition(|s| s.channels.is_empty());
         self.subscriptions = open;
         for s in closed {
-            self.emit_subscription(s, at);
+            self.emit_subscription(s);
         }
     }
 
@@ -236,7 +239,7 @@ impl RedisObserver {
                 self.resp = 2;
                 let subs = std::mem::take(&mut self.subscriptions);
                 for s in subs {
-                    self.emit_subscription(s, at);
+                    self.emit_subscription(s);
                 }
             }
             _ => {}
@@ -295,7 +298,7 @@ impl RedisObserver {
         self.ctx.sink.submit(Record::Mock(Box::new(mock)));
     }
 
-    fn emit_subscription(&self, mut s: Subscription, _at: Instant) {
+    fn emit_subscription(&self, mut s: Subscription) {
         if let Some(redis) = &mut s.mock.redis {
             for p in &mut redis.pushed {
                 self.spill(&mut p.message);
@@ -448,7 +451,7 @@ impl Observer for RedisObserver {
             return;
         }
         for s in std::mem::take(&mut self.subscriptions) {
-            self.emit_subscription(s, at);
+            self.emit_subscription(s);
         }
         if !self.pending.is_empty() || self.transaction.is_some() {
             tracing::debug!(
@@ -571,7 +574,14 @@ mod tests {
     #[test]
     fn resp3_pushes_and_large_values() {
         let big = "x".repeat(INLINE_LIMIT + 10);
-        let client = [command(&["HELLO", "3"]), command(&["SET", "big", &big]), command(&["SUBSCRIBE", "c"])].concat();
+        let client = [
+            command(&["HELLO", "3"]),
+            command(&["SET", "big", &big]),
+            command(&["SUBSCRIBE", "c"]),
+            command(&["LRANGE", "l", "0", "-1"]),
+        ]
+        .concat();
+        let looks_like_a_message = RedisValue::Array(vec![bulk("message"), bulk("c"), bulk("not pushed")]);
         let push = |items: &[RedisValue]| RedisValue::Push(items.to_vec());
         let replies = [
             RedisValue::Map(vec![(bulk("proto"), RedisValue::Integer(3))]),
@@ -579,11 +589,14 @@ mod tests {
             push(&[bulk("subscribe"), bulk("c"), RedisValue::Integer(1)]),
             push(&[bulk("message"), bulk("c"), bulk("m1")]),
             push(&[bulk("invalidate"), RedisValue::Array(vec![bulk("k")])]),
+            looks_like_a_message.clone(),
             push(&[bulk("message"), bulk("c"), bulk("m2")]),
         ];
         let server: Vec<u8> = replies.iter().flat_map(encode).collect();
-        let mocks = observe(&client, &server, client.len(), 9);
-        assert_eq!(mocks.len(), 3);
+        let mut mocks = observe(&client, &server, client.len(), 9);
+        assert_eq!(mocks.len(), 4);
+        assert_eq!(mocks[2].reply, Some(looks_like_a_message), "in RESP3 only pushes are pub/sub");
+        mocks.swap(2, 3);
         assert_eq!((mocks[0].resp, mocks[1].resp), (2, 3), "HELLO ran over RESP2, what follows over RESP3");
         assert!(matches!(&mocks[1].command[2], RedisValue::BulkFile { size, .. } if *size as usize == big.len()));
         let messages: Vec<&RedisValue> = mocks[2].pushed.iter().map(|p| &p.message).collect();

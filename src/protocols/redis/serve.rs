@@ -15,6 +15,7 @@
 //! - Blocking commands (BLPOP, XREAD BLOCK, ...) answer after the wait they had when recorded.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use super::{
     PubSubFrame, SubKind, command_name, describe, is_blocking, is_session_command, pubsub_frame, subscription_command,
 };
 use crate::protocols::{MockPool, ServeCtx};
+use crate::store::body::INLINE_LIMIT;
 use crate::store::{self, Body, RedisMock, RedisValue};
 
 /// What the connections of one replay share: an index of the recorded commands, and the PUBLISH commands the
@@ -35,6 +37,8 @@ use crate::store::{self, Body, RedisMock, RedisValue};
 struct Shared {
     /// Recorded redis mocks by upper-cased command name, in recorded order.
     by_name: HashMap<String, Vec<usize>>,
+    /// The same, by `command_key` of the whole command: where a live command's candidates are.
+    by_command: HashMap<u64, Vec<usize>>,
     /// Every recorded PUBLISH / SPUBLISH.
     recorded_publishes: HashSet<Publish>,
     /// The PUBLISH commands the app sent in this replay, in order.
@@ -57,6 +61,7 @@ fn shared_for(pool: &Arc<MockPool>) -> Arc<Shared> {
         return s.clone();
     }
     let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut by_command: HashMap<u64, Vec<usize>> = HashMap::new();
     let mut recorded_publishes = HashSet::new();
     for (i, m) in pool.of_kind("redis") {
         let Some(redis) = &m.redis else { continue };
@@ -67,9 +72,11 @@ fn shared_for(pool: &Arc<MockPool>) -> Arc<Shared> {
             recorded_publishes.insert((m.dest.clone(), channel.clone(), payload.clone()));
         }
         by_name.entry(name).or_default().push(i);
+        by_command.entry(command_key(&redis.command)).or_default().push(i);
     }
     let shared = Arc::new(Shared {
         by_name,
+        by_command,
         recorded_publishes,
         published: Mutex::new(Vec::new()),
         published_count: watch::Sender::new(0),
@@ -194,16 +201,19 @@ impl Session {
 
     /// Recorded mocks of this command name that pass `keep`, those of this destination if there are any.
     fn candidates(&self, name: &str, keep: impl Fn(&RedisMock) -> bool) -> Vec<usize> {
+        self.pick(self.shared.by_name.get(name).map(Vec::as_slice).unwrap_or_default(), keep)
+    }
+
+    /// Recorded mocks of exactly this command (see `same_command`) that pass `keep`.
+    fn recordings_of(&self, command: &[RedisValue], keep: impl Fn(&RedisMock) -> bool) -> Vec<usize> {
+        let listed = self.shared.by_command.get(&command_key(command)).map(Vec::as_slice).unwrap_or_default();
+        self.pick(listed, |m| self.same_command(&m.command, command) && keep(m))
+    }
+
+    fn pick(&self, listed: &[usize], keep: impl Fn(&RedisMock) -> bool) -> Vec<usize> {
         let pool = &self.ctx.pool;
-        let all: Vec<usize> = self
-            .shared
-            .by_name
-            .get(name)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|i| pool.mocks[*i].redis.as_ref().is_some_and(&keep))
-            .collect();
+        let all: Vec<usize> =
+            listed.iter().copied().filter(|i| pool.mocks[*i].redis.as_ref().is_some_and(&keep)).collect();
         let here: Vec<usize> = all.iter().copied().filter(|i| pool.mocks[*i].dest == self.ctx.dest).collect();
         if here.is_empty() { all } else { here }
     }
@@ -287,9 +297,7 @@ impl Session {
     }
 
     async fn ordinary(&mut self, conn: &mut TcpStream, command: &[RedisValue], name: &str) {
-        let found = self.candidates(name, |m| {
-            m.queued.is_none() && m.db == self.db && m.resp == self.resp && self.same_command(&m.command, command)
-        });
+        let found = self.recordings_of(command, |m| m.queued.is_none() && m.db == self.db && m.resp == self.resp);
         let pool = self.pool();
         let picked = pool.take(&found).map(|(i, _)| i);
         if matches!(name, "PUBLISH" | "SPUBLISH") {
@@ -335,7 +343,7 @@ impl Session {
     }
 
     fn session(&mut self, command: &[RedisValue], name: &str) -> bool {
-        let found = self.candidates(name, |m| m.queued.is_none() && self.same_command(&m.command, command));
+        let found = self.recordings_of(command, |m| m.queued.is_none());
         let pool = self.pool();
         let reply = match pool.take(&found) {
             Some((i, _)) => pool.mocks[i].redis.as_ref().and_then(|r| r.reply.clone()),
@@ -556,6 +564,22 @@ impl Session {
     fn waits_for_publish(&self) -> bool {
         self.subscriptions.iter().filter_map(|s| s.messages.front()).any(|m| m.trigger.is_some())
     }
+}
+
+/// A hash of a command for the index: the name in upper case and the arguments; an argument over the inline
+/// limit counts by its size only, because recorded ones live in files (`same_command` compares contents).
+fn command_key(command: &[RedisValue]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    for (i, a) in command.iter().enumerate() {
+        match a {
+            RedisValue::Bulk(b) if i == 0 => b.to_ascii_uppercase().hash(&mut h),
+            RedisValue::Bulk(b) if b.len() <= INLINE_LIMIT => (0u8, b).hash(&mut h),
+            RedisValue::Bulk(b) => (1u8, b.len() as u64).hash(&mut h),
+            RedisValue::BulkFile { size, .. } => (1u8, *size).hash(&mut h),
+            _ => 2u8.hash(&mut h),
+        }
+    }
+    h.finish()
 }
 
 /// What must agree between two HELLOs: the protocol version and the credentials (not the client's name).
