@@ -6,6 +6,7 @@ pub mod dns;
 pub mod http;
 pub mod mysql;
 pub mod postgres;
+pub mod redis;
 pub mod tcp;
 
 use std::sync::{Arc, Mutex};
@@ -247,7 +248,8 @@ pub trait Protocol: Send + Sync + 'static {
 /// Every protocol doppel parses, in detection order. The opaque `tcp` protocol is the fallback and is not
 /// listed.
 pub fn registry() -> Vec<Arc<dyn Protocol>> {
-    vec![Arc::new(http::Http), Arc::new(mysql::Mysql), Arc::new(postgres::Postgres)]
+    // Redis first: an inline `GET key` line is Redis, not an HTTP request (Redis says no to HTTP lines).
+    vec![Arc::new(redis::Redis), Arc::new(http::Http), Arc::new(mysql::Mysql), Arc::new(postgres::Postgres)]
 }
 
 /// The protocol of a connection from its first client bytes, or `None` while undecided. `done` means no

@@ -13,7 +13,7 @@ mod redis;
 
 pub use mysql::*;
 pub use postgres::{PgColumn, PgCopy, PgError, PgNotification, PgProtocol, PgQuery, PgResult, PgStartup, PostgresMock};
-pub use redis::RedisMock;
+pub use redis::{RedisMock, RedisPushed, RedisQueued, RedisValue};
 
 pub const FORMAT_VERSION: u32 = 1;
 
