@@ -48,6 +48,8 @@ struct Shop {
     db: String,
     port: u16,
     app: App,
+    /// Connect with `sslmode=verify-ca` (decrypted by doppel) instead of plaintext.
+    tls: bool,
 }
 
 impl Shop {
@@ -60,7 +62,7 @@ impl Shop {
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", &db, "-f"])
             .arg(schema));
         assert_eq!(r.code, 0, "{r:?}");
-        Shop { dir: tempfile::tempdir().unwrap(), db, port: free_port(), app }
+        Shop { dir: tempfile::tempdir().unwrap(), db, port: free_port(), app, tls: false }
     }
 
     fn path(&self) -> PathBuf {
@@ -82,6 +84,10 @@ impl Shop {
         c.current_dir(self.dir.path()).arg(sub).arg("--path").arg(self.path());
         if sub == "record" {
             c.args(["--port", &self.port.to_string()]);
+            if self.tls {
+                // The local server's certificate is Debian's self-signed snakeoil one.
+                c.args(["--upstream-ca", "/etc/ssl/certs/ssl-cert-snakeoil.pem"]);
+            }
         }
         c.arg("--").args(self.command());
         c.env("APP_PORT", self.port.to_string())
@@ -89,8 +95,10 @@ impl Shop {
             .env("PGPORT", "5432")
             .env("PGUSER", "postgres")
             .env("PGDATABASE", &self.db)
-            // TLS to the database is recorded as opaque bytes until doppel's TLS layer lands.
-            .env("PGSSLMODE", "disable")
+            .env("PGSSLMODE", if self.tls { "verify-ca" } else { "disable" })
+            // In the sandbox the system bundle also holds doppel's CA: the driver really verifies, through doppel.
+            .env("PGSSLROOTCERT", "/etc/ssl/certs/ca-certificates.crt")
+            .env("DOPPEL_CA_DIR", self.dir.path().join("ca"))
             .env("PYTHONUNBUFFERED", "1")
             .env("NODE_PATH", repo().join("examples/node/node_modules"));
         if let App::Python(driver) = self.app {
@@ -190,7 +198,10 @@ fn passed_line(r: &Ran) -> String {
 
 /// Record, drop the database, replay green, then catch the changed build.
 fn round_trip(app: App, extra: impl FnOnce(&Shop)) -> Shop {
-    let shop = Shop::new(app);
+    round_trip_with(Shop::new(app), extra)
+}
+
+fn round_trip_with(shop: Shop, extra: impl FnOnce(&Shop)) -> Shop {
     let out = shop.record(extra);
     assert!(out.contains("postgres:"), "no postgres mocks recorded:\n{out}");
     let mocks = shop.mocks();
@@ -239,6 +250,17 @@ fn psycopg_with_copy_notices_notifications_and_a_caught_query_change() {
         "{r:?}"
     );
     assert!(r.stdout.contains("FAIL get-items"), "{r:?}");
+}
+
+#[test]
+fn psycopg_with_sslmode_verify_ca_is_decrypted_and_replayed_over_tls() {
+    let on = psql("test", "SHOW ssl");
+    assert!(on.stdout.contains("on"), "this test needs the local PostgreSQL with ssl = on (Debian's default)\n{on:?}");
+    let mut shop = Shop::new(App::Python("psycopg"));
+    shop.tls = true;
+    let shop = round_trip_with(shop, |_| {});
+    let mocks = shop.mocks();
+    assert!(mocks.contains("ssl: accepted"), "{mocks}");
 }
 
 #[test]

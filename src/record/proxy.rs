@@ -183,7 +183,7 @@ pub async fn run<C: Stream + 'static, S: Stream + 'static>(
         // STARTTLS: the client's next bytes are a ClientHello. Decrypt both sides and carry on.
         match tls {
             Some(tls) => {
-                let ip = dest.rsplit_once(':').and_then(|(h, _)| h.trim_matches(['[', ']']).parse().ok());
+                let ip = crate::tls::dest_ip(&dest);
                 match tls.intercept(client, server, &dest, ip).await {
                     Ok((c, s, negotiated)) => {
                         tracing::debug!("STARTTLS to {} decrypted", negotiated.server_name);

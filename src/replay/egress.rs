@@ -61,7 +61,7 @@ async fn serve(e: Egress, pool: Arc<MockPool>, ca: Option<Arc<Ca>>) {
             pool.miss("tls", &e.dest, format!("a TLS connection to {} (no CA loaded)", e.dest));
             return;
         };
-        let ip = e.dest.rsplit_once(':').and_then(|(h, _)| h.trim_matches(['[', ']']).parse().ok());
+        let ip = crate::tls::dest_ip(&e.dest);
         let http = kinds.iter().any(|k| k == "http");
         // HTTP recorded here is HTTP/1.1: pick it when offered; otherwise no ALPN.
         let pick = |offered: &[Vec<u8>]| offered.iter().find(|p| http && p.as_slice() == b"http/1.1").cloned();

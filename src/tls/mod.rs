@@ -21,6 +21,12 @@ pub use ca::Ca;
 
 use crate::error::{Error, Result};
 
+/// The IP address of a `host:port` destination, when the host is one (names the certificate when the app
+/// sends no SNI, as clients connecting to an IP address do).
+pub fn dest_ip(dest: &str) -> Option<IpAddr> {
+    dest.rsplit_once(':').and_then(|(h, _)| h.trim_matches(['[', ']']).parse().ok())
+}
+
 /// Whether bytes start a TLS handshake (record type 22, version 3.x).
 pub fn looks_like_client_hello(b: &[u8]) -> bool {
     b.len() >= 3 && b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04

@@ -172,7 +172,8 @@ async fn handshake(wire: &mut Wire, ctx: ServeCtx) -> Option<Session> {
         let ca = ctx.ca.clone()?;
         let early = wire.framer.take_rest();
         let plain = std::mem::replace(&mut wire.stream, Box::new(tokio::io::duplex(1).0));
-        match crate::tls::accept(&ca, crate::protocols::Prefixed::new(early, plain), None, |_| None).await {
+        let ip = crate::tls::dest_ip(&ctx.dest);
+        match crate::tls::accept(&ca, crate::protocols::Prefixed::new(early, plain), ip, |_| None).await {
             Ok((tls, _)) => wire.stream = Box::new(tls),
             Err(e) => {
                 ctx.pool.miss("mysql", &ctx.dest, format!("TLS with the app failed for {}: {e}", ctx.dest));

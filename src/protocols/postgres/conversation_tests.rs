@@ -259,7 +259,7 @@ fn byte_by_byte_gives_the_same_mocks() {
 }
 
 #[test]
-fn tls_accepted_by_the_server_gives_up() {
+fn tls_accepted_by_the_server_marks_where_tls_starts() {
     let mut ssl = Vec::new();
     wire::encode_startup(&Startup::SslRequest, &mut ssl);
     let dir = tempfile::tempdir().unwrap();
@@ -281,7 +281,11 @@ fn tls_accepted_by_the_server_gives_up() {
     };
     let mut obs = PgObserver::new(ctx);
     obs.client(&ssl, Instant::now()).unwrap();
-    assert!(obs.server(b"S", Instant::now()).unwrap_err().contains("TLS"));
+    assert_eq!(obs.tls_boundary(), None);
+    // The server's `S`: TLS starts right after that byte.
+    obs.server(b"S", Instant::now()).unwrap();
+    assert_eq!(obs.tls_boundary(), Some(1));
+    assert_eq!(obs.tls_boundary(), None, "asked once per piece");
 }
 
 proptest! {

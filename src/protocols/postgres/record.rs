@@ -201,6 +201,10 @@ enum Phase {
 }
 
 pub struct PgObserver {
+    /// The server answered `S` to SSLRequest in the piece just fed.
+    tls_started: bool,
+    /// Where in that piece TLS starts.
+    tls_boundary: Option<usize>,
     ctx: RecordCtx,
     client: Framer,
     server: Framer,
@@ -225,6 +229,8 @@ impl PgObserver {
             ctx,
             client: Framer::default(),
             server: Framer::default(),
+            tls_started: false,
+            tls_boundary: None,
             phase: Phase::Startup,
             startup: PgStartup { auth: "trust".into(), ..PgStartup::default() },
             startup_at: None,
@@ -357,9 +363,11 @@ impl PgObserver {
                     (b'N', true) => self.startup.ssl = Some("refused".into()),
                     (b'N', false) => {}
                     (b'S', true) => {
-                        return Err("the server accepted TLS (SSLRequest answered 'S'): the encrypted connection \
-                                    is recorded as opaque bytes"
-                            .into());
+                        // TLS starts right after this byte on both sides; the proxy decrypts it when it can and
+                        // keeps feeding the plaintext (the startup message comes next, inside TLS).
+                        self.startup.ssl = Some("accepted".into());
+                        self.tls_started = true;
+                        return Ok(());
                     }
                     (b'G', false) => return Err("the server accepted GSSAPI encryption".into()),
                     (other, _) => {
@@ -743,7 +751,17 @@ impl Observer for PgObserver {
             return Ok(());
         }
         self.server.push(data);
-        self.on_server(at)
+        let r = self.on_server(at);
+        if self.tls_started {
+            self.tls_started = false;
+            self.tls_boundary = Some(data.len().saturating_sub(self.server.pending()));
+            self.server = Framer::default();
+        }
+        r
+    }
+
+    fn tls_boundary(&mut self) -> Option<usize> {
+        self.tls_boundary.take()
     }
 
     fn close(&mut self, _at: Instant) {

@@ -74,8 +74,8 @@ pub async fn serve(mut conn: crate::protocols::Conn, first: Vec<u8>, ctx: ServeC
     let mut input = Framer::default();
     input.push(&first);
     let mut buf = vec![0u8; 64 * 1024];
-    // Startup: encryption requests are refused (plaintext until the TLS layer exists), a cancel request
-    // is accepted and the connection closed.
+    // Startup: SSLRequest is accepted with doppel's CA when it is loaded (refused otherwise), GSSENCRequest is
+    // refused, a cancel request is accepted and the connection closed.
     let params = loop {
         let next = match input.next_untagged() {
             Ok(Some(body)) => wire::decode_startup(body),
@@ -89,6 +89,19 @@ pub async fn serve(mut conn: crate::protocols::Conn, first: Vec<u8>, ctx: ServeC
             Err(e) => Err(e),
         };
         match next {
+            Ok(Startup::SslRequest) if ctx.ca.is_some() && input.pending() == 0 => {
+                if conn.write_all(b"S").await.is_err() {
+                    return;
+                }
+                let Some(ca) = ctx.ca.clone() else { return };
+                match crate::tls::accept(&ca, conn, crate::tls::dest_ip(&ctx.dest), |_| None).await {
+                    Ok((tls, _)) => conn = Box::new(tls),
+                    Err(e) => {
+                        ctx.pool.miss("postgres", &ctx.dest, format!("TLS with the app failed for {}: {e}", ctx.dest));
+                        return;
+                    }
+                }
+            }
             Ok(Startup::SslRequest) | Ok(Startup::GssEncRequest) => {
                 if conn.write_all(b"N").await.is_err() {
                     return;
