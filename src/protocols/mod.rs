@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod http2;
 pub mod mysql;
 pub mod tcp;
 
@@ -246,7 +247,7 @@ pub trait Protocol: Send + Sync + 'static {
 /// Every protocol doppel parses, in detection order. The opaque `tcp` protocol is the fallback and is not
 /// listed.
 pub fn registry() -> Vec<Arc<dyn Protocol>> {
-    vec![Arc::new(http::Http), Arc::new(mysql::Mysql)]
+    vec![Arc::new(http::Http), Arc::new(http2::Http2), Arc::new(mysql::Mysql)]
 }
 
 /// The protocol of a connection from its first client bytes, or `None` while undecided. `done` means no

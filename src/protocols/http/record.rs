@@ -130,6 +130,7 @@ impl HttpObserver {
             version: p.head.version,
             headers: p.head.headers,
             body: p.body.into_body(),
+            messages: Vec::new(),
             trailers: p.trailers,
         };
         let response = HttpResponse {
@@ -138,6 +139,7 @@ impl HttpObserver {
             version: head.version,
             headers: head.headers,
             body: p.response_body.and_then(|b| b.into_body()),
+            messages: Vec::new(),
             trailers: p.response_trailers,
         };
         let started_at = format_time(time::OffsetDateTime::from(self.ctx.wall(p.started)));
