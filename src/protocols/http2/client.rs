@@ -103,7 +103,7 @@ pub fn compare_grpc(
         Some(messages) => serde_json::to_vec(&grpc::json_view(&messages)).unwrap_or_default(),
         None => body.to_vec(),
     };
-    diff::compare(
+    let mut comparison = diff::compare(
         &Expected {
             status: recorded.status,
             headers: &recorded.headers,
@@ -112,5 +112,12 @@ pub fn compare_grpc(
         },
         &Actual { status, headers, body: &actual, trailers },
         noise,
-    )
+    );
+    // The body is the list of messages: `message $[0].total` reads better than `body $[0].total`.
+    for d in &mut comparison.differences {
+        if let Some(path) = d.location.strip_prefix("body $") {
+            d.location = format!("message ${path}");
+        }
+    }
+    comparison
 }
