@@ -11,6 +11,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 protos, services = grpc.protos_and_services("shop.proto")
 
 CHANGED = os.environ.get("APP_VARIANT") == "changed"
+# A build that asks for another customer's orders: a call the recording never made.
+CUSTOMER = "zoe" if os.environ.get("APP_VARIANT") == "other-customer" else "alice"
 channel = grpc.insecure_channel(os.environ.get("ORDERS_ADDR", "127.0.0.1:50051"))
 stub = services.OrdersStub(channel)
 
@@ -25,7 +27,7 @@ def route(path):
         return 200, {"ok": True}
     if path.startswith("/orders/"):
         try:
-            o = stub.GetOrder(protos.OrderRequest(customer="alice", order_id=int(path.rsplit("/", 1)[1])))
+            o = stub.GetOrder(protos.OrderRequest(customer=CUSTOMER, order_id=int(path.rsplit("/", 1)[1])))
             return 200, as_dict(o)
         except grpc.RpcError as e:
             return 404, {"error": e.code().name, "details": e.details()}

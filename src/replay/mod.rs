@@ -92,6 +92,12 @@ pub async fn run<C: Capture>(capture: Option<&C>, opts: &ReplayOptions) -> Resul
     for name in &names {
         let set = opts.store.load_set(name)?;
         let noises = compile_noise(&set, &opts.config)?;
+        if let Some(type_name) = http2::grpc::missing_schema(&set) {
+            return Err(Error::input(format!(
+                "test set {} holds gRPC messages decoded with a .proto ({type_name}); give the same files with --proto",
+                set.name
+            )));
+        }
         sets.push((set, noises));
     }
     let tmp = std::env::temp_dir().join(format!("doppel-replay-{}", std::process::id()));

@@ -132,6 +132,17 @@ pub fn message_bytes(m: &GrpcMessage) -> Result<Vec<u8>, String> {
     }
 }
 
+/// A message type a test set was decoded with, when no schema is loaded to encode it again.
+pub fn missing_schema(set: &crate::store::LoadedSet) -> Option<String> {
+    if schema().is_some() {
+        return None;
+    }
+    let tests = set.tests.iter().flat_map(|(_, t)| [&t.request.messages, &t.response.messages]);
+    let mocks =
+        set.mocks.iter().filter_map(|m| m.http2.as_ref()).flat_map(|h| [&h.request.messages, &h.response.messages]);
+    tests.chain(mocks).flatten().find_map(|m| m.type_name.clone().filter(|_| m.base64.is_none()))
+}
+
 /// A whole gRPC body from stored messages.
 pub fn body_of(messages: &[GrpcMessage]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();

@@ -40,6 +40,14 @@ impl Protocol for Http2 {
         }
     }
 
+    /// An HTTP/2 server may send its SETTINGS before the client's preface arrives (grpcio's does): wait for
+    /// the client's first bytes then, instead of giving up on the connection.
+    fn detect_server(&self, first: &[u8], _port: u16) -> Detect {
+        let settings_header = [None, None, None, Some(frame::SETTINGS), Some(0), Some(0), Some(0), Some(0), Some(0)];
+        let plausible = first.iter().zip(settings_header).all(|(b, want)| want.is_none_or(|w| *b == w));
+        if plausible { Detect::NeedMore } else { Detect::No }
+    }
+
     fn observer(&self, ctx: RecordCtx) -> Box<dyn Observer> {
         Box::new(record::H2Observer::new(ctx))
     }
@@ -93,3 +101,18 @@ async fn read_body(recv: &mut h2::RecvStream, limit: usize) -> Result<(Vec<u8>, 
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod detection_tests {
+    use super::*;
+
+    #[test]
+    fn detection() {
+        assert_eq!(Http2.detect_client(frame::PREFACE, 80), Detect::Yes);
+        assert_eq!(Http2.detect_client(b"PRI * HT", 80), Detect::NeedMore);
+        assert_eq!(Http2.detect_client(b"GET / HTTP/1.1\r\n", 80), Detect::No);
+        // A server's SETTINGS before the client spoke: undecided until the client's preface arrives.
+        assert_eq!(Http2.detect_server(b"\0\0\x18\x04\0\0\0\0\0\0\x04", 80), Detect::NeedMore);
+        assert_eq!(Http2.detect_server(b"\x0a\0\0\0\x0a5.5.5", 3306), Detect::No);
+    }
+}
