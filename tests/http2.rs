@@ -124,3 +124,37 @@ fn https_h2_dependency_recorded_as_parsed_exchanges_and_replayed() {
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(bad.stdout.contains("body $.amount changed: expected 6.44 got 6"), "{bad:?}");
 }
+
+#[test]
+fn h2c_upgrade_from_http1_recorded_as_http2_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let app: Vec<String> = ["hypercorn", "asgi_app:app", "--bind", &bind].map(String::from).to_vec();
+    let p = port.to_string();
+    let mut cmd = doppel(dir.path(), "record", &["--port", &p], &app, port);
+    let mut rec = Bg::spawn(cmd.current_dir(repo().join("examples/http2")), dir.path(), "record");
+    rec.wait_for_output("Running on", Duration::from_secs(60));
+    let base = format!("http://127.0.0.1:{port}");
+    // curl --http2 on http:// asks for `Upgrade: h2c`; hypercorn answers 101 and the rest is HTTP/2.
+    let upgraded = curl(&["--http2", "-v", &format!("{base}/upgraded")]);
+    assert!(upgraded.stderr.contains("Switching to HTTP/2"), "{upgraded:?}\n{}", rec.explain());
+    assert!(upgraded.stdout.contains("\"http_version\": \"2\""), "{upgraded:?}");
+    let prior = h2c_curl(&["--data", "one two three", &format!("{base}/prior")]);
+    assert!(prior.stdout.contains("\"words\": 3"), "{prior:?}");
+    rec.signal(libc::SIGINT);
+    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    let tests = dir.path().join("rec/test-set-0/tests");
+    let up = read_all(&tests.join("get-upgraded.yaml"));
+    // The upgrading request is stream 1 of the HTTP/2 connection: recorded once, as HTTP/2, with its answer.
+    assert!(up.contains("kind: http2") && up.contains("\":authority: 127.0.0.1:"), "{up}");
+    assert!(up.contains("server: hypercorn-h2") && !up.contains("http2-settings"), "{up}");
+
+    let mut replay = doppel(dir.path(), "test", &[], &app, port);
+    let ok = run(replay.current_dir(repo().join("examples/http2")));
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.contains("2 passed, 0 failed"), "{ok:?}");
+    let mut changed = doppel(dir.path(), "test", &[], &app, port);
+    let bad = run(changed.current_dir(repo().join("examples/http2")).env("APP_VARIANT", "changed"));
+    assert!(bad.stdout.contains("body $.words changed: expected 3 got 4"), "{bad:?}");
+}

@@ -137,6 +137,11 @@ impl Parser {
         Ok(())
     }
 
+    /// Bytes received after an upgrade's head, which belong to the new protocol.
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
     fn side_name(&self) -> &'static str {
         match self.side {
             Side::Request => "request",

@@ -57,6 +57,31 @@ impl Protocol for Http2 {
     }
 }
 
+/// The observer for a connection that switched from HTTP/1.1 with `Upgrade: h2c`: the upgrading request is
+/// stream 1 (RFC 7540 3.2), and the client's preface and frames follow.
+pub fn upgraded_observer(
+    ctx: RecordCtx,
+    request: super::http::parse::RequestHead,
+    body: &[u8],
+    started: std::time::Instant,
+) -> Box<dyn Observer> {
+    let mut headers = vec![
+        Header::new(":method", request.method),
+        Header::new(":path", request.target),
+        Header::new(":scheme", "http"),
+    ];
+    for h in request.headers {
+        let name = h.name.to_ascii_lowercase();
+        match name.as_str() {
+            "host" => headers.insert(3, Header::new(":authority", h.value)),
+            // Hop-by-hop headers of the upgrade itself; HTTP/2 has no place for them.
+            "connection" | "upgrade" | "http2-settings" | "keep-alive" | "transfer-encoding" => {}
+            _ => headers.push(Header { name, value: h.value }),
+        }
+    }
+    Box::new(record::H2Observer::upgraded(ctx, headers, body, started))
+}
+
 /// Headers and trailers of the `h2` crate as stored (lower-case names, in the order the map gives).
 fn from_header_map(map: &http::HeaderMap) -> Vec<Header> {
     map.iter().map(|(n, v)| Header::new(n.as_str(), v.as_bytes())).collect()

@@ -58,6 +58,26 @@ impl H2Observer {
         }
     }
 
+    /// After an `Upgrade: h2c`: stream 1 is the HTTP/1.1 request that asked for it, already complete.
+    pub fn upgraded(ctx: RecordCtx, request: Vec<Header>, body: &[u8], started: Instant) -> H2Observer {
+        let mut observer = H2Observer::new(ctx);
+        let mut request_body = observer.ctx.sink.spill_buffer();
+        if request_body.push(body).is_err() {
+            tracing::debug!("cannot keep the body of an h2c upgrade request");
+        }
+        let exchange = Exchange {
+            started,
+            request,
+            request_body,
+            request_trailers: Vec::new(),
+            response: None,
+            response_body: observer.ctx.sink.spill_buffer(),
+            response_trailers: Vec::new(),
+        };
+        observer.streams.insert(1, exchange);
+        observer
+    }
+
     fn feed(&mut self, side: usize, data: &[u8], at: Instant) -> Result<(), String> {
         let mut reader = std::mem::replace(&mut self.readers[side], FrameReader::server());
         let r = reader.feed(data, |f| self.on_frame(side, f, at));
