@@ -191,4 +191,23 @@ mod tests {
         assert!(split(b"\0\0\0\0\x09abc").is_err());
         assert!(split(b"\0\0").is_err());
     }
+
+    #[test]
+    fn with_the_proto_messages_have_field_names_and_encode_back() {
+        let proto = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/grpc/shop.proto");
+        load_schema(&[proto], &[]).unwrap();
+        // Order { order_id: 7, customer: "alice", total_cents: 8750, items: ["a"] }
+        let bytes = b"\x08\x07\x12\x05alice\x18\xae\x44\x22\x01a";
+        let m = to_stored("/shop.Orders/GetOrder", false, false, bytes);
+        assert_eq!(m.type_name.as_deref(), Some("shop.Order"));
+        assert_eq!(
+            m.json,
+            Some(serde_json::json!({"order_id": 7, "customer": "alice", "total_cents": 8750, "items": ["a"]}))
+        );
+        assert_eq!(m.base64, None, "canonical encoding: the JSON gives the bytes back");
+        assert_eq!(message_bytes(&m).unwrap(), bytes);
+        // A method the schema does not know falls back to field numbers.
+        let unknown = to_stored("/shop.Orders/Nope", true, false, b"\x0a\x01x");
+        assert_eq!(unknown.json, Some(serde_json::json!({"1": "x"})));
+    }
 }
