@@ -96,6 +96,6 @@ opaque=$(grep -c '^kind: tcp' "$work/rec/test-set-0/mocks.yaml" 2>/dev/null || t
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ {print $2}') GiB;"
   echo "node $(node --version), $(h2load --version 2>&1 | head -1), doppel release build. h2load, node and doppel"
   echo "share the $(nproc) cores, so the slowdown includes doppel's CPU use competing with the service's. Other"
-  echo "work may share the machine: medians move between runs."
+  echo "work may share the machine: medians move between runs (load average when the run ended: $(cut -d' ' -f1-3 /proc/loadavg))."
 } >"$out"
 cat "$out"
