@@ -120,27 +120,36 @@ fn grpcio_client_calls_recorded_as_mocks_and_replayed_with_the_server_gone() {
     let backend = Bg::spawn(&mut backend_cmd, w.dir.path(), "backend");
     backend.wait_for_output("ready", Duration::from_secs(30));
 
-    let gateway = |sub: &str, extra: &[String], variant: Option<&str>| {
+    let gateway_in = |recordings: &str, sub: &str, extra: &[String], variant: Option<&str>| {
         let mut args = vec!["--port".to_string(), app_port.to_string()];
         args.extend_from_slice(extra);
-        let mut c = w.doppel(sub, "rec", &args, &gateway_app());
+        let mut c = w.doppel(sub, recordings, &args, &gateway_app());
         c.env("APP_PORT", app_port.to_string()).env("ORDERS_ADDR", format!("127.0.0.1:{backend_port}"));
         if let Some(v) = variant {
             c.env("APP_VARIANT", v);
         }
         c
     };
-    let mut rec = Bg::spawn(&mut gateway("record", &proto_args(), None), w.dir.path(), "record");
-    wait_http_ok(&format!("http://127.0.0.1:{app_port}/health"), Duration::from_secs(60), &rec);
-    for path in ["/orders/7", "/orders", "/upload", "/track", "/orders/0"] {
-        let r = curl(&[&format!("http://127.0.0.1:{app_port}{path}")]);
-        assert!(r.stdout.contains("order_id") || r.stdout.contains("count") || r.stdout.contains("NOT_FOUND"), "{r:?}");
-    }
-    rec.signal(libc::SIGINT);
-    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
-    let mocks = read_all(&w.path("rec/test-set-0/mocks.yaml"));
-    assert!(rec.stdout().contains("recorded 6 tests and 5 mocks (http2: 5)"), "{}\n{mocks}", rec.explain());
+    let gateway = |sub: &str, extra: &[String], variant: Option<&str>| gateway_in("rec", sub, extra, variant);
+    let record = |recordings: &str, extra: &[String]| {
+        let mut rec = Bg::spawn(&mut gateway_in(recordings, "record", extra, None), w.dir.path(), recordings);
+        wait_http_ok(&format!("http://127.0.0.1:{app_port}/health"), Duration::from_secs(60), &rec);
+        for path in ["/orders/7", "/orders", "/upload", "/track", "/orders/0"] {
+            let r = curl(&[&format!("http://127.0.0.1:{app_port}{path}")]);
+            let answered =
+                r.stdout.contains("order_id") || r.stdout.contains("count") || r.stdout.contains("NOT_FOUND");
+            assert!(answered, "{r:?}");
+        }
+        rec.signal(libc::SIGINT);
+        assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+        let mocks = read_all(&w.path(recordings).join("test-set-0/mocks.yaml"));
+        assert!(rec.stdout().contains("recorded 6 tests and 5 mocks (http2: 5)"), "{}\n{mocks}", rec.explain());
+        mocks
+    };
+    let mocks = record("rec", &proto_args());
     assert!(mocks.contains("target: /shop.Orders/Track") && mocks.contains("type: shop.OrderRequest"), "{mocks}");
+    let numbered = record("numbered", &[]);
+    assert!(numbered.contains("\"1\": carol") && !numbered.contains("type: shop."), "{numbered}");
     drop(backend);
 
     let ok = run(&mut gateway("test", &proto_args(), None));
@@ -157,4 +166,7 @@ fn grpcio_client_calls_recorded_as_mocks_and_replayed_with_the_server_gone() {
     let other = run(&mut gateway("test", &proto_args(), Some("other-customer")));
     assert_eq!(other.code, 1, "{other:?}");
     assert!(other.stdout.contains("/shop.Orders/GetOrder") && other.stdout.contains("zoe"), "{other:?}");
+    // Recorded without the .proto: matched and served by field numbers.
+    let plain = run(&mut gateway_in("numbered", "test", &[], None));
+    assert!(plain.stdout.contains("6 passed, 0 failed") && plain.stdout.contains("5 of 5 mocks used"), "{plain:?}");
 }

@@ -145,6 +145,8 @@ fn h2c_upgrade_from_http1_recorded_as_http2_and_replayed() {
     rec.signal(libc::SIGINT);
     assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
     let tests = dir.path().join("rec/test-set-0/tests");
+    let names: Vec<_> = std::fs::read_dir(&tests).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(tests.join("get-upgraded.yaml").exists(), "{names:?}\n{}", rec.explain());
     let up = read_all(&tests.join("get-upgraded.yaml"));
     // The upgrading request is stream 1 of the HTTP/2 connection: recorded once, as HTTP/2, with its answer.
     assert!(up.contains("kind: http2") && up.contains("\":authority: 127.0.0.1:"), "{up}");
