@@ -95,6 +95,13 @@ struct CaptureArgs {
     /// Do not decrypt the app's TLS connections (they are recorded as opaque bytes).
     #[arg(long)]
     no_tls: bool,
+    /// A .proto file describing the app's gRPC services (repeatable): messages are shown with field names.
+    /// Without one they are shown by field number. Example: --proto protos/shop.proto
+    #[arg(long = "proto", value_name = "FILE")]
+    protos: Vec<PathBuf>,
+    /// A directory where imports of the --proto files are found (repeatable). Example: --proto-path protos
+    #[arg(long = "proto-path", value_name = "DIR")]
+    proto_paths: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -246,7 +253,15 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
+/// Loads the gRPC schema from --proto/--proto-path and doppel.yaml (`proto`, `proto_path`).
+fn load_protos(c: &CaptureArgs, config: &Config) -> Result<()> {
+    let files: Vec<PathBuf> = c.protos.iter().cloned().chain(config.proto.iter().map(PathBuf::from)).collect();
+    let dirs: Vec<PathBuf> = c.proto_paths.iter().cloned().chain(config.proto_path.iter().map(PathBuf::from)).collect();
+    crate::protocols::http2::grpc::load_schema(&files, &dirs).map_err(Error::input)
+}
+
 async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32> {
+    load_protos(&args.capture, &config)?;
     let ports = args.ports.iter().map(|p| PortMap::parse(p)).collect::<Result<Vec<_>>>()?;
     let explicit = explicit_of(&args.capture, ports.iter().map(|p| p.app).collect())?;
     if explicit.is_some()
@@ -318,6 +333,7 @@ pub fn print_record_summary(o: &record::RecordOutcome) {
 }
 
 async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
+    load_protos(&args.capture, &config)?;
     let target = args.target.as_deref().map(Target::parse).transpose()?;
     if target.is_none() && args.command.is_empty() {
         return Err(Error::input("give the command that runs the app after --, or --target URL"));

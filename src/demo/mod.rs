@@ -41,6 +41,7 @@ fn request(method: &str, target: &str, port: u16, body: Option<&str>) -> HttpReq
         version: "HTTP/1.1".into(),
         headers,
         body: body.and_then(|b| crate::store::Body::from_bytes(b.as_bytes())),
+        messages: vec![],
         trailers: vec![],
     }
 }

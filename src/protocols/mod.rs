@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod http2;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
@@ -249,7 +250,13 @@ pub trait Protocol: Send + Sync + 'static {
 /// listed.
 pub fn registry() -> Vec<Arc<dyn Protocol>> {
     // Redis first: an inline `GET key` line is Redis, not an HTTP request (Redis says no to HTTP lines).
-    vec![Arc::new(redis::Redis), Arc::new(http::Http), Arc::new(mysql::Mysql), Arc::new(postgres::Postgres)]
+    vec![
+        Arc::new(redis::Redis),
+        Arc::new(http::Http),
+        Arc::new(http2::Http2),
+        Arc::new(mysql::Mysql),
+        Arc::new(postgres::Postgres),
+    ]
 }
 
 /// The protocol of a connection from its first client bytes, or `None` while undecided. `done` means no

@@ -63,8 +63,12 @@ async fn serve(e: Egress, pool: Arc<MockPool>, ca: Option<Arc<Ca>>) {
         };
         let ip = crate::tls::dest_ip(&e.dest);
         let http = kinds.iter().any(|k| k == "http");
-        // HTTP recorded here is HTTP/1.1: pick it when offered; otherwise no ALPN.
-        let pick = |offered: &[Vec<u8>]| offered.iter().find(|p| http && p.as_slice() == b"http/1.1").cloned();
+        let h2 = kinds.iter().any(|k| k == protocols::http2::KIND);
+        // The HTTP version recorded here, when the app offers it: h2 for HTTP/2 mocks, else http/1.1.
+        let pick = |offered: &[Vec<u8>]| {
+            let find = |name: &[u8]| offered.iter().find(|p| p.as_slice() == name).cloned();
+            (if h2 { find(b"h2") } else { None }).or_else(|| if http { find(b"http/1.1") } else { None })
+        };
         match crate::tls::accept(ca, stream, ip, pick).await {
             Ok((tls, _name)) => Box::new(tls),
             Err(err) => {

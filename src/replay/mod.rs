@@ -14,6 +14,8 @@ use crate::capture::{AppCommand, AppLink, Capture};
 use crate::diff::{self, Actual, Expected, Noise};
 use crate::error::{Error, Result};
 use crate::protocols::http::client;
+use crate::protocols::http::parse::ResponseHead;
+use crate::protocols::http2;
 use crate::protocols::{Miss, MockPool};
 use crate::report::{self, Outcome, RunReport, SetReport, TestResult};
 use crate::store::{self, Config, Header, HeaderList, LoadedSet, SpillBuffer, Store, TestCase};
@@ -90,6 +92,12 @@ pub async fn run<C: Capture>(capture: Option<&C>, opts: &ReplayOptions) -> Resul
     for name in &names {
         let set = opts.store.load_set(name)?;
         let noises = compile_noise(&set, &opts.config)?;
+        if let Some(type_name) = http2::grpc::missing_schema(&set) {
+            return Err(Error::input(format!(
+                "test set {} holds gRPC messages decoded with a .proto ({type_name}); give the same files with --proto",
+                set.name
+            )));
+        }
         sets.push((set, noises));
     }
     let tmp = std::env::temp_dir().join(format!("doppel-replay-{}", std::process::id()));
@@ -240,6 +248,7 @@ async fn wait_ready(session: &crate::capture::Session, ports: &[u16], opts: &Rep
             version: "HTTP/1.1".into(),
             headers: vec![Header::new("Host", format!("localhost:{port}")), Header::new("Connection", "close")],
             body: None,
+            messages: vec![],
             trailers: vec![],
         };
         if let Ok(mut conn) = session.link.connect(port).await {
@@ -286,8 +295,37 @@ async fn send_to_app(
     let mut conn =
         link.connect(test.port).await.map_err(|e| format!("cannot connect to the app's port {}: {e}", test.port))?;
     let _ = conn.set_nodelay(true);
+    if test.kind == http2::KIND {
+        return http2_exchange(conn, &test.request, &set.dir, tmp, opts.request_timeout).await;
+    }
     let sink = SpillBuffer::new(tmp.to_path_buf(), Arc::new(0.into()));
     client::exchange(&mut conn, &test.request, &set.dir, sink, opts.request_timeout).await
+}
+
+/// Sends an HTTP/2 test request (its own connection, prior knowledge) and returns the response in the shape
+/// the HTTP/1 client gives, so judging is the same.
+async fn http2_exchange(
+    conn: TcpStream,
+    request: &store::HttpRequest,
+    dir: &std::path::Path,
+    tmp: &std::path::Path,
+    timeout: Duration,
+) -> std::result::Result<client::Response, String> {
+    let began = Instant::now();
+    let answer = http2::client::exchange(conn, request, dir, timeout).await?;
+    let mut body = SpillBuffer::new(tmp.to_path_buf(), Arc::new(0.into()));
+    body.push(&answer.body).map_err(|e| format!("cannot buffer the response body: {e}"))?;
+    Ok(client::Response {
+        head: ResponseHead {
+            status: answer.status,
+            reason: String::new(),
+            version: "HTTP/2".into(),
+            headers: answer.headers,
+        },
+        body,
+        trailers: answer.trailers,
+        elapsed: began.elapsed(),
+    })
 }
 
 async fn run_against_target(
@@ -313,6 +351,9 @@ async fn run_against_target(
                 .await
                 .map_err(|e| format!("cannot connect to {}: {e}", target.authority))?;
             let _ = conn.set_nodelay(true);
+            if test.kind == http2::KIND {
+                return http2_exchange(conn, &request, &set.dir, tmp, opts.request_timeout).await;
+            }
             let sink = SpillBuffer::new(tmp.to_path_buf(), Arc::new(0.into()));
             client::exchange(&mut conn, &request, &set.dir, sink, opts.request_timeout).await
         }
@@ -379,6 +420,13 @@ fn compare_response(
     noise: &Noise,
 ) -> std::result::Result<diff::Comparison, String> {
     let expected = &test.response;
+    // gRPC: messages compared as decoded JSON, field by field.
+    if test.kind == http2::KIND && http2::client::is_grpc_response(expected) {
+        let body = resp.body.bytes().unwrap_or_default();
+        let h = &resp.head;
+        let target = &test.request.target;
+        return Ok(http2::client::compare_grpc(target, expected, h.status, &h.headers, body, &resp.trailers, noise));
+    }
     let recorded_file = expected.body.as_ref().and_then(|b| b.file.clone());
     let actual_inline = resp.body.bytes();
     let headless = |body: &[u8]| -> std::result::Result<diff::Comparison, String> {

@@ -195,7 +195,7 @@ impl Store {
             files.sort();
             for f in files {
                 let t: TestCase = read_versioned(&f)?;
-                if t.kind != "http" {
+                if t.kind != "http" && t.kind != "http2" {
                     return Err(Error::input(format!("{}: unknown test kind {:?}", f.display(), t.kind)));
                 }
                 for b in [&t.request.body, &t.response.body].into_iter().flatten() {

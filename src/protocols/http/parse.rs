@@ -131,10 +131,15 @@ impl Parser {
             let consumed = self.run(&buffered, out)?;
             self.buf = buffered[consumed..].to_vec();
         }
-        if self.buf.len() > MAX_HEAD {
+        if self.buf.len() > MAX_HEAD && self.state != State::Opaque {
             return Err(format!("HTTP {} head larger than {MAX_HEAD} bytes", self.side_name()));
         }
         Ok(())
+    }
+
+    /// Bytes received after an upgrade's head, which belong to the new protocol.
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
     }
 
     fn side_name(&self) -> &'static str {
@@ -164,7 +169,8 @@ impl Parser {
         loop {
             let rest = &data[pos..];
             match self.state.clone() {
-                State::Opaque => return Ok(data.len()),
+                // What follows an upgrade is kept (unconsumed) for the next protocol: see `take_rest`.
+                State::Opaque => return Ok(pos),
                 State::Head => {
                     if rest.is_empty() {
                         return Ok(pos);
@@ -407,6 +413,16 @@ mod tests {
         let data = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello";
         let ev = parse_all(Side::Response, data, &[], &["GET"]).unwrap();
         assert_eq!(ev.last(), Some(&Event::Upgrade));
+    }
+
+    #[test]
+    fn bytes_after_an_upgrade_in_the_same_read_are_kept_for_the_next_protocol() {
+        let mut p = Parser::new(Side::Response);
+        p.expect_response_to("GET");
+        let mut out = Vec::new();
+        p.feed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n\x00\x00\x00\x04", &mut out).unwrap();
+        assert_eq!(out.last(), Some(&Event::Upgrade));
+        assert_eq!(p.take_rest(), b"\x00\x00\x00\x04");
     }
 
     #[test]

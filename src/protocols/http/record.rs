@@ -27,6 +27,8 @@ pub struct HttpObserver {
     responses: Parser,
     pending: VecDeque<Pending>,
     events: Vec<Event>,
+    /// After `Upgrade: h2c` was accepted (101), the HTTP/2 observer that follows the rest of the connection.
+    upgraded: Option<Box<dyn Observer>>,
 }
 
 impl HttpObserver {
@@ -37,6 +39,7 @@ impl HttpObserver {
             responses: Parser::new(Side::Response),
             pending: VecDeque::new(),
             events: Vec::new(),
+            upgraded: None,
         }
     }
 
@@ -77,7 +80,9 @@ impl HttpObserver {
     }
 
     fn on_response_events(&mut self, at: Instant) -> Result<(), String> {
-        for ev in std::mem::take(&mut self.events) {
+        let events = std::mem::take(&mut self.events);
+        let upgrading = events.last() == Some(&Event::Upgrade);
+        for ev in events {
             match ev {
                 Event::Response(head) => {
                     let body = self.ctx.sink.spill_buffer();
@@ -102,6 +107,23 @@ impl HttpObserver {
                 }
                 Event::End => {
                     let done = self.pending.pop_front().ok_or("response end without a request")?;
+                    if upgrading && is_h2c_upgrade(&done) {
+                        // The request continues as HTTP/2 stream 1: its answer comes in HTTP/2 frames.
+                        let body = done.body.bytes().map(|b| b.to_vec()).unwrap_or_default();
+                        done.body.discard();
+                        let mut h2 = crate::protocols::http2::upgraded_observer(
+                            self.ctx.clone(),
+                            done.head,
+                            &body,
+                            done.started,
+                        );
+                        let rest = self.responses.take_rest();
+                        if !rest.is_empty() {
+                            h2.server(&rest, at)?;
+                        }
+                        self.upgraded = Some(h2);
+                        return Ok(());
+                    }
                     self.emit(done, at);
                 }
                 Event::Upgrade => {
@@ -130,6 +152,7 @@ impl HttpObserver {
             version: p.head.version,
             headers: p.head.headers,
             body: p.body.into_body(),
+            messages: Vec::new(),
             trailers: p.trailers,
         };
         let response = HttpResponse {
@@ -138,6 +161,7 @@ impl HttpObserver {
             version: head.version,
             headers: head.headers,
             body: p.response_body.and_then(|b| b.into_body()),
+            messages: Vec::new(),
             trailers: p.response_trailers,
         };
         let started_at = format_time(time::OffsetDateTime::from(self.ctx.wall(p.started)));
@@ -174,8 +198,22 @@ fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
 
+/// A request that asked for `Upgrade: h2c` and got `101 Switching Protocols` to it.
+fn is_h2c_upgrade(p: &Pending) -> bool {
+    let asked =
+        p.head.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade") && h.value.eq_ignore_ascii_case(b"h2c"));
+    let agreed = p.response.as_ref().is_some_and(|(r, _)| {
+        r.status == 101
+            && r.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade") && h.value.eq_ignore_ascii_case(b"h2c"))
+    });
+    asked && agreed
+}
+
 impl Observer for HttpObserver {
     fn client(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+        if let Some(h2) = &mut self.upgraded {
+            return h2.client(data, at);
+        }
         let mut events = std::mem::take(&mut self.events);
         let r = self.requests.feed(data, &mut events);
         self.events = events;
@@ -184,6 +222,9 @@ impl Observer for HttpObserver {
     }
 
     fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+        if let Some(h2) = &mut self.upgraded {
+            return h2.server(data, at);
+        }
         let mut events = std::mem::take(&mut self.events);
         let r = self.responses.feed(data, &mut events);
         self.events = events;
@@ -192,6 +233,10 @@ impl Observer for HttpObserver {
     }
 
     fn close(&mut self, at: Instant) {
+        if let Some(h2) = &mut self.upgraded {
+            h2.close(at);
+            return;
+        }
         let mut events = Vec::new();
         if self.responses.finish(&mut events).is_ok() {
             self.events = events;

@@ -192,6 +192,7 @@ mod tests {
             version: "HTTP/1.1".into(),
             headers: vec![Header::new("Host", "x")],
             body: None,
+            messages: vec![],
             trailers: vec![],
         }
     }

@@ -7,10 +7,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::body::Body;
 
+mod grpc;
 mod mysql;
 mod postgres;
 mod redis;
 
+pub use grpc::GrpcMessage;
 pub use mysql::*;
 pub use postgres::{PgColumn, PgCopy, PgError, PgNotification, PgProtocol, PgQuery, PgResult, PgStartup, PostgresMock};
 pub use redis::{RedisMock, RedisPushed, RedisQueued, RedisValue};
@@ -47,8 +49,11 @@ impl Serialize for Header {
 impl<'de> Deserialize<'de> for Header {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Header, D::Error> {
         let line = String::deserialize(d)?;
-        let (name, rest) = line
+        // HTTP/2 pseudo-headers (`:authority: host`) keep their leading colon in the name.
+        let pseudo = usize::from(line.starts_with(':'));
+        let (name, rest) = line[pseudo..]
             .split_once(':')
+            .map(|(n, r)| (&line[..pseudo + n.len()], r))
             .ok_or_else(|| serde::de::Error::custom(format!("header {line:?} is not of the form \"Name: value\"")))?;
         if name.is_empty() || name.contains(char::is_whitespace) {
             return Err(serde::de::Error::custom(format!("header {line:?} has an invalid name")));
@@ -88,6 +93,9 @@ pub struct HttpRequest {
     pub headers: Vec<Header>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Body>,
+    /// gRPC calls: the messages of the body, decoded (then `body` is absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<GrpcMessage>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trailers: Vec<Header>,
 }
@@ -104,6 +112,9 @@ pub struct HttpResponse {
     pub headers: Vec<Header>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Body>,
+    /// gRPC calls: the messages of the body, decoded (then `body` is absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<GrpcMessage>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trailers: Vec<Header>,
 }
@@ -248,6 +259,9 @@ pub struct Mock {
     pub duration_ms: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpMock>,
+    /// An HTTP/2 exchange (gRPC calls included), in the same shape as `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<HttpMock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpMock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,6 +293,7 @@ impl Mock {
     pub fn validate(&self) -> Result<(), String> {
         let set: Vec<&str> = [
             ("http", self.http.is_some()),
+            ("http2", self.http2.is_some()),
             ("tcp", self.tcp.is_some()),
             ("dns", self.dns.is_some()),
             ("postgres", self.postgres.is_some()),
@@ -330,4 +345,10 @@ pub struct Config {
     /// Set to false to compare the headers doppel ignores by default (Date, Server-Timing, request ids...).
     #[serde(default)]
     pub default_header_noise: Option<bool>,
+    /// .proto files describing the app's gRPC services (as `--proto`).
+    #[serde(default)]
+    pub proto: Vec<String>,
+    /// Directories for the imports of those files (as `--proto-path`).
+    #[serde(default)]
+    pub proto_path: Vec<String>,
 }
