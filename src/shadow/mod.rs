@@ -107,6 +107,9 @@ pub async fn run(opts: DiffOptions) -> Result<i32> {
     };
     let writes = sets.iter().flat_map(|(s, _)| &s.tests).filter(|(_, t)| is_write(&t.request.method)).count();
     let total = sets.iter().map(|(s, _)| s.tests.len()).sum::<usize>();
+    if total == 0 {
+        return Err(Error::input(format!("the test sets {} have no tests", names.join(", "))));
+    }
     if !opts.allow_writes && writes == total {
         return Err(Error::input(format!(
             "all {total} recorded requests are writes (POST, PUT, PATCH, DELETE); pass --allow-writes to send them"
@@ -150,6 +153,30 @@ pub async fn run(opts: DiffOptions) -> Result<i32> {
     Ok(if report.differing_fields > 0 { 1 } else { 0 })
 }
 
+/// The differences of one comparison by field, each field once (an array whose elements differ is one
+/// difference of the request): the first difference beyond the thresholds, else the first one, and
+/// whether any was beyond them.
+fn per_field(
+    differences: &[Difference],
+    within: impl Fn(&Difference) -> bool,
+) -> BTreeMap<String, (&Difference, bool)> {
+    let mut fields: BTreeMap<String, (&Difference, bool)> = BTreeMap::new();
+    for d in differences {
+        let beyond = !within(d);
+        match fields.entry(field_of(&d.location)) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert((d, beyond));
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                if beyond && !o.get().1 {
+                    o.insert((d, true));
+                }
+            }
+        }
+    }
+    fields
+}
+
 /// Sends one recorded request to every deployment at once and files the differences.
 async fn compare_one(
     opts: &DiffOptions,
@@ -191,9 +218,9 @@ async fn compare_one(
         Some(Ok(s)) => {
             match replay::compare_sides(&Side::live(&primary), &Side::live(&s), noise) {
                 Ok(c) => {
-                    for d in &c.differences {
-                        endpoint.field(&field_of(&d.location)).noise_seen += 1;
-                        let f = endpoint.field(&field_of(&d.location));
+                    for (field, (d, _)) in per_field(&c.differences, |_| false) {
+                        let f = endpoint.field(&field);
+                        f.noise_seen += 1;
                         if f.noise_example.is_none() {
                             f.noise_example = Some(Example::new(test, &request_text, &primary, ("secondary", &s), d));
                         }
@@ -214,15 +241,15 @@ async fn compare_one(
                     for rule in comparison.applied_noise {
                         *endpoint.rules_applied.entry(rule).or_default() += 1;
                     }
-                    for d in &comparison.differences {
-                        let within = within_threshold(d, opts.relative_threshold, opts.absolute_threshold);
-                        let f = endpoint.field(&field_of(&d.location));
-                        if within {
-                            f.within_threshold += 1;
-                        } else {
+                    let within = |d: &Difference| within_threshold(d, opts.relative_threshold, opts.absolute_threshold);
+                    for (field, (d, beyond)) in per_field(&comparison.differences, within) {
+                        let f = endpoint.field(&field);
+                        if beyond {
                             f.differences += 1;
+                        } else {
+                            f.within_threshold += 1;
                         }
-                        if f.example.is_none() || (!within && f.differences == 1) {
+                        if f.example.is_none() || (beyond && f.differences == 1) {
                             f.example = Some(Example::new(test, &request_text, &primary, ("candidate", &c), d));
                         }
                     }

@@ -215,9 +215,15 @@ fn describe_thresholds(relative: f64, absolute: f64) -> String {
     format!("the thresholds (relative {relative}, absolute {absolute})")
 }
 
-/// The start of a body as text (invalid UTF-8 shown as replacement characters).
+/// The start of a body as text (invalid UTF-8 shown as replacement characters); JSON indented, so that
+/// two answers read side by side.
 pub fn preview(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
+    let pretty =
+        serde_json::from_slice::<serde_json::Value>(bytes).ok().and_then(|v| serde_json::to_string_pretty(&v).ok());
+    let text = match pretty {
+        Some(p) => std::borrow::Cow::Owned(p),
+        None => String::from_utf8_lossy(bytes),
+    };
     match text.char_indices().nth(PREVIEW_CHARS) {
         Some((at, _)) => format!("{}\n… ({} bytes in all)", &text[..at], bytes.len()),
         None => text.into_owned(),
