@@ -41,12 +41,15 @@ fn record(dir: &Path) -> PathBuf {
         let r = curl(&[&format!("{url}{target}")]);
         assert!(r.stdout.contains("token"), "{r:?}");
     }
+    // A body over the 1 MiB inline limit: compared from files.
+    let r = curl(&["-o", "/dev/null", "-w", "%{size_download}", &format!("{url}/api/blob?kb=1500")]);
+    assert_eq!(r.stdout, "1536000", "{r:?}");
     let r =
         curl(&["-H", "Content-Type: application/json", "-d", r#"{"sku":"A-1","qty":2}"#, &format!("{url}/api/orders")]);
     assert!(r.stdout.contains("order_id"), "{r:?}");
     rec.signal(libc::SIGINT);
     assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
-    assert!(rec.stdout().contains("recorded 6 tests"), "{}", rec.explain());
+    assert!(rec.stdout().contains("recorded 7 tests"), "{}", rec.explain());
     path
 }
 
@@ -113,7 +116,10 @@ fn the_changed_field_is_reported_and_nondeterministic_fields_are_noise() {
     assert!(r.stdout.contains("result: the candidate differs in"), "{r:?}");
 
     let report: serde_json::Value = serde_json::from_str(&read_all(&json)).unwrap();
-    assert_eq!(report["compared"], 5);
+    assert_eq!(report["compared"], 6);
+    let blob = field(&report, "GET /api/blob", "body");
+    assert_eq!(blob["kind"], "difference", "{blob:#}");
+    assert!(blob["example"]["expected"].as_str().unwrap().contains("first difference at offset 1535999"), "{blob:#}");
     assert_eq!(field(&report, "GET /api/items/{id}", "body $.price")["kind"], "difference");
     assert_eq!(field(&report, "GET /api/items/{id}", "body $.price")["differences"], 3);
     assert_eq!(field(&report, "GET /api/items/{id}", "body $.description")["kind"], "difference");
@@ -146,7 +152,7 @@ fn the_changed_field_is_reported_and_nondeterministic_fields_are_noise() {
         ],
     );
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("result: no differences beyond noise in 6 compared requests"), "{r:?}");
+    assert!(r.stdout.contains("result: no differences beyond noise in 7 compared requests"), "{r:?}");
     assert!(!r.stdout.contains("skipped writes"), "{r:?}");
 
     // Without a secondary nothing tells the token is random: it differs. Jitter within the threshold is noise.

@@ -4,7 +4,8 @@ Every build answers with fields that change on each call, as real services do: a
 it answered (`served_at`) and a measured `load` that jitters a little. APP_VARIANT selects the build:
 
 - unset: the primary build;
-- `changed`: the candidate with a regression: prices go up 10% and the description gains markup.
+- `changed`: the candidate with a regression: prices go up 10%, the description gains markup and the last
+  byte of `/api/blob` changes.
 
 Usage: APP_PORT=8080 [APP_VARIANT=changed] python3 catalog.py
 """
@@ -14,7 +15,7 @@ import random
 import secrets
 import time
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 
 app = Flask(__name__)
 CHANGED = os.environ.get("APP_VARIANT") == "changed"
@@ -52,6 +53,15 @@ def get_item(item_id):
 @app.get("/api/items")
 def list_items():
     return jsonify(items=[item(i) for i in sorted(PRICES)], count=len(PRICES))
+
+
+@app.get("/api/blob")
+def blob():
+    """A large text body (kb KiB); the changed build alters its last byte."""
+    data = "0123456789abcdef" * 64 * int(request.args.get("kb", "1"))
+    if CHANGED:
+        data = data[:-1] + "!"
+    return Response(data, content_type="text/plain")
 
 
 @app.post("/api/orders")

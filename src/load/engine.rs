@@ -362,7 +362,7 @@ async fn send_once(
             None => client::read_response(conn, &request.method, buf, |_| Ok(())).await.map(|(head, _)| (head, None)),
             Some(check) => {
                 let started = Instant::now();
-                let mut body = SpillBuffer::new(cfg.tmp.clone(), Arc::new(0.into()));
+                let mut body = SpillBuffer::new(cfg.tmp.clone(), crate::replay::spill_counter());
                 let (head, trailers) = client::read_response(conn, &request.method, buf, |piece| {
                     body.push(piece).map_err(|e| format!("cannot buffer the response body: {e}"))
                 })

@@ -169,7 +169,8 @@ pub fn build(facts: &RunFacts, outcome: Outcome) -> LoadReport {
 
     let duration_s = facts.schedule.length().as_secs_f64();
     let elapsed_s = agg.last_done.map_or(0.0, |d| d.saturating_duration_since(outcome.started).as_secs_f64());
-    let window = duration_s.max(elapsed_s);
+    // Stopped early, the schedule's full length would understate the rate.
+    let window = if outcome.interrupted { elapsed_s } else { duration_s.max(elapsed_s) };
     let all_recorded: Vec<f64> = facts.recorded_latency.iter().flatten().copied().collect();
     LoadReport {
         version: 1,

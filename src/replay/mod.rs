@@ -77,9 +77,16 @@ impl Target {
             })?
             .map_err(|e| format!("cannot connect to {}: {e}", self.authority))?;
         let _ = conn.set_nodelay(true);
-        let sink = SpillBuffer::new(tmp.to_path_buf(), Arc::new(0.into()));
+        let sink = SpillBuffer::new(tmp.to_path_buf(), spill_counter());
         client::exchange(&mut conn, request, dir, sink, timeout).await
     }
+}
+
+/// Numbers the files of large response bodies: one counter for the process, so that responses read at the
+/// same time (`doppel diff`, `doppel load --check`) never share a file.
+pub fn spill_counter() -> Arc<std::sync::atomic::AtomicU64> {
+    static COUNTER: std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>> = std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| Arc::new(0.into())).clone()
 }
 
 pub struct ReplayOptions {
