@@ -114,8 +114,8 @@ runs=$(for i in $(seq 0 $((reps - 1))); do printf '| %s | %.0f | %.0f | %.2f |\n
   echo
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ {print $2}') GiB;"
   echo "$(wrk --version 2>&1 | head -1 | awk '{print $1, $2}'), doppel release build; load average before the run: $load_before."
-  echo "The server and the load generator share"
-  echo "the $(nproc) cores, so every CPU cycle the generator spends is one the server does not get: the ratio compares"
-  echo "the generators' efficiency as much as anything. Other work may share the machine; medians move between runs."
+  echo "The server and the load generator share the $(nproc) cores, so every CPU cycle the generator spends is one"
+  echo "the server does not get: the ratio compares the generators' efficiency as much as anything. Other work may"
+  echo "share the machine; medians move between runs."
 } >"$out"
 cat "$out"

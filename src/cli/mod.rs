@@ -55,13 +55,16 @@ enum Command {
     ///
     /// Example: doppel list
     List(PathArgs),
-    /// Send the recorded requests to a running deployment under load: an open-loop schedule (recorded timing
-    /// sped up, a fixed rate or a ramp), latency per endpoint from the intended send time, CI gates.
+    /// Send the recorded requests to a running deployment under load; report latency per endpoint.
+    ///
+    /// The schedule is open-loop (the recorded timing sped up, a fixed rate or a ramp) and latency runs from
+    /// each request's intended send time; --fail-if gates make it a CI check.
     ///
     /// Example: doppel load --target http://staging:8080 --rate 500/s --duration 60s --fail-if 'p99>200ms'
     Load(LoadArgs),
-    /// Send each recorded request to a primary and a candidate deployment (and a secondary copy of the
-    /// primary to learn noise) and report the fields where the candidate differs.
+    /// Send each recorded request to two deployments and report the fields where the candidate differs.
+    ///
+    /// A secondary copy of the primary tells which fields are noise (they differ between the two).
     ///
     /// Example: doppel diff --primary http://prod-copy:8080 --candidate http://staging:8080 --secondary http://prod-copy-2:8080
     Diff(DiffArgs),
