@@ -1,5 +1,6 @@
 //! Sends a recorded request to the app exactly as recorded (no added headers, same framing) and reads the
-//! response. Used by `doppel test` against the sandboxed app and by `--target` replays.
+//! response. Used by `doppel test` against the sandboxed app and by `--target` replays, by `doppel diff`,
+//! and by `doppel load`, which encodes each request once and reads responses on keep-alive connections.
 
 use std::time::{Duration, Instant};
 
