@@ -2,15 +2,18 @@
 //!
 //! The flow runs one way: `capture` brings connections to doppel, `protocols` turn bytes into exchanges,
 //! `store` writes them; `replay` serves mocks and sends recorded requests, `diff` compares, `report` tells.
+//! `load` sends the recorded requests to a deployment under load; `shadow` compares two deployments.
 
 pub mod capture;
 pub mod cli;
 pub mod demo;
 pub mod diff;
 pub mod error;
+pub mod load;
 pub mod protocols;
 pub mod record;
 pub mod replay;
 pub mod report;
+pub mod shadow;
 pub mod store;
 pub mod tls;

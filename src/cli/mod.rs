@@ -55,6 +55,19 @@ enum Command {
     ///
     /// Example: doppel list
     List(PathArgs),
+    /// Send the recorded requests to a running deployment under load; report latency per endpoint.
+    ///
+    /// The schedule is open-loop (the recorded timing sped up, a fixed rate or a ramp) and latency runs from
+    /// each request's intended send time; --fail-if gates make it a CI check.
+    ///
+    /// Example: doppel load --target http://staging:8080 --rate 500/s --duration 60s --fail-if 'p99>200ms'
+    Load(LoadArgs),
+    /// Send each recorded request to two deployments and report the fields where the candidate differs.
+    ///
+    /// A secondary copy of the primary tells which fields are noise (they differ between the two).
+    ///
+    /// Example: doppel diff --primary http://prod-copy:8080 --candidate http://staging:8080 --secondary http://prod-copy-2:8080
+    Diff(DiffArgs),
     /// Show doppel's TLS interception CA (created on first use): where it is and its fingerprint.
     ///
     /// Example: doppel ca
@@ -70,6 +83,9 @@ enum Command {
         #[arg(long)]
         forward: Option<String>,
     },
+    /// A small fast HTTP server for load tests and benchmarks.
+    #[command(hide = true, name = "__http-target")]
+    HttpTarget { port: u16 },
 }
 
 #[derive(Args, Debug)]
@@ -172,6 +188,96 @@ struct TestArgs {
 }
 
 #[derive(Args, Debug)]
+struct LoadArgs {
+    #[command(flatten)]
+    path: PathArgs,
+    /// Test set to send (repeatable; default: all, one after the other).
+    #[arg(long = "test-set", value_name = "NAME")]
+    test_sets: Vec<String>,
+    /// The running deployment to load. Example: --target http://staging:8080
+    #[arg(long, value_name = "URL")]
+    target: String,
+    /// Replay the recorded timing this many times faster, keeping the real mix and burstiness (the default
+    /// is 1x). Example: --speed 2x
+    #[arg(long, value_name = "FACTOR", conflicts_with_all = ["rate", "ramp"])]
+    speed: Option<String>,
+    /// A fixed arrival rate; requests are taken from the recording in turn. Example: --rate 500/s
+    #[arg(long, value_name = "N/s", conflicts_with = "ramp")]
+    rate: Option<String>,
+    /// An arrival rate growing linearly, then held at its end value until --duration.
+    /// Example: --ramp '10/s..1000/s over 60s'
+    #[arg(long, value_name = "FROM..TO over DURATION", num_args = 1..=3)]
+    ramp: Option<Vec<String>>,
+    /// How long to send, looping through the recording (default: one pass through the recorded requests; a
+    /// ramp: its length). Example: --duration 60s
+    #[arg(long, value_name = "DURATION")]
+    duration: Option<String>,
+    /// Keep-alive connections to the target; each carries one request at a time. Example: --connections 128
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    connections: usize,
+    /// Requests allowed to be due and unfinished (waiting for a free connection or on the wire). A request
+    /// that comes due beyond it is not sent and counts as an error of class `dropped`. Example: --max-inflight 500
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    max_inflight: usize,
+    /// How long each response may take once sent; later ones count as errors of class `timeout`.
+    /// Example: --timeout 2s
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    timeout: String,
+    /// Compare every response with its recording (noise rules apply); differences count as errors of class
+    /// `mismatch`.
+    #[arg(long)]
+    check: bool,
+    /// Write the report as JSON. Example: --json load.json
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the report as a self-contained HTML page with plots. Example: --html load.html
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// Fail the run (exit 1) when this holds: p50, p90, p99, p999, max or mean above a duration, errors
+    /// above a count or a percentage, rps below a rate. Repeatable.
+    /// Example: --fail-if 'p99>200ms' --fail-if 'errors>1%'
+    #[arg(long = "fail-if", value_name = "EXPR")]
+    fail_if: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct DiffArgs {
+    #[command(flatten)]
+    path: PathArgs,
+    /// Test set to send (repeatable; default: all).
+    #[arg(long = "test-set", value_name = "NAME")]
+    test_sets: Vec<String>,
+    /// The deployment running the trusted version. Example: --primary http://prod-copy:8080
+    #[arg(long, value_name = "URL")]
+    primary: String,
+    /// The deployment running the new build. Example: --candidate http://staging:8080
+    #[arg(long, value_name = "URL")]
+    candidate: String,
+    /// A second copy of the primary: fields that differ between primary and secondary are noise.
+    /// Example: --secondary http://prod-copy-2:8080
+    #[arg(long, value_name = "URL")]
+    secondary: Option<String>,
+    /// Also send POST, PUT, PATCH and DELETE requests (skipped by default: they change state).
+    #[arg(long)]
+    allow_writes: bool,
+    /// Numbers that differ by at most this fraction of the larger one are noise. Example: --relative-threshold 0.1
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    relative_threshold: f64,
+    /// Numbers that differ by at most this much are noise. Example: --absolute-threshold 0.5
+    #[arg(long, default_value_t = 0.0, value_name = "AMOUNT")]
+    absolute_threshold: f64,
+    /// How long each response may take. Example: --timeout 5s
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    timeout: String,
+    /// Write the report as JSON. Example: --json diff.json
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the report as an HTML page with examples side by side. Example: --html diff.html
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Keep the demo's recordings in this directory (default: a temporary directory, removed afterwards).
     #[arg(long, value_name = "DIR")]
@@ -240,6 +346,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::DemoApp => return crate::demo::app::main().await,
         Command::DemoDeps => return crate::demo::deps::main().await,
         Command::BenchServer { port, forward } => return crate::demo::bench::main(port, forward).await,
+        Command::HttpTarget { port } => return crate::load::target_server::main(port).await,
         Command::Demo(args) => return crate::demo::run(args).await,
         _ => {}
     }
@@ -249,7 +356,13 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Test(args) => cmd_test(args, config, cli.quiet).await,
         Command::List(args) => cmd_list(args, config),
         Command::Ca => cmd_ca(),
-        Command::Demo(_) | Command::DemoApp | Command::DemoDeps | Command::BenchServer { .. } => Ok(0),
+        Command::Load(args) => cmd_load(args, config, cli.quiet).await,
+        Command::Diff(args) => cmd_diff(args, config, cli.quiet).await,
+        Command::Demo(_)
+        | Command::DemoApp
+        | Command::DemoDeps
+        | Command::BenchServer { .. }
+        | Command::HttpTarget { .. } => Ok(0),
     }
 }
 
@@ -366,6 +479,76 @@ async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
     };
     println!("{}", report::summary_line(&report));
     Ok(if report.failed > 0 { 1 } else { 0 })
+}
+
+fn duration_flag(text: &str, flag: &str) -> Result<Duration> {
+    crate::load::parse_duration(text).map_err(|e| Error::input(format!("{flag} {e}")))
+}
+
+async fn cmd_load(args: LoadArgs, config: Config, quiet: bool) -> Result<i32> {
+    use crate::load::{Gate, LoadOptions, Pace};
+    let pace = match (&args.speed, &args.rate, &args.ramp) {
+        (Some(s), _, _) => Pace::parse_speed(s),
+        (_, Some(r), _) => Pace::parse_rate(r),
+        (_, _, Some(words)) => Pace::parse_ramp(&words.join(" ")),
+        _ => Ok(Pace::Speed(1.0)),
+    }
+    .map_err(Error::input)?;
+    let gates = args
+        .fail_if
+        .iter()
+        .map(|g| Gate::parse(g))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(Error::input)?;
+    let timeout = duration_flag(&args.timeout, "--timeout")?;
+    if timeout.is_zero() {
+        return Err(Error::input("--timeout must be above 0"));
+    }
+    let opts = LoadOptions {
+        store: store_for(&args.path.path, &config),
+        sets: args.test_sets,
+        target: Target::parse(&args.target)?,
+        pace,
+        duration: args.duration.as_deref().map(|d| duration_flag(d, "--duration")).transpose()?,
+        connections: args.connections,
+        max_inflight: args.max_inflight,
+        timeout,
+        check: args.check,
+        json: args.json,
+        html: args.html,
+        gates,
+        config,
+        quiet,
+    };
+    crate::load::run(opts).await
+}
+
+async fn cmd_diff(args: DiffArgs, config: Config, quiet: bool) -> Result<i32> {
+    let target =
+        |flag: &str, url: &str| Target::parse(url).map_err(|e| Error::input(e.message.replacen("--target", flag, 1)));
+    let threshold = |flag: &str, v: f64| {
+        if v.is_finite() && v >= 0.0 {
+            Ok(v)
+        } else {
+            Err(Error::input(format!("{flag} must be a number of 0 or more")))
+        }
+    };
+    let opts = crate::shadow::DiffOptions {
+        store: store_for(&args.path.path, &config),
+        sets: args.test_sets,
+        primary: target("--primary", &args.primary)?,
+        candidate: target("--candidate", &args.candidate)?,
+        secondary: args.secondary.as_deref().map(|s| target("--secondary", s)).transpose()?,
+        allow_writes: args.allow_writes,
+        relative_threshold: threshold("--relative-threshold", args.relative_threshold)?,
+        absolute_threshold: threshold("--absolute-threshold", args.absolute_threshold)?,
+        timeout: duration_flag(&args.timeout, "--timeout")?,
+        json: args.json,
+        html: args.html,
+        config,
+        quiet,
+    };
+    crate::shadow::run(opts).await
 }
 
 /// doppel's CA and the trust material the app gets (bundle mounts and environment).

@@ -4,7 +4,8 @@
 
 mod egress;
 
-use std::path::PathBuf;
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use crate::protocols::http::parse::ResponseHead;
 use crate::protocols::http2;
 use crate::protocols::{Miss, MockPool};
 use crate::report::{self, Outcome, RunReport, SetReport, TestResult};
-use crate::store::{self, Config, Header, HeaderList, LoadedSet, SpillBuffer, Store, TestCase};
+use crate::store::{self, Config, Header, HeaderList, HttpRequest, LoadedSet, SpillBuffer, Store, TestCase};
 
 /// A running deployment to replay against: `http://host:port`.
 #[derive(Debug, Clone)]
@@ -46,6 +47,48 @@ impl Target {
         };
         Ok(Target { authority })
     }
+
+    /// The target as a URL, for messages and reports.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.authority)
+    }
+
+    /// A recorded request as it is sent to this target: a deployment behind a virtual host needs its own
+    /// name in `Host`; everything else stays as recorded.
+    pub fn request_for(&self, recorded: &HttpRequest) -> HttpRequest {
+        let mut request = recorded.clone();
+        for h in request.headers.iter_mut().filter(|h| h.name.eq_ignore_ascii_case("host")) {
+            h.value = self.authority.clone().into_bytes();
+        }
+        request
+    }
+
+    /// Sends one request on a new connection and reads the response (bodies past the inline limit go to
+    /// files under `tmp`).
+    pub async fn send(
+        &self,
+        request: &HttpRequest,
+        dir: &Path,
+        tmp: &Path,
+        timeout: Duration,
+    ) -> std::result::Result<client::Response, String> {
+        let mut conn = tokio::time::timeout(timeout, TcpStream::connect(&self.authority))
+            .await
+            .map_err(|_| {
+                format!("cannot connect to {}: no answer within {:.1}s", self.authority, timeout.as_secs_f64())
+            })?
+            .map_err(|e| format!("cannot connect to {}: {e}", self.authority))?;
+        let _ = conn.set_nodelay(true);
+        let sink = SpillBuffer::new(tmp.to_path_buf(), spill_counter());
+        client::exchange(&mut conn, request, dir, sink, timeout).await
+    }
+}
+
+/// Numbers the files of large response bodies: one counter for the process, so that responses read at the
+/// same time (`doppel diff`, `doppel load --check`) never share a file.
+pub fn spill_counter() -> Arc<std::sync::atomic::AtomicU64> {
+    static COUNTER: std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>> = std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| Arc::new(0.into())).clone()
 }
 
 pub struct ReplayOptions {
@@ -121,7 +164,8 @@ pub async fn run<C: Capture>(capture: Option<&C>, opts: &ReplayOptions) -> Resul
     Ok(report)
 }
 
-fn compile_noise(set: &LoadedSet, config: &Config) -> Result<Vec<Noise>> {
+/// The noise rules of each test of a set: doppel.yaml's rules, then the test's own.
+pub(crate) fn compile_noise(set: &LoadedSet, config: &Config) -> Result<Vec<Noise>> {
     let defaults = config.default_header_noise.unwrap_or(true);
     set.tests
         .iter()
@@ -341,23 +385,19 @@ async fn run_against_target(
     let mut set_report = SetReport { name: set.name.clone(), warnings: set.warnings.clone(), ..SetReport::default() };
     for (i, (file, test)) in set.tests.iter().enumerate() {
         let began = Instant::now();
-        let mut request = test.request.clone();
-        // A deployment behind a virtual host needs its own name in Host.
-        for h in request.headers.iter_mut().filter(|h| h.name.eq_ignore_ascii_case("host")) {
-            h.value = target.authority.clone().into_bytes();
-        }
-        let outcome = async {
-            let mut conn = TcpStream::connect(&target.authority)
-                .await
-                .map_err(|e| format!("cannot connect to {}: {e}", target.authority))?;
-            let _ = conn.set_nodelay(true);
-            if test.kind == http2::KIND {
-                return http2_exchange(conn, &request, &set.dir, tmp, opts.request_timeout).await;
+        let request = target.request_for(&test.request);
+        let outcome = if test.kind == http2::KIND {
+            async {
+                let conn = TcpStream::connect(&target.authority)
+                    .await
+                    .map_err(|e| format!("cannot connect to {}: {e}", target.authority))?;
+                let _ = conn.set_nodelay(true);
+                http2_exchange(conn, &request, &set.dir, tmp, opts.request_timeout).await
             }
-            let sink = SpillBuffer::new(tmp.to_path_buf(), Arc::new(0.into()));
-            client::exchange(&mut conn, &request, &set.dir, sink, opts.request_timeout).await
-        }
-        .await;
+            .await
+        } else {
+            target.send(&request, &set.dir, tmp, opts.request_timeout).await
+        };
         let result = judge(set, file, test, &noises[i], outcome, Vec::new(), began.elapsed());
         if !opts.quiet {
             report::print_result(&result);
@@ -397,7 +437,7 @@ fn judge(
         Err(e) => result.error = Some(e),
         Ok(resp) => {
             result.actual_status = Some(resp.head.status);
-            match compare_response(set, test, &resp, noise) {
+            match compare_response(&set.dir, test, &resp, noise) {
                 Ok(c) => {
                     result.differences = c.differences;
                     result.applied_noise = c.applied_noise;
@@ -413,8 +453,9 @@ fn judge(
     result
 }
 
-fn compare_response(
-    set: &LoadedSet,
+/// Compares a live response with the one recorded in `test` (whose file bodies live in `set_dir`).
+pub(crate) fn compare_response(
+    set_dir: &Path,
     test: &TestCase,
     resp: &client::Response,
     noise: &Noise,
@@ -427,49 +468,85 @@ fn compare_response(
         let target = &test.request.target;
         return Ok(http2::client::compare_grpc(target, expected, h.status, &h.headers, body, &resp.trailers, noise));
     }
-    let recorded_file = expected.body.as_ref().and_then(|b| b.file.clone());
-    let actual_inline = resp.body.bytes();
-    let headless = |body: &[u8]| -> std::result::Result<diff::Comparison, String> {
-        Ok(diff::compare(
-            &Expected { status: expected.status, headers: &expected.headers, body, trailers: &expected.trailers },
-            &Actual { status: resp.head.status, headers: &resp.head.headers, body: &[], trailers: &resp.trailers },
+    compare_sides(&Side::recorded(set_dir, test)?, &Side::live(resp), noise)
+}
+
+/// One response being compared: its head, and its body in memory or, when large, in a file.
+pub(crate) struct Side<'a> {
+    pub status: u16,
+    pub headers: &'a [Header],
+    pub trailers: &'a [Header],
+    pub body: SideBody<'a>,
+}
+
+pub(crate) enum SideBody<'a> {
+    Memory(Cow<'a, [u8]>),
+    File { path: PathBuf, len: u64 },
+}
+
+impl<'a> Side<'a> {
+    /// The response recorded in a test.
+    pub(crate) fn recorded(set_dir: &Path, test: &'a TestCase) -> std::result::Result<Side<'a>, String> {
+        let expected = &test.response;
+        let body = match expected.body.as_ref().and_then(|b| b.file.as_ref()) {
+            Some(file) => SideBody::File { path: set_dir.join(file), len: store::body_len(&expected.body) },
+            None => {
+                SideBody::Memory(Cow::Owned(store::body_bytes(set_dir, &expected.body).map_err(|e| e.to_string())?))
+            }
+        };
+        Ok(Side { status: expected.status, headers: &expected.headers, trailers: &expected.trailers, body })
+    }
+
+    /// A response just received.
+    pub(crate) fn live(resp: &'a client::Response) -> Side<'a> {
+        let body = match (resp.body.bytes(), resp.body.file_path()) {
+            (Some(bytes), _) => SideBody::Memory(Cow::Borrowed(bytes)),
+            (None, path) => SideBody::File { path: path.unwrap_or_default(), len: resp.body.len() },
+        };
+        Side { status: resp.head.status, headers: &resp.head.headers, trailers: &resp.trailers, body }
+    }
+}
+
+/// Compares two responses under noise rules; bodies too large for memory are compared by streaming.
+pub(crate) fn compare_sides(
+    expected: &Side,
+    actual: &Side,
+    noise: &Noise,
+) -> std::result::Result<diff::Comparison, String> {
+    let compare_with = |expected_body: &[u8], actual_body: &[u8]| {
+        diff::compare(
+            &Expected {
+                status: expected.status,
+                headers: expected.headers,
+                body: expected_body,
+                trailers: expected.trailers,
+            },
+            &Actual { status: actual.status, headers: actual.headers, body: actual_body, trailers: actual.trailers },
             noise,
-        ))
+        )
     };
-    match (recorded_file, actual_inline) {
-        (None, Some(actual_body)) => {
-            let body = set.body_bytes(&expected.body).map_err(|e| e.to_string())?;
-            Ok(diff::compare(
-                &Expected {
-                    status: expected.status,
-                    headers: &expected.headers,
-                    body: &body,
-                    trailers: &expected.trailers,
-                },
-                &Actual {
-                    status: resp.head.status,
-                    headers: &resp.head.headers,
-                    body: actual_body,
-                    trailers: &resp.trailers,
-                },
-                noise,
-            ))
-        }
-        (file, _) => {
+    match (&expected.body, &actual.body) {
+        (SideBody::Memory(e), SideBody::Memory(a)) => Ok(compare_with(e, a)),
+        (e, a) => {
             // At least one side is large: compare heads as usual, the bodies by streaming.
-            let mut c = headless(&[])?;
-            let expected_len = store::body_len(&expected.body);
-            let body_diff = match (file, resp.body.file_path()) {
-                (Some(f), Some(actual_path)) => {
-                    diff::compare_files(&set.dir.join(f), &actual_path).map_err(|e| format!("comparing bodies: {e}"))?
+            let mut c = compare_with(&[], &[]);
+            let body_diff = match (e, a) {
+                (SideBody::File { path: e, .. }, SideBody::File { path: a, .. }) => {
+                    diff::compare_files(e, a).map_err(|err| format!("comparing bodies: {err}"))?
                 }
-                _ => Some(diff::Difference {
-                    location: "body".into(),
-                    change: diff::Change::Changed,
-                    expected: Some(format!("{expected_len} bytes")),
-                    actual: Some(format!("{} bytes", resp.body.len())),
-                    detail: None,
-                }),
+                _ => {
+                    let len = |b: &SideBody| match b {
+                        SideBody::Memory(m) => m.len() as u64,
+                        SideBody::File { len, .. } => *len,
+                    };
+                    Some(diff::Difference {
+                        location: "body".into(),
+                        change: diff::Change::Changed,
+                        expected: Some(format!("{} bytes", len(e))),
+                        actual: Some(format!("{} bytes", len(a))),
+                        detail: None,
+                    })
+                }
             };
             c.differences.extend(body_diff);
             Ok(c)

@@ -1,5 +1,6 @@
 //! Sends a recorded request to the app exactly as recorded (no added headers, same framing) and reads the
-//! response. Used by `doppel test` against the sandboxed app and by `--target` replays.
+//! response. Used by `doppel test` against the sandboxed app and by `--target` replays, by `doppel diff`,
+//! and by `doppel load`, which encodes each request once and reads responses on keep-alive connections.
 
 use std::time::{Duration, Instant};
 
@@ -46,15 +47,41 @@ async fn exchange_inner<S: AsyncRead + AsyncWrite + Unpin>(
         conn.flush().await
     };
     send.await.map_err(|e| format!("sending the request failed: {e}"))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (head, trailers) = read_response(conn, &req.method, &mut buf, |piece| {
+        body.push(piece).map_err(|e| format!("cannot buffer the response body: {e}"))
+    })
+    .await?;
+    Ok(Response { head, body, trailers, elapsed: started.elapsed() })
+}
 
+/// The exact bytes `exchange` sends for `req` (head, framed body, trailers) in one buffer, for senders that
+/// repeat a request many times (`doppel load`). Bodies stored as files are read whole.
+pub async fn encode_request(req: &HttpRequest, dir: &std::path::Path) -> Result<Vec<u8>, String> {
+    let mut out = wire::request_head(req);
+    let mut pieces = store::body_pieces(dir, &req.body).map_err(|e| e.to_string())?;
+    wire::write_body(&mut out, wire::is_chunked(&req.headers), &mut pieces, &req.trailers)
+        .await
+        .map_err(|e| format!("cannot read the request body: {e}"))?;
+    Ok(out)
+}
+
+/// Reads one response to a request with `method`, handing body pieces to `on_body` as they arrive; returns
+/// the head and the trailers. `buf` is scratch space for reads (callers on a hot path reuse it). Bytes after
+/// the end of the response are not kept: the caller sent one request and waits for its answer.
+pub async fn read_response<S: AsyncRead + Unpin>(
+    conn: &mut S,
+    method: &str,
+    buf: &mut [u8],
+    mut on_body: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(ResponseHead, Vec<Header>), String> {
     let mut parser = Parser::new(Side::Response);
-    parser.expect_response_to(&req.method);
+    parser.expect_response_to(method);
     let mut events = Vec::new();
     let mut head = None;
     let mut trailers = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = conn.read(&mut buf).await.map_err(|e| format!("reading the response failed: {e}"))?;
+        let n = conn.read(buf).await.map_err(|e| format!("reading the response failed: {e}"))?;
         if n == 0 {
             parser.finish(&mut events).map_err(|_| {
                 if head.is_none() {
@@ -69,11 +96,11 @@ async fn exchange_inner<S: AsyncRead + AsyncWrite + Unpin>(
         for ev in events.drain(..) {
             match ev {
                 Event::Response(h) => head = Some(h),
-                Event::Body(b) => body.push(&b).map_err(|e| format!("cannot buffer the response body: {e}"))?,
+                Event::Body(b) => on_body(&b)?,
                 Event::Trailers(t) => trailers = t,
                 Event::End | Event::Upgrade => {
                     let head = head.take().ok_or("response ended before its head")?;
-                    return Ok(Response { head, body, trailers, elapsed: started.elapsed() });
+                    return Ok((head, trailers));
                 }
                 Event::Request(_) => {}
             }
