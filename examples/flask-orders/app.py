@@ -90,6 +90,31 @@ def slow():
     return jsonify(slept=True)
 
 
+@app.get("/api/crash")
+def crash():
+    os._exit(3)  # the app dies in the middle of a request
+
+
+@app.get("/api/garbage")
+def garbage():
+    """Sends random bytes to the KV store (a protocol violation) and over UDP to port 53, like a broken client."""
+    junk = os.urandom(300)
+    try:
+        with socket.create_connection((KV_HOST, int(KV_PORT)), timeout=2) as s:
+            s.sendall(junk)
+            s.settimeout(0.5)
+            try:
+                s.recv(100)
+            except OSError:
+                pass
+    except OSError:
+        pass
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.sendto(junk[:40], ("10.20.30.40", 53))
+    u.close()
+    return jsonify(sent=len(junk))
+
+
 @app.get("/api/kv/<key>")
 def kv_get(key):
     return jsonify(key=key, value=kv(f"GET {key}"))

@@ -30,6 +30,22 @@ class Catalog(BaseHTTPRequestHandler):
             item = int(self.path.split("/")[2].split("?")[0])
             if item == 404:
                 return self.send_json(404, {"error": "no such item"})
+            if item == 500:
+                # Cut short: a promise of 100 bytes, 10 sent, then the connection closes.
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "100")
+                self.end_headers()
+                self.wfile.write(b'{"id": 500')
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            if item == 501:
+                # Hangs up without answering.
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
             return self.send_json(200, {"id": item, "name": f"item-{item}", "price": 2.5 * item, "stock": item % 3})
         if self.path == "/blob":
             self.send_response(200)

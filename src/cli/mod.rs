@@ -413,6 +413,9 @@ async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32
         None => record::record(&TlsSetup::sandbox(&tls), opts).await?,
     };
     print_record_summary(&outcome);
+    if outcome.summary.failed > 0 {
+        return Ok(2);
+    }
     if outcome.app_exited_by_itself
         && let Some(AppExit::Code(c)) = outcome.app_exit
         && c != 0
@@ -435,8 +438,13 @@ pub fn print_record_summary(o: &record::RecordOutcome) {
         if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(", ")) },
         o.dir.display()
     );
-    for e in &o.summary.errors {
-        println!("doppel: write error: {e}");
+    if o.summary.failed > 0 {
+        println!(
+            "doppel: {} exchange{} could not be stored (first error: {}); everything listed above is complete and loadable",
+            o.summary.failed,
+            if o.summary.failed == 1 { "" } else { "s" },
+            o.summary.errors.first().map(String::as_str).unwrap_or("unknown")
+        );
     }
     for (host, why) in &o.undecrypted {
         println!(

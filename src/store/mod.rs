@@ -321,9 +321,10 @@ pub enum Record {
     Mock(Box<Mock>),
 }
 
-/// Messages to the writer thread: records, and the end of the recording.
+/// Messages to the writer thread: records, storage failures met elsewhere, and the end of the recording.
 enum ToWriter {
     Record(Record),
+    Error(String),
     Stop,
 }
 
@@ -332,6 +333,9 @@ enum ToWriter {
 pub struct WriteSummary {
     pub tests: usize,
     pub mocks_by_kind: std::collections::BTreeMap<String, usize>,
+    /// Exchanges that could not be stored.
+    pub failed: usize,
+    /// The first storage errors, word for word.
     pub errors: Vec<String>,
 }
 
@@ -359,6 +363,12 @@ impl RecordSink {
     pub fn submit(&self, record: Record) {
         // After the writer stopped, a late record belongs to an exchange that was still in flight at the end.
         let _ = self.tx.send(ToWriter::Record(record));
+    }
+
+    /// A recorded exchange could not be stored (a body could not be written to disk, say): counted and shown
+    /// in the summary.
+    pub fn report_error(&self, error: String) {
+        let _ = self.tx.send(ToWriter::Error(error));
     }
 
     pub fn next_mock_id(&self) -> u64 {
@@ -426,6 +436,10 @@ fn writer_loop(rx: mpsc::Receiver<ToWriter>, tests_dir: &Path, mocks_path: &Path
     for msg in rx {
         let record = match msg {
             ToWriter::Record(r) => r,
+            ToWriter::Error(e) => {
+                note_error(summary, e);
+                continue;
+            }
             ToWriter::Stop => break,
         };
         let result = match record {
@@ -474,12 +488,19 @@ fn writer_loop(rx: mpsc::Receiver<ToWriter>, tests_dir: &Path, mocks_path: &Path
                 })
             }
         };
-        if let Err(e) = result
-            && let Ok(mut s) = summary.lock()
-            && s.errors.len() < 20
-        {
-            eprintln!("doppel: {e}");
-            s.errors.push(e.to_string());
+        if let Err(e) = result {
+            note_error(summary, e.to_string());
+        }
+    }
+}
+
+/// Counts a storage failure; the first few are printed as they happen, all are in the summary.
+fn note_error(summary: &Mutex<WriteSummary>, error: String) {
+    if let Ok(mut s) = summary.lock() {
+        s.failed += 1;
+        if s.errors.len() < 5 {
+            eprintln!("doppel: {error}");
+            s.errors.push(error);
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct HttpObserver {
     events: Vec<Event>,
     /// After `Upgrade: h2c` was accepted (101), the HTTP/2 observer that follows the rest of the connection.
     upgraded: Option<Box<dyn Observer>>,
+    /// The server closed its side first (an empty piece from the server).
+    server_closed: bool,
 }
 
 impl HttpObserver {
@@ -40,6 +42,7 @@ impl HttpObserver {
             pending: VecDeque::new(),
             events: Vec::new(),
             upgraded: None,
+            server_closed: false,
         }
     }
 
@@ -61,7 +64,11 @@ impl HttpObserver {
                 }
                 Event::Body(b) => {
                     let p = self.pending.back_mut().ok_or("request body without a request")?;
-                    p.body.push(&b).map_err(|e| format!("cannot store request body: {e}"))?;
+                    if let Err(e) = p.body.push(&b) {
+                        let why = format!("cannot store a request body of {} {}: {e}", p.head.method, p.head.target);
+                        self.ctx.sink.report_error(why.clone());
+                        return Err(why);
+                    }
                 }
                 Event::Trailers(t) => {
                     if let Some(p) = self.pending.back_mut() {
@@ -96,8 +103,12 @@ impl HttpObserver {
                 }
                 Event::Body(b) => {
                     let p = self.answering().ok_or("response body without a response")?;
-                    if let Some(body) = &mut p.response_body {
-                        body.push(&b).map_err(|e| format!("cannot store response body: {e}"))?;
+                    if let Some(body) = &mut p.response_body
+                        && let Err(e) = body.push(&b)
+                    {
+                        let why = format!("cannot store a response body of {} {}: {e}", p.head.method, p.head.target);
+                        self.ctx.sink.report_error(why.clone());
+                        return Err(why);
                     }
                 }
                 Event::Trailers(t) => {
@@ -141,7 +152,44 @@ impl HttpObserver {
     }
 
     fn emit(&self, p: Pending, done_at: Instant) {
-        let Some((head, response_at)) = p.response else { return };
+        self.emit_as(p, done_at, false);
+    }
+
+    /// Emits one exchange; `cut_short` when the server closed the connection before the response ended
+    /// (or before answering at all, which only outbound mocks keep).
+    fn emit_as(&self, p: Pending, done_at: Instant, cut_short: bool) {
+        let Some((head, response_at)) = p.response else {
+            if let Role::Egress { dest } = &self.ctx.role
+                && p.complete
+            {
+                let request = HttpRequest {
+                    method: p.head.method,
+                    target: p.head.target,
+                    version: p.head.version,
+                    headers: p.head.headers,
+                    body: p.body.into_body(),
+                    messages: Vec::new(),
+                    trailers: p.trailers,
+                };
+                let started_at = format_time(time::OffsetDateTime::from(self.ctx.wall(p.started)));
+                let mut mock =
+                    Mock::new("http", self.ctx.sink.next_mock_id(), dest, self.ctx.connection, started_at, 0.0);
+                mock.duration_ms = ms(done_at.saturating_duration_since(p.started));
+                mock.http = Some(HttpMock { request, response: None, cut_short: true });
+                self.ctx.sink.submit(Record::Mock(Box::new(mock)));
+            } else {
+                p.body.discard();
+            }
+            return;
+        };
+        if cut_short && matches!(self.ctx.role, Role::Ingress { .. }) {
+            // A test needs a whole response to compare with.
+            p.body.discard();
+            if let Some(b) = p.response_body {
+                b.discard();
+            }
+            return;
+        }
         if !p.complete {
             // The server answered before the request body ended (an early 413, say): keep what was sent.
             tracing::debug!("response before the end of the request body for {} {}", p.head.method, p.head.target);
@@ -185,7 +233,7 @@ impl HttpObserver {
                 connection: self.ctx.connection,
                 started_at,
                 duration_ms: ms(done_at.saturating_duration_since(p.started)),
-                http: Some(HttpMock { request, response }),
+                http: Some(HttpMock { request, response: Some(response), cut_short }),
                 tcp: None,
                 ..Mock::default()
             })),
@@ -225,6 +273,9 @@ impl Observer for HttpObserver {
         if let Some(h2) = &mut self.upgraded {
             return h2.server(data, at);
         }
+        if data.is_empty() && !self.server_closed {
+            self.server_closed = true;
+        }
         let mut events = std::mem::take(&mut self.events);
         let r = self.responses.feed(data, &mut events);
         self.events = events;
@@ -242,8 +293,14 @@ impl Observer for HttpObserver {
             self.events = events;
             let _ = self.on_response_events(at);
         }
-        // Whatever is still pending was in flight: dropped, and its spilled bodies removed.
-        for p in self.pending.drain(..) {
+        // The server closed first: an outbound exchange it cut short is kept as it happened (replay closes the
+        // same way); anything else still pending was in flight when recording stopped, and is dropped.
+        let server_closed = self.server_closed;
+        for p in std::mem::take(&mut self.pending) {
+            if server_closed && p.complete {
+                self.emit_as(p, at, true);
+                continue;
+            }
             p.body.discard();
             if let Some(b) = p.response_body {
                 b.discard();

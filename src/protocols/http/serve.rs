@@ -136,7 +136,23 @@ async fn answer(conn: &mut Conn, live: &RequestHead, body: &[u8], ctx: &ServeCtx
         return Ok(!wire::wants_close(&live.version, &live.headers));
     };
     let Some(http) = &ctx.pool.mocks[i].http else { return Ok(false) };
-    let resp = &http.response;
+    // The dependency closed without answering while recording: close the same way.
+    let Some(resp) = &http.response else { return Ok(false) };
+    if http.cut_short {
+        // It closed in the middle of the response: send what arrived, then close.
+        conn.write_all(&wire::response_head(resp)).await?;
+        if let Ok(pieces) = store::body_pieces(&ctx.pool.dir, &resp.body) {
+            let chunked = wire::is_chunked(&resp.headers);
+            for piece in pieces.flatten() {
+                if chunked {
+                    conn.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await?;
+                }
+                conn.write_all(&piece).await?;
+            }
+        }
+        conn.flush().await?;
+        return Ok(false);
+    }
     let head_only = live.method.eq_ignore_ascii_case("HEAD");
     let chunked = wire::is_chunked(&resp.headers);
     let inline = resp.body.as_ref().map(|b| b.inline_bytes()).transpose().ok().flatten().flatten();

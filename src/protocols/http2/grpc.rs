@@ -138,8 +138,11 @@ pub fn missing_schema(set: &crate::store::LoadedSet) -> Option<String> {
         return None;
     }
     let tests = set.tests.iter().flat_map(|(_, t)| [&t.request.messages, &t.response.messages]);
-    let mocks =
-        set.mocks.iter().filter_map(|m| m.http2.as_ref()).flat_map(|h| [&h.request.messages, &h.response.messages]);
+    let mocks = set
+        .mocks
+        .iter()
+        .filter_map(|m| m.http2.as_ref())
+        .flat_map(|h| [Some(&h.request.messages), h.response.as_ref().map(|r| &r.messages)].into_iter().flatten());
     tests.chain(mocks).flatten().find_map(|m| m.type_name.clone().filter(|_| m.base64.is_none()))
 }
 

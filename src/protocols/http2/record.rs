@@ -243,7 +243,7 @@ impl H2Observer {
                     started_at,
                     ms(done_at.saturating_duration_since(x.started)),
                 );
-                mock.http2 = Some(HttpMock { request, response });
+                mock.http2 = Some(HttpMock { request, response: Some(response), cut_short: false });
                 Record::Mock(Box::new(mock))
             }
         };

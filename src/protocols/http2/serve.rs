@@ -57,7 +57,8 @@ async fn answer(request: http::Request<h2::RecvStream>, mut respond: h2::server:
     let (candidates, near) = candidates(&live, &ctx);
     let same_dest: Vec<usize> = candidates.iter().copied().filter(|i| ctx.pool.mocks[*i].dest == ctx.dest).collect();
     let pick = if same_dest.is_empty() { ctx.pool.take(&candidates) } else { ctx.pool.take(&same_dest) };
-    let recorded = pick.and_then(|(i, _)| ctx.pool.mocks[i].http2.as_ref().map(|m| (i, &m.response)));
+    let recorded =
+        pick.and_then(|(i, _)| ctx.pool.mocks[i].http2.as_ref().and_then(|m| m.response.as_ref()).map(|r| (i, r)));
     let result = match recorded {
         Some((i, response)) => send_recorded(&mut respond, response, &ctx).map_err(|e| (i, e)),
         None => {

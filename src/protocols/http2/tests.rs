@@ -122,12 +122,12 @@ fn interleaved_streams_become_exchanges() {
     assert_eq!(mocks[0].kind, "http2");
     assert_eq!((get.request.method.as_str(), get.request.target.as_str()), ("GET", "/a?x=1"));
     assert_eq!(get.request.headers.get_str(":authority").as_deref(), Some("h:1"));
-    assert_eq!(get.response.status, 200);
-    assert_eq!(get.response.body.as_ref().and_then(|b| b.text.clone()).as_deref(), Some("hello"));
+    assert_eq!(get.response.as_ref().unwrap().status, 200);
+    assert_eq!(get.response.as_ref().unwrap().body.as_ref().and_then(|b| b.text.clone()).as_deref(), Some("hello"));
     let call = mocks[1].http2.as_ref().unwrap();
     assert_eq!(call.request.messages[0].json, Some(serde_json::json!({"1": "alice"})));
-    assert_eq!(call.response.messages[0].json, Some(serde_json::json!({"1": 42, "2": 1})));
-    assert_eq!(call.response.trailers.get_str("grpc-status").as_deref(), Some("0"));
+    assert_eq!(call.response.as_ref().unwrap().messages[0].json, Some(serde_json::json!({"1": 42, "2": 1})));
+    assert_eq!(call.response.as_ref().unwrap().trailers.get_str("grpc-status").as_deref(), Some("0"));
     assert!(call.request.body.is_none());
 }
 

@@ -206,7 +206,13 @@ impl Chunk {
 #[serde(deny_unknown_fields)]
 pub struct HttpMock {
     pub request: HttpRequest,
-    pub response: HttpResponse,
+    /// Absent when the dependency closed the connection without answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<HttpResponse>,
+    /// Set when the dependency closed the connection before the response ended: replay sends what was
+    /// recorded, then closes the same way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut_short: bool,
 }
 
 /// A recorded outbound connection in a protocol doppel does not parse: replayed byte for byte.
