@@ -9,6 +9,7 @@ pub mod cli;
 pub mod demo;
 pub mod diff;
 pub mod error;
+pub mod fuzz;
 pub mod load;
 pub mod protocols;
 pub mod record;

@@ -88,6 +88,9 @@ struct Watch {
     upgrade: bool,
     /// How many bytes of the piece just fed belong before the TLS handshake.
     boundary: Option<usize>,
+    /// With `DOPPEL_RAW_DIR` set: the connection's plaintext as fuzz input (see `crate::fuzz`), and the
+    /// protocol it was detected as.
+    raw: Option<(Vec<u8>, &'static str)>,
     ctx: RecordCtx,
     port: u16,
     protocols: Vec<Arc<dyn Protocol>>,
@@ -98,9 +101,18 @@ struct Watch {
 /// Detection gives up after this many bytes and records the connection as opaque.
 const DETECT_LIMIT: usize = 64;
 
+/// Raw dumps (`DOPPEL_RAW_DIR`) keep at most this much of a connection.
+const RAW_LIMIT: usize = 256 * 1024;
+
 impl Watch {
     fn feed(&mut self, from_client: bool, data: &[u8], at: Instant) {
         let side = usize::from(!from_client);
+        if let Some((raw, _)) = &mut self.raw
+            && !data.is_empty()
+            && raw.len() < RAW_LIMIT
+        {
+            crate::fuzz::frame(raw, from_client, data);
+        }
         if let Slot::Detecting { client, server, seen } = &mut self.slot {
             if from_client {
                 client.extend_from_slice(data)
@@ -113,6 +125,9 @@ impl Watch {
                 return;
             };
             let seen = std::mem::take(seen);
+            if let Some((_, name)) = &mut self.raw {
+                *name = protocol.name();
+            }
             self.slot = Slot::Active(protocol.observer(self.ctx.clone()));
             for (c, bytes, t) in seen {
                 self.deliver(c, &bytes, t);
@@ -153,6 +168,13 @@ impl Watch {
         if let Slot::Active(obs) = &mut self.slot {
             obs.close(at);
         }
+        if let (Some((raw, name)), Some(dir)) = (self.raw.take(), std::env::var_os("DOPPEL_RAW_DIR"))
+            && !raw.is_empty()
+        {
+            let path =
+                std::path::Path::new(&dir).join(format!("{}-{}-{name}.bin", std::process::id(), self.ctx.connection));
+            let _ = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(path, raw));
+        }
     }
 }
 
@@ -173,6 +195,7 @@ pub async fn run<C: Stream + 'static, S: Stream + 'static>(
         slot: Slot::Detecting { client: Vec::new(), server: Vec::new(), seen: Vec::new() },
         upgrade: false,
         boundary: None,
+        raw: std::env::var_os("DOPPEL_RAW_DIR").map(|_| (Vec::new(), "tcp")),
         ctx,
         port,
         protocols: protocols::registry(),

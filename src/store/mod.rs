@@ -194,13 +194,8 @@ impl Store {
                 .collect();
             files.sort();
             for f in files {
-                let t: TestCase = read_versioned(&f)?;
-                if t.kind != "http" && t.kind != "http2" {
-                    return Err(Error::input(format!("{}: unknown test kind {:?}", f.display(), t.kind)));
-                }
-                for b in [&t.request.body, &t.response.body].into_iter().flatten() {
-                    b.validate().map_err(|e| Error::input(format!("{}: {e}", f.display())))?;
-                }
+                let text = fs::read_to_string(&f).map_err(|e| Error::input(format!("{}: {e}", f.display())))?;
+                let t = parse_test(&text, &f)?;
                 tests.push((f, t));
             }
         }
@@ -257,6 +252,19 @@ pub fn body_bytes(dir: &Path, body: &Option<Body>) -> Result<Vec<u8>> {
     fs::read(&path).map_err(|e| Error::input(format!("body file {}: {e}", path.display())))
 }
 
+/// Parses and checks the text of one test file (`path` names it in errors).
+pub fn parse_test(text: &str, path: &Path) -> Result<TestCase> {
+    check_version(text, path, 1)?;
+    let t: TestCase = parse_yaml(text, path, 1)?;
+    if t.kind != "http" && t.kind != "http2" {
+        return Err(Error::input(format!("{}: unknown test kind {:?}", path.display(), t.kind)));
+    }
+    for b in [&t.request.body, &t.response.body].into_iter().flatten() {
+        b.validate().map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+    }
+    Ok(t)
+}
+
 /// Splits `mocks.yaml` into documents, each with its first line number, and parses them.
 fn load_mocks(path: &Path) -> Result<(Vec<Mock>, Vec<String>)> {
     let text = match fs::read(path) {
@@ -264,6 +272,12 @@ fn load_mocks(path: &Path) -> Result<(Vec<Mock>, Vec<String>)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
         Err(e) => return Err(Error::input(format!("{}: {e}", path.display()))),
     };
+    parse_mocks(&text, path)
+}
+
+/// Parses the text of a `mocks.yaml` (`path` names it in errors): the mocks, and warnings for a last
+/// document cut short.
+pub fn parse_mocks(text: &str, path: &Path) -> Result<(Vec<Mock>, Vec<String>)> {
     let mut docs: Vec<(usize, String, bool)> = Vec::new(); // (first line, text, ended with `...`)
     let mut current: Option<(usize, String)> = None;
     for (i, line) in text.split_inclusive('\n').enumerate() {
