@@ -447,64 +447,100 @@ fn writer_loop(rx: mpsc::Receiver<ToWriter>, tests_dir: &Path, mocks_path: &Path
     // Next suffix to try per base name: keeps naming O(1) when thousands of tests share a path.
     let mut next_suffix: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut mocks: Option<File> = None;
-    for msg in rx {
-        let record = match msg {
-            ToWriter::Record(r) => r,
-            ToWriter::Error(e) => {
-                note_error(summary, e);
-                continue;
+    // Mock documents of one batch, written with one system call (whole documents only, so a kill leaves
+    // complete documents and at most one detectably cut last one).
+    let mut pending_mocks = String::new();
+    let mut pending_kinds: Vec<String> = Vec::new();
+    let mut stop = false;
+    while !stop {
+        // Block for the first message, then take whatever else is already queued (bounded).
+        let Ok(first) = rx.recv() else { break };
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
             }
-            ToWriter::Stop => break,
-        };
-        let result = match record {
-            Record::Test(mut test) => {
-                let base = slug(&test.request.method, &test.request.target);
-                let counter = next_suffix.entry(base.clone()).or_insert(1);
-                let name = loop {
-                    let candidate = if *counter == 1 { base.clone() } else { format!("{base}-{counter}") };
-                    *counter += 1;
-                    if !names.contains(&candidate) {
-                        break candidate;
-                    }
-                };
-                names.insert(name.clone());
-                test.name = name.clone();
-                let r =
-                    to_yaml(&test).and_then(|y| write_atomic(&tests_dir.join(format!("{name}.yaml")), y.as_bytes()));
-                if r.is_ok()
-                    && let Ok(mut s) = summary.lock()
-                {
-                    s.tests += 1;
-                }
-                r
-            }
-            Record::Mock(mock) => {
-                let file = match &mut mocks {
-                    Some(f) => Ok(f),
-                    None => OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(mocks_path)
-                        .map(|f| mocks.insert(f))
-                        .map_err(|e| Error::io(format!("cannot open {}: {e}", mocks_path.display()))),
-                };
-                let kind = mock.kind.clone();
-                file.and_then(|f| {
-                    let doc = format!("---\n{}...\n", to_yaml(&mock)?);
-                    // One write per document: a kill leaves whole documents or a detectably cut last one.
-                    f.write_all(doc.as_bytes())
-                        .map_err(|e| Error::io(format!("cannot write {}: {e}", mocks_path.display())))
-                })
-                .map(|_| {
-                    if let Ok(mut s) = summary.lock() {
-                        *s.mocks_by_kind.entry(kind).or_default() += 1;
-                    }
-                })
-            }
-        };
-        if let Err(e) = result {
-            note_error(summary, e.to_string());
         }
+        for msg in batch {
+            let record = match msg {
+                ToWriter::Record(r) => r,
+                ToWriter::Error(e) => {
+                    note_error(summary, e);
+                    continue;
+                }
+                ToWriter::Stop => {
+                    stop = true;
+                    break;
+                }
+            };
+            match record {
+                Record::Test(mut test) => {
+                    let base = slug(&test.request.method, &test.request.target);
+                    let counter = next_suffix.entry(base.clone()).or_insert(1);
+                    let name = loop {
+                        let candidate = if *counter == 1 { base.clone() } else { format!("{base}-{counter}") };
+                        *counter += 1;
+                        if !names.contains(&candidate) {
+                            break candidate;
+                        }
+                    };
+                    names.insert(name.clone());
+                    test.name = name.clone();
+                    let r = to_yaml(&test)
+                        .and_then(|y| write_atomic(&tests_dir.join(format!("{name}.yaml")), y.as_bytes()));
+                    match r {
+                        Ok(()) => {
+                            if let Ok(mut s) = summary.lock() {
+                                s.tests += 1;
+                            }
+                        }
+                        Err(e) => note_error(summary, e.to_string()),
+                    }
+                }
+                Record::Mock(mock) => match to_yaml(&mock) {
+                    Ok(y) => {
+                        pending_mocks.push_str("---\n");
+                        pending_mocks.push_str(&y);
+                        pending_mocks.push_str("...\n");
+                        pending_kinds.push(mock.kind.clone());
+                    }
+                    Err(e) => note_error(summary, e.to_string()),
+                },
+            }
+        }
+        if pending_mocks.is_empty() {
+            continue;
+        }
+        let file = match &mut mocks {
+            Some(f) => Ok(f),
+            None => OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(mocks_path)
+                .map(|f| mocks.insert(f))
+                .map_err(|e| Error::io(format!("cannot open {}: {e}", mocks_path.display()))),
+        };
+        let written = file.and_then(|f| {
+            f.write_all(pending_mocks.as_bytes())
+                .map_err(|e| Error::io(format!("cannot write {}: {e}", mocks_path.display())))
+        });
+        match written {
+            Ok(()) => {
+                if let Ok(mut s) = summary.lock() {
+                    for k in pending_kinds.drain(..) {
+                        *s.mocks_by_kind.entry(k).or_default() += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                // Every mock of the batch is lost: each counts as a failed exchange.
+                for _ in pending_kinds.drain(..) {
+                    note_error(summary, e.to_string());
+                }
+            }
+        }
+        pending_mocks.clear();
     }
 }
 
