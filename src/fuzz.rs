@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use crate::protocols::{self, Observer, Protocol, RecordCtx, Role};
-use crate::store::{FORMAT_VERSION, RecordSink, SetMeta, Store};
+use crate::store::{FORMAT_VERSION, RecordSink, SetMeta, SetWriter, Store};
 
 /// Splits a framed conversation into (from_client, bytes) pieces; a truncated tail is one last piece.
 pub fn pieces(data: &[u8]) -> Vec<(bool, &[u8])> {
@@ -40,8 +40,10 @@ pub fn frame(out: &mut Vec<u8>, from_client: bool, bytes: &[u8]) {
 }
 
 fn sink() -> RecordSink {
-    static SINK: OnceLock<RecordSink> = OnceLock::new();
-    SINK.get_or_init(|| {
+    // The writer lives for the whole process (kept here, not leaked): mocks that fuzz inputs happen to
+    // complete are written to a temporary directory and ignored.
+    static WRITER: OnceLock<Option<SetWriter>> = OnceLock::new();
+    let writer = WRITER.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("doppel-fuzz-{}", std::process::id()));
         let meta = SetMeta {
             version: FORMAT_VERSION,
@@ -51,17 +53,12 @@ fn sink() -> RecordSink {
             capture: "fuzz".into(),
             deps: vec![],
         };
-        match Store::new(&dir).create_set(None, &meta) {
-            // The writer lives for the whole process: mocks that fuzz inputs complete are written and ignored.
-            Ok(writer) => {
-                let s = writer.sink();
-                std::mem::forget(writer);
-                s
-            }
-            Err(_) => std::process::abort(),
-        }
-    })
-    .clone()
+        Store::new(&dir).create_set(None, &meta).ok()
+    });
+    match writer {
+        Some(w) => w.sink(),
+        None => std::process::abort(),
+    }
 }
 
 /// Feeds a framed conversation to the observer of `protocol`, as an outbound connection, then closes it.
