@@ -76,16 +76,17 @@ enum Command {
     DemoApp,
     #[command(hide = true, name = "__demo-deps")]
     DemoDeps,
-    #[command(hide = true, name = "__bench-server")]
-    BenchServer {
-        #[arg(long)]
-        port: u16,
-        #[arg(long)]
-        forward: Option<String>,
-    },
     /// A small fast HTTP server for load tests and benchmarks.
     #[command(hide = true, name = "__http-target")]
-    HttpTarget { port: u16 },
+    HttpTarget {
+        port: u16,
+        /// Send every request to this http[s]://HOST:PORT first and answer its body.
+        #[arg(long)]
+        forward: Option<String>,
+        /// Serve HTTPS with this certificate and key (PEM).
+        #[arg(long, num_args = 2, value_names = ["CERT", "KEY"])]
+        tls: Option<Vec<String>>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -345,8 +346,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::DemoApp => return crate::demo::app::main().await,
         Command::DemoDeps => return crate::demo::deps::main().await,
-        Command::BenchServer { port, forward } => return crate::demo::bench::main(port, forward).await,
-        Command::HttpTarget { port } => return crate::load::target_server::main(port).await,
+        Command::HttpTarget { port, forward, tls } => {
+            let tls = tls.and_then(|v| Some((v.first()?.clone(), v.get(1)?.clone())));
+            return crate::load::target_server::main(port, forward, tls).await;
+        }
         Command::Demo(args) => return crate::demo::run(args).await,
         _ => {}
     }
@@ -358,11 +361,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Ca => cmd_ca(),
         Command::Load(args) => cmd_load(args, config, cli.quiet).await,
         Command::Diff(args) => cmd_diff(args, config, cli.quiet).await,
-        Command::Demo(_)
-        | Command::DemoApp
-        | Command::DemoDeps
-        | Command::BenchServer { .. }
-        | Command::HttpTarget { .. } => Ok(0),
+        Command::Demo(_) | Command::DemoApp | Command::DemoDeps | Command::HttpTarget { .. } => Ok(0),
     }
 }
 

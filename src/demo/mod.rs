@@ -4,7 +4,6 @@
 //! rounding bug and shows the field that regressed.
 
 pub mod app;
-pub mod bench;
 pub mod deps;
 
 use std::sync::Arc;

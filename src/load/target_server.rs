@@ -1,10 +1,15 @@
-//! `doppel __http-target PORT`: a small, fast HTTP/1.1 server (keep-alive) that load tests and
-//! `bench/load.sh` send traffic to. Endpoints:
+//! `doppel __http-target PORT [--forward URL] [--tls CERT KEY]`: a small, fast HTTP/1.1 server (keep-alive)
+//! that load tests and the benchmark scripts (`bench/run`, `bench/load.sh`) send traffic to. Endpoints:
 //!
 //! - `GET /api/items/{id}`: `{"id": id, "name": "item-<id>"}`
 //! - `GET /slow?ms=N`: answers after N milliseconds
 //! - `GET /status/{code}`: answers with that status
+//! - `GET /?size=N`: N bytes of `x`
 //! - anything else: `{"ok": true}`
+//!
+//! With `--forward http[s]://HOST:PORT`, every request is first sent upstream (one keep-alive upstream
+//! connection per client connection; HTTPS verified against `SSL_CERT_FILE`) and the upstream's body is
+//! answered: the same binary then measures egress capture. With `--tls CERT KEY` it serves HTTPS.
 //!
 //! `TARGET_VARIANT=changed` answers `/api/items/{id}` with another name, for `--check` tests.
 
@@ -48,10 +53,102 @@ async fn handle(req: Request<hyper::body::Incoming>) -> std::result::Result<Resp
     {
         return Ok(json(status, format!("{{\"status\":{code}}}")));
     }
+    if let Some(size) = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("size=")))
+        && let Ok(size) = size.parse::<usize>()
+    {
+        return Ok(Response::new(Full::new(Bytes::from(vec![b'x'; size]))));
+    }
     Ok(json(StatusCode::OK, "{\"ok\":true}".into()))
 }
 
-pub async fn main(port: u16) -> Result<i32> {
+/// Where `--forward` sends requests.
+#[derive(Clone)]
+struct Upstream {
+    authority: String,
+    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+impl Upstream {
+    fn parse(url: &str) -> Result<Upstream> {
+        let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(r), _) => (true, r),
+            (None, Some(r)) => (false, r),
+            _ => (false, url),
+        };
+        let authority = rest.trim_end_matches('/').to_string();
+        if !tls {
+            return Ok(Upstream { authority, tls: None });
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        let bundle = std::env::var("SSL_CERT_FILE").unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".into());
+        let pem = std::fs::read(&bundle).map_err(|e| Error::env(format!("{bundle}: {e}")))?;
+        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem).flatten() {
+            let _ = roots.add(cert);
+        }
+        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let host = authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(&authority).to_string();
+        let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| Error::input(e.to_string()))?;
+        Ok(Upstream { authority, tls: Some((tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)), name)) })
+    }
+
+    async fn connect(&self) -> Option<Sender> {
+        let tcp = tokio::net::TcpStream::connect(&self.authority).await.ok()?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            Some((connector, name)) => {
+                let tls = connector.connect(name.clone(), tcp).await.ok()?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.ok()?;
+                tokio::spawn(conn);
+                Some(sender)
+            }
+            None => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.ok()?;
+                tokio::spawn(conn);
+                Some(sender)
+            }
+        }
+    }
+}
+
+/// Sends the request's path upstream on this client connection's upstream connection; answers its body.
+async fn forward(
+    upstream: &Upstream,
+    slot: &tokio::sync::Mutex<Option<Sender>>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let mut slot = slot.lock().await;
+    if slot.as_ref().is_none_or(|s| s.is_closed()) {
+        *slot = upstream.connect().await;
+    }
+    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
+    if let Some(sender) = slot.as_mut()
+        && let Ok(r) = Request::get(path).header("host", upstream.authority.as_str()).body(Full::new(Bytes::new()))
+        && let Ok(resp) = sender.send_request(r).await
+    {
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        return Response::new(Full::new(body));
+    }
+    json(StatusCode::BAD_GATEWAY, "{\"error\":\"upstream\"}".into())
+}
+
+fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor> {
+    let read = |p: &str| std::fs::read(p).map_err(|e| Error::input(format!("{p}: {e}")));
+    let certs: Vec<_> = rustls::pki_types::pem::PemObject::pem_slice_iter(&read(cert)?).flatten().collect();
+    let key = rustls::pki_types::pem::PemObject::from_pem_slice(&read(key)?)
+        .map_err(|e| Error::input(format!("{key}: {e:?}")))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::input(format!("{cert}: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+pub async fn main(port: u16, forward_to: Option<String>, tls: Option<(String, String)>) -> Result<i32> {
+    let upstream = forward_to.as_deref().map(Upstream::parse).transpose()?;
+    let acceptor = tls.as_ref().map(|(c, k)| tls_acceptor(c, k)).transpose()?;
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(|e| Error::env(format!("cannot listen on 127.0.0.1:{port}: {e}")))?;
@@ -67,9 +164,31 @@ pub async fn main(port: u16) -> Result<i32> {
             }
         };
         let _ = stream.set_nodelay(true);
+        let upstream = upstream.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(handle);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let slot = std::sync::Arc::new(tokio::sync::Mutex::new(None));
+            let service = hyper::service::service_fn(move |req| {
+                let upstream = upstream.clone();
+                let slot = slot.clone();
+                async move {
+                    match &upstream {
+                        Some(u) => Ok::<_, Infallible>(forward(u, &slot, req).await),
+                        None => handle(req).await,
+                    }
+                }
+            });
+            let http = hyper::server::conn::http1::Builder::new();
+            match acceptor {
+                Some(a) => {
+                    if let Ok(tls) = a.accept(stream).await {
+                        let _ = http.serve_connection(TokioIo::new(tls), service).await;
+                    }
+                }
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+            }
         });
     }
 }
