@@ -14,6 +14,8 @@ use common::*;
 struct RedisServer {
     port: u16,
     bg: Option<Bg>,
+    /// The server's own certificate, when it speaks TLS only.
+    tls_cert: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -32,7 +34,33 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not start\n{}", bg.explain());
             std::thread::sleep(Duration::from_millis(20));
         }
-        RedisServer { port, bg: Some(bg) }
+        RedisServer { port, bg: Some(bg), tls_cert: None }
+    }
+
+    /// A TLS-only server (no plaintext port) with a self-signed certificate for 127.0.0.1.
+    fn start_tls(dir: &Path) -> RedisServer {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().self_signed(&key).unwrap();
+        let (cert_path, key_path) = (dir.join("redis-cert.pem"), dir.join("redis-key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let port = free_port();
+        let mut c = Command::new("redis-server");
+        c.args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--tls-auth-clients", "no", "--appendonly", "no"])
+            .arg("--tls-cert-file")
+            .arg(&cert_path)
+            .arg("--tls-key-file")
+            .arg(&key_path)
+            .arg("--dir")
+            .arg(dir);
+        let bg = Bg::spawn(&mut c, dir, &format!("redis-server-{port}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start\n{}", bg.explain());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer { port, bg: Some(bg), tls_cert: Some(cert_path) }
     }
 
     /// Stops the server and proves it is gone.
@@ -73,7 +101,16 @@ impl World {
     /// `doppel <sub> --path ... [extra] -- <app>` with the app's environment.
     fn doppel(&self, sub: &str, extra: &[&str], variant: Option<&str>) -> Command {
         let mut c = Command::new(doppel_bin());
-        c.current_dir(self.dir.path()).arg(sub).arg("--path").arg(self.path()).args(extra).arg("--");
+        c.current_dir(self.dir.path()).arg(sub).arg("--path").arg(self.path()).args(extra);
+        if let (Some(cert), "record") = (&self.redis.tls_cert, sub) {
+            c.arg("--upstream-ca").arg(cert);
+        }
+        if self.redis.tls_cert.is_some() {
+            // Inside the sandbox the system bundle also holds doppel's CA: redis-py verifies, through doppel.
+            c.env("REDIS_TLS_CA", "/etc/ssl/certs/ca-certificates.crt")
+                .env("DOPPEL_CA_DIR", self.dir.path().join("ca"));
+        }
+        c.arg("--");
         if self.node {
             c.arg("node").arg(repo().join("examples/redis/app.js"));
             c.env("NODE_PATH", repo().join("examples/node/node_modules"));
@@ -200,6 +237,27 @@ fn redis_py_over_resp2_record_replay_and_catch_a_change() {
     let miss = format!("mock miss: redis GET {p}:user:42 (to 127.0.0.1:{})", w.redis.port);
     assert!(renamed.stdout.contains(&miss), "{renamed:?}");
     assert!(summary(&renamed).starts_with("16 passed, 1 failed"), "{renamed:?}");
+}
+
+#[test]
+fn redis_py_over_tls_is_decrypted_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start_tls(dir.path());
+    let mut w = World { app_port: free_port(), redis, dir, password: None, node: false };
+    let out = w.record(|w| {
+        send(w, "POST", "/cart/tls", r#"{"sku":"A-1","qty":2,"price":3.5}"#);
+        assert!(get(w, "/cart/tls").contains("\"total\":7.0"));
+    });
+    assert!(out.contains("recorded 3 tests") && out.contains("redis:"), "{out}");
+    let mocks = w.mocks();
+    assert!(mocks.contains("kind: redis") && mocks.contains("HSET"), "decrypted commands expected:\n{mocks}");
+    assert!(!mocks.contains("kind: tcp"), "{mocks}");
+    w.redis.stop();
+    let ok = w.replay(None);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(summary(&ok).starts_with("3 passed, 0 failed"), "{ok:?}");
+    let bad = w.replay(Some("changed"));
+    assert!(bad.stdout.contains("body $.total changed: expected 7.0 got 7.7"), "{bad:?}");
 }
 
 #[test]

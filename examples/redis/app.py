@@ -23,8 +23,10 @@ PASSWORD = os.environ.get("REDIS_PASSWORD") or None
 PREFIX = os.environ.get("KEY_PREFIX", "doppel-example")
 VARIANT = os.environ.get("APP_VARIANT", "")
 
-# RESP2 here (redis-py 8 would pick RESP3); /resp3 uses a RESP3 client.
-r = redis.Redis(host=HOST, port=PORT, password=PASSWORD, protocol=2)
+# RESP2 here (redis-py 8 would pick RESP3); /resp3 uses a RESP3 client. With REDIS_TLS_CA set, the main
+# client speaks TLS and verifies the server against that CA bundle.
+TLS = dict(ssl=True, ssl_ca_certs=os.environ["REDIS_TLS_CA"]) if os.environ.get("REDIS_TLS_CA") else {}
+r = redis.Redis(host=HOST, port=PORT, password=PASSWORD, protocol=2, **TLS)
 
 
 def key(*parts):
