@@ -8,6 +8,7 @@ pub mod cli;
 pub mod demo;
 pub mod diff;
 pub mod error;
+pub mod noise;
 pub mod protocols;
 pub mod record;
 pub mod replay;
