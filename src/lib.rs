@@ -4,6 +4,7 @@
 //! `store` writes them; `replay` serves mocks and sends recorded requests, `diff` compares, `report` tells.
 
 pub mod capture;
+pub mod chain;
 pub mod cli;
 pub mod demo;
 pub mod diff;
