@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod chain;
 pub mod cli;
+pub mod dedup;
 pub mod demo;
 pub mod diff;
 pub mod error;

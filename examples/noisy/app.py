@@ -6,7 +6,8 @@ a POST that returns an id a GET uses, the current time, and fields no shape give
 a list in random order). It calls two dependencies (DEPS_URL): an audit log it posts events to (with the new
 id and the time) and a quota service it asks about each user.
 
-APP_VARIANT=changed is the "new build": new users get another plan. TOKEN_TTL sets token lifetime (s).
+APP_VARIANT=changed is the "new build": new users get another plan and /api/stats reports another version.
+TOKEN_TTL sets the token lifetime in seconds.
 `python3 app.py --mint USER` prints a token signed with JWT_SECRET, as another service of the same
 system would hand it out.
 """
@@ -156,7 +157,7 @@ def now():
 def stats():
     features = ["search", "export", "billing", "audit", "sso", "webhooks"]
     random.shuffle(features)
-    return jsonify(served_by=f"worker-{os.getpid()}", features=features, version="1.4.2")
+    return jsonify(served_by=f"worker-{os.getpid()}", features=features, version="1.5.0" if CHANGED else "1.4.2")
 
 
 @app.get("/api/items/<item>")

@@ -55,6 +55,11 @@ enum Command {
     ///
     /// Example: doppel list
     List(PathArgs),
+    /// Group tests of the same shape (method, route with ids collapsed, header names, body schemas, status),
+    /// keep N of each group and remove the other test files (never the mocks).
+    ///
+    /// Example: doppel dedup --keep 2 --dry-run
+    Dedup(DedupArgs),
     /// Show doppel's TLS interception CA (created on first use): where it is and its fingerprint.
     ///
     /// Example: doppel ca
@@ -218,6 +223,24 @@ struct TestArgs {
 }
 
 #[derive(Args, Debug)]
+struct DedupArgs {
+    #[command(flatten)]
+    path: PathArgs,
+    /// Test set to deduplicate (repeatable; default: all).
+    /// Example: --test-set test-set-2
+    #[arg(long = "test-set", value_name = "NAME")]
+    test_sets: Vec<String>,
+    /// How many tests of each shape to keep (the first ones recorded).
+    /// Example: --keep 3
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    keep: usize,
+    /// Show the groups and what would go, remove nothing.
+    /// Example: --dry-run
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Keep the demo's recordings in this directory (default: a temporary directory, removed afterwards).
     #[arg(long, value_name = "DIR")]
@@ -294,6 +317,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Record(args) => cmd_record(args, config, cli.quiet).await,
         Command::Test(args) => cmd_test(args, config, cli.quiet).await,
         Command::List(args) => cmd_list(args, config),
+        Command::Dedup(args) => cmd_dedup(args, config),
         Command::Ca => cmd_ca(),
         Command::Demo(_) | Command::DemoApp | Command::DemoDeps | Command::BenchServer { .. } => Ok(0),
     }
@@ -490,6 +514,44 @@ fn cmd_ca() -> Result<i32> {
     println!("private key:           {} (mode 0600)", ca.dir().join("ca-key.pem").display());
     println!("SHA-256 fingerprint:   {}", ca.fingerprint());
     println!("(set DOPPEL_CA_DIR to keep it elsewhere; apps under doppel trust it automatically)");
+    Ok(0)
+}
+
+fn cmd_dedup(args: DedupArgs, config: Config) -> Result<i32> {
+    if args.keep == 0 {
+        return Err(Error::input("--keep must be at least 1"));
+    }
+    let store = store_for(&args.path.path, &config);
+    let names = if args.test_sets.is_empty() { store.list_sets()? } else { args.test_sets };
+    let mut removed = 0;
+    for name in names {
+        let set = store.load_set(&name)?;
+        let groups = crate::dedup::plan(&set, args.keep);
+        println!("{name}: {} tests in {} groups of the same shape", set.tests.len(), groups.len());
+        for g in groups.iter().filter(|g| g.kept.len() + g.kept_for_chain.len() + g.removed.len() > 1) {
+            let total = g.kept.len() + g.kept_for_chain.len() + g.removed.len();
+            let mut line = format!("  {} ({total} tests): keep {}", g.label, g.kept.join(", "));
+            if !g.kept_for_chain.is_empty() {
+                line.push_str(&format!("; keep {} (later tests use their values)", g.kept_for_chain.join(", ")));
+            }
+            if !g.removed.is_empty() {
+                let names: Vec<&str> = g.removed.iter().map(|(n, _)| n.as_str()).collect();
+                line.push_str(&format!(
+                    "; {} {}",
+                    if args.dry_run { "would remove" } else { "remove" },
+                    names.join(", ")
+                ));
+            }
+            println!("{line}");
+        }
+        removed +=
+            if args.dry_run { groups.iter().map(|g| g.removed.len()).sum() } else { crate::dedup::apply(&groups)? };
+    }
+    if args.dry_run {
+        println!("dry run: would remove {removed} test file(s); mocks are never removed");
+    } else {
+        println!("removed {removed} test file(s); mocks kept");
+    }
     Ok(0)
 }
 

@@ -101,7 +101,7 @@ impl Noise {
                 suffix.push_str(&format!(" like {}", s.render()));
             }
             if let Some(l) = &rule.learned {
-                suffix.push_str(&format!(" (learned {})", l.on));
+                suffix.push_str(&format!(" (learned {})", l.date));
             }
             if let Some(o) = origin {
                 suffix.push_str(&format!(" ({o})"));

@@ -66,7 +66,7 @@ pub fn learn(observations: &[Observation], existing: &[NoiseRule], default_heade
         }
     };
     let runs = observations.len() as u32;
-    let learned = |seen: Vec<String>| Some(Learned { on: today.to_string(), runs, seen });
+    let learned = |seen: Vec<String>| Some(Learned { date: today.to_string(), runs, seen });
     for p in &order_rules {
         out.rules.push(NoiseRule {
             body: Some(p.clone()),
@@ -135,7 +135,12 @@ fn json_of(o: &Observation) -> Option<Value> {
     serde_json::from_slice(&o.body).ok()
 }
 
+/// A value as a reviewer reads it: strings without their JSON quotes, cut when long.
 fn shorten(s: &str) -> String {
+    let s = match serde_json::from_str::<Value>(s) {
+        Ok(Value::String(text)) => text,
+        _ => s.to_string(),
+    };
     match s.char_indices().nth(SEEN_CHARS) {
         Some((at, _)) => format!("{}…", &s[..at]),
         None => s.to_string(),
@@ -250,7 +255,7 @@ mod tests {
         let shard = &l.rules[1];
         assert_eq!(shard.reason.as_deref(), Some("learned"));
         let learned = shard.learned.as_ref().unwrap();
-        assert_eq!((learned.on.as_str(), learned.runs), ("2026-11-27", 3));
+        assert_eq!((learned.date.as_str(), learned.runs), ("2026-11-27", 3));
         assert_eq!(learned.seen, vec!["3", "7"]);
         assert!(l.unlearnable.is_empty());
     }

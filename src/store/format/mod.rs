@@ -143,7 +143,7 @@ pub struct NoiseRule {
 #[serde(deny_unknown_fields)]
 pub struct Learned {
     /// The day it was learned (YYYY-MM-DD).
-    pub on: String,
+    pub date: String,
     /// How many responses of the same build were compared (runs, or target and secondary).
     pub runs: u32,
     /// The differing values seen, a few of them, as compact JSON or header text.
