@@ -133,7 +133,8 @@ pub(crate) fn load_sets(opts: &ReplayOptions) -> Result<Vec<(LoadedSet, Vec<Rule
         let set = opts.store.load_set(name)?;
         let rules = compile_noise(&set, &opts.config, opts.freeze_time)?;
         let plan = Plan::new(&set, &opts.selection);
-        if !plan.tests.is_empty() {
+        // A set with no test at all still runs when nothing was selected (its app must start cleanly).
+        if !plan.tests.is_empty() || opts.selection.is_all() {
             sets.push((set, rules, plan));
         }
     }
@@ -446,7 +447,8 @@ async fn run_set<C: Capture>(
                 session.app.stderr_tail()
             ))
         } else {
-            send_to_app(session.link.as_ref(), test.port, &request, set, opts, tmp).await
+            let sink = SpillBuffer::new(tmp.to_path_buf(), Arc::new(0.into()));
+            send_to_app(session.link.as_ref(), test.port, &request, set, opts, sink).await
         };
         if opts.chain
             && let Ok(resp) = &outcome
@@ -544,17 +546,17 @@ fn ready_target(url: &str, ports: &[u16]) -> Result<(u16, String)> {
     Ok((port, path))
 }
 
+/// Sends a request to the app; its response body goes to `sink` (spilling to disk when large).
 async fn send_to_app(
     link: &dyn AppLink,
     port: u16,
     request: &HttpRequest,
     set: &LoadedSet,
     opts: &ReplayOptions,
-    tmp: &std::path::Path,
+    sink: SpillBuffer,
 ) -> std::result::Result<client::Response, String> {
     let mut conn = link.connect(port).await.map_err(|e| format!("cannot connect to the app's port {port}: {e}"))?;
     let _ = conn.set_nodelay(true);
-    let sink = SpillBuffer::new(tmp.to_path_buf(), Arc::new(0.into()));
     client::exchange(&mut conn, request, &set.dir, sink, opts.request_timeout).await
 }
 

@@ -13,13 +13,14 @@ use tokio::sync::mpsc;
 use super::{Plan, ReplayOptions, Rules, bind, load_sets, send_to_app, wait_ready};
 use crate::capture::Capture;
 use crate::chain::{self, Bindings};
-use crate::diff::{self, Actual, Expected};
+use crate::diff;
 use crate::error::{Error, Result};
+use crate::protocols::http::client::Response;
 use crate::protocols::{self, Role};
 use crate::record::annotate::{self, Annotate};
 use crate::record::{self, Tracker};
 use crate::report;
-use crate::store::{self, Body, HttpResponse, LoadedSet, Mock, SetMeta, Store, TestCase};
+use crate::store::{self, HttpResponse, LoadedSet, Mock, SetMeta, Store, TestCase};
 
 pub struct Rerecord {
     /// Write without asking.
@@ -44,7 +45,6 @@ struct SetRefresh {
     all_tests: bool,
     mocks_changed: bool,
     old_mocks: usize,
-    new_mocks: usize,
 }
 
 /// Returns the exit code: 0 written or nothing to change, 1 changes left unwritten.
@@ -162,7 +162,9 @@ async fn refresh_set<C: Capture>(
             let sent_at = SystemTime::now();
             let began = Instant::now();
             let request = chain::render_request(test, &bindings);
-            let outcome = send_to_app(session.link.as_ref(), test.port, &request, &set, opts, &tmp_dir).await;
+            // Large answers spill straight into the scratch set's bodies/, beside the new mocks.
+            let outcome =
+                send_to_app(session.link.as_ref(), test.port, &request, &set, opts, sink.spill_buffer()).await;
             let resp = match outcome {
                 Ok(r) => r,
                 Err(e) => {
@@ -177,17 +179,18 @@ async fn refresh_set<C: Capture>(
             let expected = chain::render_response(test, &bindings);
             let differences = compare(&set, &expected, &resp, &rules[i]);
             let latency = resp.elapsed.as_secs_f64() * 1000.0;
+            let (head, trailers) = (resp.head.clone(), resp.trailers.clone());
             let mut updated = test.clone();
             updated.recorded_at = store::format_time(time::OffsetDateTime::from(sent_at));
             updated.latency_ms = (latency * 1000.0).round() / 1000.0;
             updated.request = request;
             updated.response = HttpResponse {
-                status: resp.head.status,
-                reason: resp.head.reason.clone(),
-                version: resp.head.version.clone(),
-                headers: resp.head.headers.clone(),
-                body: body_of(resp.body, &tmp_dir),
-                trailers: resp.trailers.clone(),
+                status: head.status,
+                reason: head.reason,
+                version: head.version,
+                headers: head.headers,
+                body: resp.body.into_body(),
+                trailers,
             };
             // Re-derived from the new answers when written.
             updated.chain.clear();
@@ -216,56 +219,19 @@ async fn refresh_set<C: Capture>(
         new_mocks,
         if mocks_changed { " (different calls)" } else { " (the same calls)" }
     );
-    Ok(SetRefresh { old_mocks: set.mocks.len(), set, tmp_dir, fresh, all_tests, mocks_changed, new_mocks })
+    Ok(SetRefresh { old_mocks: set.mocks.len(), set, tmp_dir, fresh, all_tests, mocks_changed })
 }
 
-/// A body as the test file holds it: inline, or moved next to the new mocks under `bodies/`.
-fn body_of(body: store::SpillBuffer, tmp_dir: &std::path::Path) -> Option<Body> {
-    match body.file_path() {
-        None => body.bytes().and_then(Body::from_bytes),
-        Some(path) => {
-            let size = body.len();
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let dir = tmp_dir.join("bodies");
-            let _ = std::fs::create_dir_all(&dir);
-            std::fs::rename(&path, dir.join(&name)).ok()?;
-            Some(Body::file(format!("bodies/{name}"), size))
-        }
-    }
-}
-
-fn compare(
-    set: &LoadedSet,
-    expected: &HttpResponse,
-    resp: &crate::protocols::http::client::Response,
-    rules: &Rules,
-) -> Vec<diff::Difference> {
-    match resp.body.bytes() {
-        Some(actual) => {
-            let body = set.body_bytes(&expected.body).unwrap_or_default();
-            diff::compare(
-                &Expected {
-                    status: expected.status,
-                    headers: &expected.headers,
-                    body: &body,
-                    trailers: &expected.trailers,
-                },
-                &Actual {
-                    status: resp.head.status,
-                    headers: &resp.head.headers,
-                    body: actual,
-                    trailers: &resp.trailers,
-                },
-                &rules.noise,
-            )
-            .differences
-        }
-        None => vec![diff::Difference {
+/// How the new answer differs from the expected one, under the test's rules.
+fn compare(set: &LoadedSet, expected: &HttpResponse, resp: &Response, rules: &Rules) -> Vec<diff::Difference> {
+    match super::compare_response(set, expected, resp, &rules.noise) {
+        Ok(c) => c.differences,
+        Err(e) => vec![diff::Difference {
             location: "body".into(),
             change: diff::Change::Changed,
-            expected: Some(format!("{} bytes", store::body_len(&expected.body))),
-            actual: Some(format!("{} bytes", resp.body.len())),
-            detail: None,
+            expected: None,
+            actual: None,
+            detail: Some(e),
         }],
     }
 }
@@ -276,23 +242,7 @@ fn print_change(test: &TestCase, differences: &[diff::Difference], took: Duratio
         return;
     }
     println!("  {} {}", console::style("changes").yellow().bold(), test.name);
-    let result = report::TestResult {
-        set: String::new(),
-        name: test.name.clone(),
-        file: String::new(),
-        method: test.request.method.clone(),
-        target: test.request.target.clone(),
-        outcome: report::Outcome::Failed,
-        expected_status: test.response.status,
-        actual_status: None,
-        differences: differences.to_vec(),
-        misses: Vec::new(),
-        applied_noise: Vec::new(),
-        error: None,
-        duration_ms: 0.0,
-        recorded_latency_ms: 0.0,
-    };
-    print!("{}", report::render_differences(&result));
+    print!("{}", report::render_differences(differences));
 }
 
 /// What the app asked of its dependencies, in a form that ignores timings and ids: two recordings with the
@@ -338,6 +288,5 @@ fn write(r: &SetRefresh, opts: &ReplayOptions) -> Result<()> {
         if r.all_tests { "replaced the mocks with" } else { "added" },
         r.old_mocks
     );
-    let _ = r.new_mocks;
     Ok(())
 }

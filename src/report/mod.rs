@@ -81,10 +81,10 @@ fn change_word(c: &Change) -> &'static str {
     }
 }
 
-/// The differences of a result, one line each (with details indented below), as `render` prints them.
-pub fn render_differences(r: &TestResult) -> String {
+/// Differences one line each (with details indented below), as `render` prints them.
+pub fn render_differences(differences: &[Difference]) -> String {
     let mut out = String::new();
-    for d in &r.differences {
+    for d in differences {
         out.push_str(&format!("       {} {}", style(&d.location).bold(), change_word(&d.change)));
         match (&d.expected, &d.actual) {
             (Some(e), Some(a)) => out.push_str(&format!(": expected {} got {}", style(e).green(), style(a).red())),
@@ -145,7 +145,7 @@ pub fn render(r: &TestResult) -> String {
             if let Some(e) = &r.error {
                 out.push_str(&format!("       {}\n", style(e).red()));
             }
-            out.push_str(&render_differences(r));
+            out.push_str(&render_differences(&r.differences));
             if let Some(n) = compact_noise(&r.applied_noise) {
                 out.push_str(&format!("       {}\n", style(format!("noise applied: {n}")).dim()));
             }

@@ -236,6 +236,9 @@ async fn answer(conn: &mut Conn, live: &RequestHead, body: &[u8], ctx: &ServeCtx
         if !candidates.is_empty() {
             break;
         }
+        if strictness == Strictness::Chained && ctx.pool.rewrites().is_empty() {
+            continue;
+        }
         candidates = self::candidates(live, body, ctx, strictness).0;
     }
     // Prefer mocks recorded for the same destination.
