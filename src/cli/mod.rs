@@ -432,6 +432,9 @@ async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
     if target.is_some() && args.rerecord {
         return Err(Error::input("--rerecord starts the app itself (give its command after --), not --target"));
     }
+    if args.rerecord && args.freeze_time {
+        return Err(Error::input("--rerecord records with the real clock and real dependencies; drop --freeze-time"));
+    }
     if args.rerecord && args.learn_noise {
         return Err(Error::input("--rerecord and --learn-noise do not go together; run them one after the other"));
     }

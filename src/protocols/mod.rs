@@ -181,6 +181,21 @@ impl MockPool {
         self.rewrites.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
+    /// Whether a live value may stand for the value mock `i` recorded: equal; or a chained value the app
+    /// produced anew in this replay (see `set_rewrites`); or the recorded value looked volatile (a UUID, a
+    /// timestamp, a token) and the live one has the same shape. Protocols use it only after an exact match
+    /// found nothing.
+    pub fn stands_for(&self, i: usize, recorded: &str, live: &str) -> bool {
+        if recorded == live {
+            return true;
+        }
+        if self.rewrites().iter().any(|(r, l)| r == recorded && l == live) {
+            return true;
+        }
+        let around = self.recorded_at_s(i).unwrap_or(0.0);
+        crate::noise::shape::Shape::of(recorded, around).is_some_and(|s| s.matches(live))
+    }
+
     /// When mock `i` was recorded, in seconds since the epoch.
     pub fn recorded_at_s(&self, i: usize) -> Option<f64> {
         self.started_ms.get(i).copied().flatten().map(|ms| ms / 1000.0)
