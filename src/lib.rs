@@ -5,12 +5,15 @@
 //! `load` sends the recorded requests to a deployment under load; `shadow` compares two deployments.
 
 pub mod capture;
+pub mod chain;
 pub mod cli;
+pub mod dedup;
 pub mod demo;
 pub mod diff;
 pub mod error;
 pub mod fuzz;
 pub mod load;
+pub mod noise;
 pub mod protocols;
 pub mod record;
 pub mod replay;

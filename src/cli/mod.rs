@@ -68,6 +68,11 @@ enum Command {
     ///
     /// Example: doppel diff --primary http://prod-copy:8080 --candidate http://staging:8080 --secondary http://prod-copy-2:8080
     Diff(DiffArgs),
+    /// Group tests of the same shape (method, route with ids collapsed, header names, body schemas, status),
+    /// keep N of each group and remove the other test files (never the mocks).
+    ///
+    /// Example: doppel dedup --keep 2 --dry-run
+    Dedup(DedupArgs),
     /// Show doppel's TLS interception CA (created on first use): where it is and its fingerprint.
     ///
     /// Example: doppel ca
@@ -142,6 +147,20 @@ struct RecordArgs {
     /// Do not verify upstream TLS certificates while recording.
     #[arg(long)]
     upstream_insecure: bool,
+    /// Do not template values that a response produced and a later request used (ids, tokens, cookies).
+    /// Also `chain: false` in doppel.yaml.
+    /// Example: --no-chain
+    #[arg(long)]
+    no_chain: bool,
+    /// Do not flag volatile-looking response values (timestamps, UUIDs, tokens) in the test files.
+    /// Also `volatile: false` in doppel.yaml.
+    /// Example: --no-volatile
+    #[arg(long)]
+    no_volatile: bool,
+    /// Tag every recorded test (repeatable), for `doppel test --tag`.
+    /// Example: --tag smoke
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
     #[command(flatten)]
     capture: CaptureArgs,
     /// The command that runs the app.
@@ -181,6 +200,45 @@ struct TestArgs {
     /// App port in explicit mode when it cannot be detected: PORT.
     #[arg(long = "port", value_name = "PORT")]
     ports: Vec<u16>,
+    /// Run only the tests whose name matches this glob (`*`, `?`; `SET/NAME` to name the set too).
+    /// Repeatable. Tests whose responses feed a selected test's chain templates run too.
+    /// Example: --test 'get-api-users-*'
+    #[arg(long = "test", value_name = "NAME|GLOB")]
+    tests: Vec<String>,
+    /// Run only the tests with this tag (`tags:` in the test file; `doppel record --tag`). Repeatable.
+    /// Example: --tag smoke
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Send chain templates with their recorded values instead of the values the app produces in this run.
+    /// Also `chain: false` in doppel.yaml.
+    /// Example: --no-chain
+    #[arg(long)]
+    no_chain: bool,
+    /// Run the app with its clock at each test's recorded time (libfaketime, preloaded; dynamically linked
+    /// apps only). Example: --freeze-time
+    #[arg(long)]
+    freeze_time: bool,
+    /// Replay each test set --runs times against this build and write the fields that differ between runs
+    /// into the test files as learned noise rules (`reason: learned`), then report the last run.
+    /// Example: --learn-noise --runs 3
+    #[arg(long)]
+    learn_noise: bool,
+    /// How many runs --learn-noise compares.
+    /// Example: --runs 5
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    runs: usize,
+    /// With --target: a second deployment of the same version. Fields that differ between the two answers
+    /// are noise for that test. Example: --target http://blue:8080 --secondary http://green:8080
+    #[arg(long, value_name = "URL", requires = "target")]
+    secondary: Option<String>,
+    /// Replay the requests against the app with its REAL dependencies (record mode) and refresh the
+    /// expected responses and mocks; shows the changes and asks before writing.
+    /// Example: --rerecord --yes
+    #[arg(long)]
+    rerecord: bool,
+    /// With --rerecord: write without asking.
+    #[arg(long, requires = "rerecord")]
+    yes: bool,
     #[command(flatten)]
     capture: CaptureArgs,
     /// The command that runs the app (not needed with --target).
@@ -279,6 +337,24 @@ struct DiffArgs {
 }
 
 #[derive(Args, Debug)]
+struct DedupArgs {
+    #[command(flatten)]
+    path: PathArgs,
+    /// Test set to deduplicate (repeatable; default: all).
+    /// Example: --test-set test-set-2
+    #[arg(long = "test-set", value_name = "NAME")]
+    test_sets: Vec<String>,
+    /// How many tests of each shape to keep (the first ones recorded).
+    /// Example: --keep 3
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    keep: usize,
+    /// Show the groups and what would go, remove nothing.
+    /// Example: --dry-run
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Keep the demo's recordings in this directory (default: a temporary directory, removed afterwards).
     #[arg(long, value_name = "DIR")]
@@ -358,6 +434,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Record(args) => cmd_record(args, config, cli.quiet).await,
         Command::Test(args) => cmd_test(args, config, cli.quiet).await,
         Command::List(args) => cmd_list(args, config),
+        Command::Dedup(args) => cmd_dedup(args, config),
         Command::Ca => cmd_ca(),
         Command::Load(args) => cmd_load(args, config, cli.quiet).await,
         Command::Diff(args) => cmd_diff(args, config, cli.quiet).await,
@@ -406,6 +483,11 @@ async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32
         quiet,
         stop: None,
         tls: interceptor,
+        annotate: record::annotate::Annotate {
+            chain: !args.no_chain && config.chain.unwrap_or(true),
+            volatile: !args.no_volatile && config.volatile.unwrap_or(true),
+            tags: args.tags,
+        },
     };
     let outcome = match &explicit {
         Some(e) => record::record(e, opts).await?,
@@ -445,6 +527,26 @@ pub fn print_record_summary(o: &record::RecordOutcome) {
             o.summary.errors.first().map(String::as_str).unwrap_or("unknown")
         );
     }
+    let a = &o.annotated;
+    if a.chained_values > 0 {
+        println!(
+            "doppel: chained {} value{} from earlier responses into {} test{} (templates {{{{ chain.* }}}}; `chain:` \
+             in the test files)",
+            a.chained_values,
+            if a.chained_values == 1 { "" } else { "s" },
+            a.chained_tests,
+            if a.chained_tests == 1 { "" } else { "s" }
+        );
+    }
+    if a.volatile_fields > 0 {
+        println!(
+            "doppel: flagged {} volatile field{} in {} test{} (timestamps, ids, tokens; `volatile:` in the test files)",
+            a.volatile_fields,
+            if a.volatile_fields == 1 { "" } else { "s" },
+            a.volatile_tests,
+            if a.volatile_tests == 1 { "" } else { "s" }
+        );
+    }
     for (host, why) in &o.undecrypted {
         println!(
             "doppel: TLS to {host} could not be decrypted (its client refused doppel's CA: {why}); recorded encrypted"
@@ -458,6 +560,25 @@ async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
     if target.is_none() && args.command.is_empty() {
         return Err(Error::input("give the command that runs the app after --, or --target URL"));
     }
+    if target.is_some() && args.freeze_time {
+        return Err(Error::input(
+            "--freeze-time works on an app doppel starts (give its command after --), not --target",
+        ));
+    }
+    if target.is_some() && args.rerecord {
+        return Err(Error::input("--rerecord starts the app itself (give its command after --), not --target"));
+    }
+    if args.rerecord && args.freeze_time {
+        return Err(Error::input("--rerecord records with the real clock and real dependencies; drop --freeze-time"));
+    }
+    if args.rerecord && args.learn_noise {
+        return Err(Error::input("--rerecord and --learn-noise do not go together; run them one after the other"));
+    }
+    if args.learn_noise && args.runs < 2 {
+        return Err(Error::input("--runs must be at least 2: noise is what differs between runs"));
+    }
+    let secondary = args.secondary.as_deref().map(Target::parse).transpose()?;
+    let chain = !args.no_chain && config.chain.unwrap_or(true);
     let explicit = explicit_of(&args.capture, args.ports.clone())?;
     let tls = if target.is_some() { None } else { TlsSetup::new(args.capture.no_tls)? };
     let opts = ReplayOptions {
@@ -478,7 +599,19 @@ async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
         report_dir: args.report_dir,
         quiet,
         ca: tls.as_ref().map(|t| t.ca.clone()),
+        selection: replay::Selection { tests: args.tests, tags: args.tags },
+        chain,
+        freeze_time: args.freeze_time,
+        learn_runs: args.learn_noise.then_some(args.runs),
+        secondary,
     };
+    if args.rerecord {
+        let rerecord = replay::rerecord::Rerecord { yes: args.yes, tls: tls.as_ref().map(|t| t.ca.clone()) };
+        return match &explicit {
+            Some(e) => replay::rerecord::run(e, &opts, &rerecord).await,
+            None => replay::rerecord::run(&TlsSetup::sandbox(&tls), &opts, &rerecord).await,
+        };
+    }
     let report = match &explicit {
         Some(e) => replay::run(Some(e), &opts).await?,
         None if opts.target.is_some() => replay::run::<Sandbox>(None, &opts).await?,
@@ -590,6 +723,44 @@ fn cmd_ca() -> Result<i32> {
     println!("private key:           {} (mode 0600)", ca.dir().join("ca-key.pem").display());
     println!("SHA-256 fingerprint:   {}", ca.fingerprint());
     println!("(set DOPPEL_CA_DIR to keep it elsewhere; apps under doppel trust it automatically)");
+    Ok(0)
+}
+
+fn cmd_dedup(args: DedupArgs, config: Config) -> Result<i32> {
+    if args.keep == 0 {
+        return Err(Error::input("--keep must be at least 1"));
+    }
+    let store = store_for(&args.path.path, &config);
+    let names = if args.test_sets.is_empty() { store.list_sets()? } else { args.test_sets };
+    let mut removed = 0;
+    for name in names {
+        let set = store.load_set(&name)?;
+        let groups = crate::dedup::plan(&set, args.keep);
+        println!("{name}: {} tests in {} groups of the same shape", set.tests.len(), groups.len());
+        for g in groups.iter().filter(|g| g.kept.len() + g.kept_for_chain.len() + g.removed.len() > 1) {
+            let total = g.kept.len() + g.kept_for_chain.len() + g.removed.len();
+            let mut line = format!("  {} ({total} tests): keep {}", g.label, g.kept.join(", "));
+            if !g.kept_for_chain.is_empty() {
+                line.push_str(&format!("; keep {} (later tests use their values)", g.kept_for_chain.join(", ")));
+            }
+            if !g.removed.is_empty() {
+                let names: Vec<&str> = g.removed.iter().map(|(n, _)| n.as_str()).collect();
+                line.push_str(&format!(
+                    "; {} {}",
+                    if args.dry_run { "would remove" } else { "remove" },
+                    names.join(", ")
+                ));
+            }
+            println!("{line}");
+        }
+        removed +=
+            if args.dry_run { groups.iter().map(|g| g.removed.len()).sum() } else { crate::dedup::apply(&groups)? };
+    }
+    if args.dry_run {
+        println!("dry run: would remove {removed} test file(s); mocks are never removed");
+    } else {
+        println!("removed {removed} test file(s); mocks kept");
+    }
     Ok(0)
 }
 

@@ -185,6 +185,7 @@ async fn record_step<C: Capture>(capture: &C, setup: &Setup, store: &Store) -> R
         quiet: true,
         stop: Some(stop.clone()),
         tls: None,
+        annotate: Default::default(),
     };
     let exposed = setup.exposed;
     let recording = record::record(capture, opts);
@@ -229,6 +230,11 @@ async fn replay_step(setup: &Setup, store: &Store, changed: bool) -> Result<RunR
         report_dir: Some(std::env::temp_dir().join(format!("doppel-demo-reports-{}", std::process::id()))),
         quiet: false,
         ca: None,
+        selection: Default::default(),
+        chain: true,
+        freeze_time: false,
+        learn_runs: None,
+        secondary: None,
     };
     let r = match &setup.explicit {
         Some(e) => replay::run(Some(e), &opts).await,

@@ -118,13 +118,14 @@ pub fn json_diff(expected: &Value, actual: &Value, noise: &Noise) -> Comparison 
 pub(crate) fn diff_values(expected: &Value, actual: &Value, noise: &Noise) -> (Vec<Difference>, BTreeSet<usize>) {
     let selected =
         if noise.has_body_rules() { Selected::resolve(expected, actual, noise) } else { Selected::default() };
-    let mut walker = Walker::new(&selected, Vec::new(), Vec::new(), false);
+    let mut walker = Walker::new(&selected, noise, Vec::new(), Vec::new(), false);
     walker.walk(expected, actual);
     (walker.diffs, walker.applied)
 }
 
 struct Walker<'s> {
     sel: &'s Selected,
+    noise: &'s Noise,
     /// Whether any rule applies at all; when not, lookups are skipped.
     any_rules: bool,
     diffs: Vec<Difference>,
@@ -138,8 +139,14 @@ struct Walker<'s> {
 }
 
 impl<'s> Walker<'s> {
-    fn new(sel: &'s Selected, epath: Vec<Seg>, apath: Vec<Seg>, probe: bool) -> Walker<'s> {
-        Walker { sel, any_rules: !sel.is_empty(), diffs: Vec::new(), applied: BTreeSet::new(), epath, apath, probe }
+    fn new(sel: &'s Selected, noise: &'s Noise, epath: Vec<Seg>, apath: Vec<Seg>, probe: bool) -> Walker<'s> {
+        let any_rules = !sel.is_empty();
+        Walker { sel, noise, any_rules, diffs: Vec::new(), applied: BTreeSet::new(), epath, apath, probe }
+    }
+
+    /// A rule selecting the current node that ignores it outright (not a `like` rule, which keeps it).
+    fn ignoring(&self, id: Option<usize>) -> Option<usize> {
+        id.filter(|id| self.noise.shape(*id).is_none())
     }
 
     fn done(&self) -> bool {
@@ -198,7 +205,16 @@ impl<'s> Walker<'s> {
         }
         if let Some(id) = self.ignored_expected().or_else(|| self.ignored_actual()) {
             if !plain_equal(e, a) {
-                self.applied.insert(id);
+                if self.noise.accepts(id, e, a) {
+                    self.applied.insert(id);
+                } else {
+                    let loc = render_path(&self.epath);
+                    let change = if kind(e) == kind(a) { Change::Changed } else { Change::TypeChanged };
+                    self.report(loc, change, Some(e), Some(a));
+                    if let Some(last) = self.diffs.last_mut() {
+                        last.detail = self.noise.rejection(id);
+                    }
+                }
             }
             return;
         }
@@ -259,7 +275,7 @@ impl<'s> Walker<'s> {
 
     /// A node present only in the expected document, at `epath`.
     fn removed(&mut self, e: &Value) {
-        match self.ignored_expected() {
+        match self.ignoring(self.ignored_expected()) {
             Some(id) => {
                 self.applied.insert(id);
             }
@@ -272,7 +288,7 @@ impl<'s> Walker<'s> {
 
     /// A node present only in the actual document, at `apath`.
     fn added(&mut self, a: &Value) {
-        match self.ignored_actual() {
+        match self.ignoring(self.ignored_actual()) {
             Some(id) => {
                 self.applied.insert(id);
             }
@@ -290,7 +306,7 @@ impl<'s> Walker<'s> {
         let mut expected_items = Vec::with_capacity(ea.len());
         for (i, e) in ea.iter().enumerate() {
             self.epath.push(Seg::Index(i));
-            match self.ignored_expected() {
+            match self.ignoring(self.ignored_expected()) {
                 Some(id) => {
                     if aa.get(i).is_none_or(|a| !plain_equal(e, a)) {
                         self.applied.insert(id);
@@ -303,7 +319,7 @@ impl<'s> Walker<'s> {
         let mut used = vec![false; aa.len()];
         for (j, slot) in used.iter_mut().enumerate() {
             self.apath.push(Seg::Index(j));
-            if let Some(id) = self.ignored_actual() {
+            if let Some(id) = self.ignoring(self.ignored_actual()) {
                 *slot = true;
                 if ea.get(j).is_none_or(|e| !plain_equal(e, &aa[j])) {
                     self.applied.insert(id);
@@ -369,7 +385,7 @@ impl<'s> Walker<'s> {
         epath.push(Seg::Index(i));
         let mut apath = self.apath.clone();
         apath.push(Seg::Index(j));
-        let mut probe = Walker::new(self.sel, epath, apath, true);
+        let mut probe = Walker::new(self.sel, self.noise, epath, apath, true);
         probe.walk(e, a);
         if probe.diffs.is_empty() {
             self.applied.extend(probe.applied);

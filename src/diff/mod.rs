@@ -21,6 +21,7 @@ use crate::store::body::is_json_type;
 use crate::store::format::Header;
 
 pub use json::json_diff;
+pub(crate) use json::{Seg, render_path};
 pub use noise::Noise;
 
 /// Headers never compared: they describe the framing of the message, which the body comparison covers.
@@ -148,32 +149,48 @@ fn compare_headers(
         if av == Some(ev) {
             continue;
         }
+        let mut detail = None;
         if let Some(id) = noise.header_rule(name) {
-            applied.insert(id);
-            continue;
+            // A `like` rule keeps the header: it must be there, in the recorded shape.
+            let text = |v: &[u8]| Value::String(String::from_utf8_lossy(v).into_owned());
+            match av {
+                Some(av) if noise.accepts(id, &text(ev), &text(av)) => {
+                    applied.insert(id);
+                    continue;
+                }
+                None if noise.shape(id).is_none() => {
+                    applied.insert(id);
+                    continue;
+                }
+                _ => detail = noise.rejection(id),
+            }
         }
         differences.push(Difference {
             location: format!("{prefix} {name}"),
             change: if av.is_some() { Change::Changed } else { Change::Removed },
             expected: Some(render_header(ev)),
             actual: av.map(|v| render_header(v)),
-            detail: None,
+            detail,
         });
     }
     for (name, av) in &actual {
         if FRAMING_HEADERS.contains(&name.as_str()) || expected.iter().any(|(n, _)| n == name) {
             continue;
         }
+        let mut detail = None;
         if let Some(id) = noise.header_rule(name) {
-            applied.insert(id);
-            continue;
+            if noise.shape(id).is_none() {
+                applied.insert(id);
+                continue;
+            }
+            detail = noise.rejection(id);
         }
         differences.push(Difference {
             location: format!("{prefix} {name}"),
             change: Change::Added,
             expected: None,
             actual: Some(render_header(av)),
-            detail: None,
+            detail,
         });
     }
 }

@@ -6,15 +6,15 @@ use super::*;
 use crate::store::format::NoiseRule;
 
 fn body_rule(path: &str) -> NoiseRule {
-    NoiseRule { header: None, body: Some(path.to_string()), ignore_order: false, reason: None }
+    NoiseRule { body: Some(path.to_string()), ..NoiseRule::default() }
 }
 
 fn unordered_rule(path: &str) -> NoiseRule {
-    NoiseRule { header: None, body: Some(path.to_string()), ignore_order: true, reason: None }
+    NoiseRule { body: Some(path.to_string()), ignore_order: true, ..NoiseRule::default() }
 }
 
 fn header_rule(name: &str) -> NoiseRule {
-    NoiseRule { header: Some(name.to_string()), body: None, ignore_order: false, reason: None }
+    NoiseRule { header: Some(name.to_string()), ..NoiseRule::default() }
 }
 
 fn noise(rules: &[NoiseRule]) -> Noise {
@@ -230,8 +230,7 @@ fn bad_jsonpath_names_the_rule() {
     let err = Noise::compile(&[body_rule("$.ok"), body_rule("$.[")], true).expect_err("bad path");
     assert!(err.starts_with("noise rule body: \"$.[\": "), "{err}");
     assert!(err.len() > "noise rule body: \"$.[\": ".len(), "{err}");
-    let err = Noise::compile(&[NoiseRule { header: None, body: None, ignore_order: false, reason: None }], false)
-        .expect_err("empty rule");
+    let err = Noise::compile(&[NoiseRule::default()], false).expect_err("empty rule");
     assert!(err.contains("neither"), "{err}");
 }
 
@@ -406,4 +405,62 @@ fn compare_files_equal_different_and_size() {
     let empty2 = temp_file(b"");
     assert_eq!(compare_files(empty1.path(), empty2.path()).expect("compare"), None);
     assert!(compare_files(e.path(), std::path::Path::new("/nonexistent/doppel")).is_err());
+}
+
+fn like_rule(path: &str, shape: &str) -> NoiseRule {
+    NoiseRule { body: Some(path.to_string()), like: Some(shape.to_string()), ..NoiseRule::default() }
+}
+
+#[test]
+fn like_rules_accept_a_new_value_of_the_same_shape_only() {
+    let n = noise(&[like_rule("$.id", "{uuid}"), like_rule("$.at", "{timestamp}")]);
+    let e = json!({"id": "5f0c4e1e-8a43-4c1a-9a55-0d1b8d2b8f27", "at": "2026-11-27T10:00:00Z", "plan": "free"});
+    let a = json!({"id": "00000000-1111-4222-8333-444444444444", "at": "2026-11-28T09:00:00Z", "plan": "free"});
+    let c = json_diff(&e, &a, &n);
+    assert!(c.is_match(), "{c:?}");
+    assert_eq!(c.applied_noise, vec!["body $.id like {uuid}", "body $.at like {timestamp}"]);
+
+    // The neighbour changed, the id lost its shape, the timestamp is gone: all three are reported.
+    let a = json!({"id": 17, "plan": "trial"});
+    let c = json_diff(&e, &a, &n);
+    assert_eq!(locations(&c), vec!["body $.id", "body $.at", "body $.plan"]);
+    assert_eq!(c.differences[0].change, Change::TypeChanged);
+    let a = json!({"id": "not-a-uuid", "at": "2026-11-27T10:00:00Z", "plan": "free"});
+    let c = json_diff(&e, &a, &n);
+    assert_eq!(c.differences[0].detail.as_deref(), Some("expected a value like {uuid}"));
+}
+
+#[test]
+fn with_a_frozen_clock_times_must_also_be_close() {
+    let n = noise(&[like_rule("$.at", "{timestamp}")]).with_clock_tolerance(Some(2.0));
+    let e = json!({"at": "2026-11-27T10:00:00Z"});
+    assert!(json_diff(&e, &json!({"at": "2026-11-27T10:00:01.5Z"}), &n).is_match());
+    let c = json_diff(&e, &json!({"at": "2026-11-27T10:00:09Z"}), &n);
+    assert_eq!(locations(&c), vec!["body $.at"]);
+    assert!(c.differences[0].detail.as_deref().is_some_and(|d| d.contains("frozen clock")), "{c:?}");
+}
+
+#[test]
+fn header_like_rules_keep_the_header() {
+    let rule = NoiseRule {
+        header: Some("Set-Cookie".into()),
+        like: Some("sid={token:24}; Path=/".into()),
+        ..NoiseRule::default()
+    };
+    let n = noise(&[rule]);
+    let e = [h("Set-Cookie", "sid=Ab3dEf6hIj9kLm2nOp5qRs8t; Path=/")];
+    let ok = [h("Set-Cookie", "sid=Zz9yXw8vUt7sRq6pOn5mLk4j; Path=/")];
+    assert!(cmp(&e, b"", &ok, b"", &n).is_match());
+    let c = cmp(&e, b"", &[], b"", &n);
+    assert_eq!(locations(&c), vec!["header set-cookie"]);
+    let c = cmp(&e, b"", &[h("Set-Cookie", "sid=; Path=/")], b"", &n);
+    assert_eq!(locations(&c), vec!["header set-cookie"]);
+}
+
+#[test]
+fn extra_rules_say_where_they_came_from() {
+    let n =
+        Noise::compile_with_extra(&[], &[body_rule("$.host")], "differs between target and secondary", false).unwrap();
+    let c = json_diff(&json!({"host": "a"}), &json!({"host": "b"}), &n);
+    assert_eq!(c.applied_noise, vec!["body $.host (differs between target and secondary)"]);
 }

@@ -368,7 +368,13 @@ async fn send_once(
                 })
                 .await?;
                 let response = client::Response { head: head.clone(), body, trailers, elapsed: started.elapsed() };
-                let compared = crate::replay::compare_response(&check.set_dir, &check.test, &response, &check.noise);
+                let compared = crate::replay::compare_response(
+                    &check.set_dir,
+                    &check.test,
+                    &check.test.response,
+                    &response,
+                    &check.noise,
+                );
                 response.body.discard();
                 Ok((head, Some(compared)))
             }

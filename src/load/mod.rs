@@ -135,7 +135,11 @@ impl Plan {
         let mut base = 0.0;
         for name in names {
             let set = opts.store.load_set(name)?;
-            let noises = if opts.check { Some(replay::compile_noise(&set, &opts.config)?) } else { None };
+            let noises = if opts.check {
+                Some(replay::compile_noise(&set, &opts.config, false)?.into_iter().map(|r| r.noise).collect::<Vec<_>>())
+            } else {
+                None
+            };
             let times: Vec<Option<f64>> = set.tests.iter().map(|(_, t)| store::parse_time_ms(&t.recorded_at)).collect();
             let first = times.iter().flatten().copied().fold(f64::INFINITY, f64::min);
             let mut previous = 0.0;

@@ -149,6 +149,9 @@ pub struct MockPool {
     window: Mutex<Option<(f64, f64)>>,
     used: Mutex<Vec<u32>>,
     misses: Mutex<Vec<Miss>>,
+    /// Recorded value -> value the app has now, for chained values (ids, tokens) that the app produced anew
+    /// in this replay: a mock recorded with the old value matches a request carrying the new one.
+    rewrites: Mutex<Vec<(String, String)>>,
     /// Directory of the test set, for file bodies.
     pub dir: std::path::PathBuf,
 }
@@ -163,8 +166,40 @@ impl MockPool {
             window: Mutex::new(None),
             used: Mutex::new(vec![0; n]),
             misses: Mutex::new(Vec::new()),
+            rewrites: Mutex::new(Vec::new()),
             dir,
         }
+    }
+
+    /// Sets the recorded -> live values of chained values known so far.
+    pub fn set_rewrites(&self, rewrites: Vec<(String, String)>) {
+        if let Ok(mut r) = self.rewrites.lock() {
+            *r = rewrites;
+        }
+    }
+
+    pub fn rewrites(&self) -> Vec<(String, String)> {
+        self.rewrites.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Whether a live value may stand for the value mock `i` recorded: equal; or a chained value the app
+    /// produced anew in this replay (see `set_rewrites`); or the recorded value looked volatile (a UUID, a
+    /// timestamp, a token) and the live one has the same shape. Protocols use it only after an exact match
+    /// found nothing.
+    pub fn stands_for(&self, i: usize, recorded: &str, live: &str) -> bool {
+        if recorded == live {
+            return true;
+        }
+        if self.rewrites().iter().any(|(r, l)| r == recorded && l == live) {
+            return true;
+        }
+        let around = self.recorded_at_s(i).unwrap_or(0.0);
+        crate::noise::shape::Shape::of(recorded, around).is_some_and(|s| s.matches(live))
+    }
+
+    /// When mock `i` was recorded, in seconds since the epoch.
+    pub fn recorded_at_s(&self, i: usize) -> Option<f64> {
+        self.started_ms.get(i).copied().flatten().map(|ms| ms / 1000.0)
     }
 
     /// Sets the recorded window (start and end, ms since the epoch) of the test about to run.

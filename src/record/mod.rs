@@ -1,6 +1,7 @@
 //! `doppel record`: runs the app under capture, exposes its ports, proxies every connection while the
 //! protocol observers turn it into test cases and mocks, and stops cleanly on Ctrl-C, SIGTERM or app exit.
 
+pub mod annotate;
 mod proxy;
 
 use std::collections::BTreeSet;
@@ -53,6 +54,8 @@ pub struct RecordOptions {
     pub stop: Option<Arc<tokio::sync::Notify>>,
     /// Decrypts the app's TLS connections (absent: TLS is recorded as opaque bytes).
     pub tls: Option<Arc<crate::tls::Interceptor>>,
+    /// What to mark in the tests once the recording ends (chained values, volatile fields, tags).
+    pub annotate: annotate::Annotate,
 }
 
 pub struct RecordOutcome {
@@ -65,6 +68,8 @@ pub struct RecordOutcome {
     pub exposed: Vec<PortMap>,
     /// Servers whose TLS could not be decrypted (their client refused doppel's CA), and why.
     pub undecrypted: Vec<(String, String)>,
+    /// What the pass after the recording marked in the tests.
+    pub annotated: annotate::Annotated,
 }
 
 pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<RecordOutcome> {
@@ -215,6 +220,15 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
     }
     let dir = opts.store.root().join(&set_name);
     let undecrypted = opts.tls.as_ref().map(|t| t.refused_hosts()).unwrap_or_default();
+    // The tests are on disk: mark chained values and volatile fields across the whole set.
+    let annotated = if summary.tests > 0 {
+        annotate::annotate_set(&opts.store, &set_name, &opts.annotate).unwrap_or_else(|e| {
+            eprintln!("doppel: could not mark chained values and volatile fields: {e}");
+            annotate::Annotated::default()
+        })
+    } else {
+        annotate::Annotated::default()
+    };
     Ok(RecordOutcome {
         set: set_name,
         dir,
@@ -223,6 +237,7 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
         app_exited_by_itself: by_itself,
         exposed: exposed_now,
         undecrypted,
+        annotated,
     })
 }
 
@@ -243,7 +258,7 @@ fn update_meta_ports(store: &Store, set: &str, ports: &[PortMap]) {
     }
 }
 
-fn ctx_for(sink: &RecordSink, role: Role, ids: &AtomicU64) -> RecordCtx {
+pub(crate) fn ctx_for(sink: &RecordSink, role: Role, ids: &AtomicU64) -> RecordCtx {
     RecordCtx {
         sink: sink.clone(),
         role,
@@ -313,7 +328,7 @@ fn spawn_ingress(
     })
 }
 
-async fn egress(e: Egress, ctx: RecordCtx, tls: Option<Arc<crate::tls::Interceptor>>) {
+pub(crate) async fn egress(e: Egress, ctx: RecordCtx, tls: Option<Arc<crate::tls::Interceptor>>) {
     let connect = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(e.dest.as_str())).await;
     let upstream = match connect {
         Ok(Ok(upstream)) => upstream,

@@ -3,6 +3,9 @@
 //! send the requests to a running deployment instead (no app, no mocks).
 
 mod egress;
+pub mod freeze;
+pub mod rerecord;
+pub mod select;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -12,14 +15,20 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use crate::capture::{AppCommand, AppLink, Capture};
+use crate::chain::{self, Bindings, Reference};
 use crate::diff::{self, Actual, Expected, Noise};
 use crate::error::{Error, Result};
+use crate::noise::learn::{self, Observation};
 use crate::protocols::http::client;
 use crate::protocols::http::parse::ResponseHead;
 use crate::protocols::http2;
 use crate::protocols::{Miss, MockPool};
 use crate::report::{self, Outcome, RunReport, SetReport, TestResult};
-use crate::store::{self, Config, Header, HeaderList, HttpRequest, LoadedSet, SpillBuffer, Store, TestCase};
+use crate::store::{
+    self, Config, Header, HeaderList, HttpRequest, HttpResponse, LoadedSet, NoiseRule, SpillBuffer, Store, TestCase,
+};
+use freeze::FrozenClock;
+pub use select::{Plan, Selection};
 
 /// A running deployment to replay against: `http://host:port`.
 #[derive(Debug, Clone)]
@@ -108,6 +117,16 @@ pub struct ReplayOptions {
     pub quiet: bool,
     /// doppel's CA, to answer the app's TLS connections.
     pub ca: Option<Arc<crate::tls::Ca>>,
+    /// Which tests run (`--test`, `--tag`); empty runs all.
+    pub selection: Selection,
+    /// Fill chain templates with the values the app produces in this run (false: the recorded values).
+    pub chain: bool,
+    /// Run the app with its clock at each test's recorded time.
+    pub freeze_time: bool,
+    /// Replay each set this many times and write the fields that differ between runs as learned noise.
+    pub learn_runs: Option<usize>,
+    /// A second deployment of the target's version: fields that differ between the two are noise.
+    pub secondary: Option<Target>,
 }
 
 /// Runs every selected test set; the report says what passed.
@@ -123,32 +142,12 @@ pub async fn run<C: Capture>(capture: Option<&C>, opts: &ReplayOptions) -> Resul
         },
         ..RunReport::default()
     };
-    let names = if opts.sets.is_empty() { opts.store.list_sets()? } else { opts.sets.clone() };
-    if names.is_empty() {
-        return Err(Error::input(format!(
-            "no test sets in {} (record some with `doppel record -- <command>`)",
-            opts.store.root().display()
-        )));
-    }
-    // Load and check everything first: a malformed file stops the run before the app starts.
-    let mut sets = Vec::new();
-    for name in &names {
-        let set = opts.store.load_set(name)?;
-        let noises = compile_noise(&set, &opts.config)?;
-        if let Some(type_name) = http2::grpc::missing_schema(&set) {
-            return Err(Error::input(format!(
-                "test set {} holds gRPC messages decoded with a .proto ({type_name}); give the same files with --proto",
-                set.name
-            )));
-        }
-        sets.push((set, noises));
-    }
+    let sets = load_sets(opts)?;
     let tmp = std::env::temp_dir().join(format!("doppel-replay-{}", std::process::id()));
-    for (set, noises) in &sets {
-        let set_report = match (&opts.target, capture) {
-            (Some(target), _) => run_against_target(set, noises, target, opts, &tmp).await,
-            (None, Some(capture)) => run_set(capture, set, noises, opts, &tmp).await?,
-            (None, None) => return Err(Error::input("give a command after -- or a --target")),
+    for (set, rules, plan) in &sets {
+        let set_report = match opts.learn_runs {
+            Some(runs) => learn_set(capture, set, plan, rules, opts, &tmp, runs).await?,
+            None => run_once(capture, set, plan, rules, opts, &tmp, opts.quiet).await?.report,
         };
         report.sets.push(set_report);
     }
@@ -164,42 +163,295 @@ pub async fn run<C: Capture>(capture: Option<&C>, opts: &ReplayOptions) -> Resul
     Ok(report)
 }
 
-/// The noise rules of each test of a set: doppel.yaml's rules, then the test's own.
-pub(crate) fn compile_noise(set: &LoadedSet, config: &Config) -> Result<Vec<Noise>> {
-    let defaults = config.default_header_noise.unwrap_or(true);
+/// Loads and checks every selected set first (a malformed file stops the run before the app starts), with
+/// each test's rules and the tests the selection runs. Sets with no selected test are left out.
+pub(crate) fn load_sets(opts: &ReplayOptions) -> Result<Vec<(LoadedSet, Vec<Rules>, Plan)>> {
+    let names = if opts.sets.is_empty() { opts.store.list_sets()? } else { opts.sets.clone() };
+    if names.is_empty() {
+        return Err(Error::input(format!(
+            "no test sets in {} (record some with `doppel record -- <command>`)",
+            opts.store.root().display()
+        )));
+    }
+    let mut sets = Vec::new();
+    for name in &names {
+        let set = opts.store.load_set(name)?;
+        if let Some(type_name) = http2::grpc::missing_schema(&set) {
+            return Err(Error::input(format!(
+                "test set {} holds gRPC messages decoded with a .proto ({type_name}); give the same files with --proto",
+                set.name
+            )));
+        }
+        let rules = compile_noise(&set, &opts.config, opts.freeze_time)?;
+        let plan = Plan::new(&set, &opts.selection);
+        // A set with no test at all still runs when nothing was selected (its app must start cleanly).
+        if !plan.tests.is_empty() || opts.selection.is_all() {
+            sets.push((set, rules, plan));
+        }
+    }
+    if sets.is_empty() {
+        return Err(Error::input(format!("no test matches {} (in {})", opts.selection.describe(), names.join(", "))));
+    }
+    Ok(sets)
+}
+
+/// The rules of one test: doppel.yaml's, the test's own, and its volatile flags, compiled.
+#[derive(Clone)]
+pub(crate) struct Rules {
+    pub list: Vec<NoiseRule>,
+    pub noise: Noise,
+}
+
+impl Rules {
+    fn new(config: &Config, test: &TestCase, freeze_time: bool) -> std::result::Result<Rules, String> {
+        let list: Vec<NoiseRule> = config.noise.iter().chain(&test.noise).chain(&test.volatile).cloned().collect();
+        let noise = Noise::compile(&list, default_headers(config))?
+            .with_clock_tolerance(freeze_time.then_some(freeze::TOLERANCE_S));
+        Ok(Rules { list, noise })
+    }
+}
+
+fn default_headers(config: &Config) -> bool {
+    config.default_header_noise.unwrap_or(true)
+}
+
+pub(crate) fn compile_noise(set: &LoadedSet, config: &Config, freeze_time: bool) -> Result<Vec<Rules>> {
     set.tests
         .iter()
         .map(|(file, t)| {
-            let rules: Vec<_> = config.noise.iter().chain(&t.noise).cloned().collect();
-            Noise::compile(&rules, defaults).map_err(|e| Error::input(format!("{}: {e}", file.display())))
+            Rules::new(config, t, freeze_time).map_err(|e| Error::input(format!("{}: {e}", file.display())))
         })
         .collect()
 }
 
-fn header_line(set: &LoadedSet, mocks: usize) {
+fn header_line(set: &LoadedSet, plan: &Plan, mocks: usize) {
+    let selected = if plan.tests.len() == set.tests.len() {
+        format!("{} tests", set.tests.len())
+    } else {
+        format!("{} of {} tests", plan.tests.len(), set.tests.len())
+    };
     println!(
-        "{} {} ({} tests, {} mocks)",
+        "{} {} ({selected}, {} mocks)",
         console::style("test set").bold(),
         console::style(&set.name).cyan().bold(),
-        set.tests.len(),
         mocks
     );
     for w in &set.warnings {
         println!("  {} {w}", console::style("warning:").yellow());
     }
+    if !plan.feeders.is_empty() {
+        let names: Vec<&str> = plan.feeders.iter().map(|i| set.tests[*i].1.name.as_str()).collect();
+        println!(
+            "  {} {} (selected tests use values from their responses)",
+            console::style("also running").dim(),
+            names.join(", ")
+        );
+    }
+}
+
+/// What the app answered to one test, kept for learning noise and judging again with new rules.
+#[derive(Clone)]
+pub(crate) struct Answer {
+    /// As received.
+    pub raw: Observation,
+    /// With values chained from earlier answers put back to their recorded form.
+    pub normalized: Observation,
+    /// The response expected in this run (chain templates filled in).
+    pub expected: HttpResponse,
+}
+
+/// One replay of one set: the report and, per planned test, the answer when it could be kept (it came, and
+/// its body was small enough to hold).
+pub(crate) struct SetRun {
+    pub report: SetReport,
+    pub answers: Vec<Option<Answer>>,
+}
+
+/// Replays a set once, against the app under capture or against the target.
+async fn run_once<C: Capture>(
+    capture: Option<&C>,
+    set: &LoadedSet,
+    plan: &Plan,
+    rules: &[Rules],
+    opts: &ReplayOptions,
+    tmp: &std::path::Path,
+    quiet: bool,
+) -> Result<SetRun> {
+    match (&opts.target, capture) {
+        (Some(target), _) => Ok(run_against_target(set, plan, rules, target, opts, tmp, quiet).await),
+        (None, Some(capture)) => run_set(capture, set, plan, rules, opts, tmp, quiet).await,
+        (None, None) => Err(Error::input("give a command after -- or a --target")),
+    }
+}
+
+/// Replays a set `runs` times against the same build, writes the fields that differ between the runs into
+/// the test files as learned rules, and judges the last run with them.
+async fn learn_set<C: Capture>(
+    capture: Option<&C>,
+    set: &LoadedSet,
+    plan: &Plan,
+    rules: &[Rules],
+    opts: &ReplayOptions,
+    tmp: &std::path::Path,
+    runs: usize,
+) -> Result<SetReport> {
+    if !opts.quiet {
+        header_line(set, plan, if opts.target.is_some() { 0 } else { set.mocks.len() });
+        println!("  learning noise: {runs} runs of the same build");
+    }
+    let mut all = Vec::new();
+    for _ in 0..runs {
+        all.push(run_once(capture, set, plan, rules, opts, tmp, true).await?);
+    }
+    let today = store::now_rfc3339().chars().take(10).collect::<String>();
+    let mut rules = rules.to_vec();
+    let mut learned_lines = Vec::new();
+    for (k, &i) in plan.tests.iter().enumerate() {
+        let (file, test) = &set.tests[i];
+        let seen: Vec<Observation> =
+            all.iter().filter_map(|run| run.answers.get(k)?.as_ref().map(|a| a.normalized.clone())).collect();
+        if seen.len() < 2 {
+            continue;
+        }
+        let learning = learn::learn(&seen, &rules[i].list, default_headers(&opts.config), &today);
+        for u in &learning.unlearnable {
+            if !opts.quiet {
+                println!(
+                    "  {} {}: {u} (not learned: it may be a real difference)",
+                    console::style("warning:").yellow(),
+                    test.name
+                );
+            }
+        }
+        let fresh: Vec<NoiseRule> = learning
+            .rules
+            .into_iter()
+            .filter(|r| {
+                !test.noise.iter().any(|n| n.header == r.header && n.body == r.body && n.ignore_order == r.ignore_order)
+            })
+            .collect();
+        if fresh.is_empty() {
+            continue;
+        }
+        let mut updated = test.clone();
+        updated.noise.extend(fresh.iter().cloned());
+        Store::rewrite_test(file, &updated)?;
+        let described: Vec<String> = fresh.iter().map(describe_learned).collect();
+        if !opts.quiet {
+            println!("  {} {}: {}", console::style("learned").magenta().bold(), test.name, described.join(", "));
+        }
+        learned_lines.extend(described.iter().map(|d| format!("{}: {d}", test.name)));
+        rules[i] = Rules::new(&opts.config, &updated, opts.freeze_time)
+            .map_err(|e| Error::input(format!("{}: {e}", file.display())))?;
+    }
+    let Some(mut last) = all.pop() else { return Ok(SetReport::default()) };
+    for (k, &i) in plan.tests.iter().enumerate() {
+        if let (Some(result), Some(Some(answer))) = (last.report.results.get_mut(k), last.answers.get(k)) {
+            rejudge(set, result, answer, &rules[i].noise);
+        }
+        if let Some(result) = last.report.results.get(k)
+            && !opts.quiet
+        {
+            report::print_result(result);
+        }
+    }
+    last.report.learned = learned_lines;
+    Ok(last.report)
+}
+
+/// `body $.shard (seen 3, 7)`, `body $.tags (ignore order)`.
+fn describe_learned(r: &NoiseRule) -> String {
+    let what = match (&r.header, &r.body) {
+        (Some(h), _) => format!("header {h}"),
+        (None, Some(b)) => format!("body {b}"),
+        (None, None) => String::new(),
+    };
+    if r.ignore_order {
+        return format!("{what} (ignore order)");
+    }
+    match r.learned.as_ref().filter(|l| !l.seen.is_empty()) {
+        Some(l) => format!("{what} (seen {})", l.seen.join(", ")),
+        None => what,
+    }
+}
+
+/// Sets the live value of every chain name `test` produces, from its actual response.
+fn bind(plan: &Plan, test: &TestCase, resp: &client::Response, bindings: &mut Bindings) {
+    let Some(list) = plan.produces.get(&test.name) else { return };
+    let json = resp.body.bytes().and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
+    for (name, recorded) in list {
+        if let Some(r) = Reference::parse(name)
+            && let Some(live) = r.extract(&resp.head.headers, json.as_ref())
+        {
+            bindings.bind(name.clone(), recorded.clone(), live);
+        }
+    }
+}
+
+/// The answer to keep from a response whose body is in memory.
+fn answer_of(resp: &client::Response, expected: &HttpResponse, bindings: &Bindings) -> Option<Answer> {
+    let body = resp.body.bytes()?.to_vec();
+    let raw = Observation {
+        status: resp.head.status,
+        headers: resp.head.headers.clone(),
+        trailers: resp.trailers.clone(),
+        body,
+    };
+    let normalized = normalize(&raw, bindings);
+    Some(Answer { raw, normalized, expected: expected.clone() })
+}
+
+/// Puts chained values the app produced in this run back to their recorded form, so two runs compare equal
+/// where they only differ by the ids each run created.
+fn normalize(raw: &Observation, bindings: &Bindings) -> Observation {
+    if bindings.is_empty() {
+        return raw.clone();
+    }
+    let headers = |hs: &[Header]| -> Vec<Header> {
+        hs.iter()
+            .map(|h| match std::str::from_utf8(&h.value) {
+                Ok(v) => Header::new(h.name.clone(), bindings.unrender_text(v)),
+                Err(_) => h.clone(),
+            })
+            .collect()
+    };
+    let body = match serde_json::from_slice::<serde_json::Value>(&raw.body) {
+        Ok(mut v) => {
+            bindings.unrender_json(&mut v);
+            serde_json::to_vec(&v).unwrap_or_else(|_| raw.body.clone())
+        }
+        Err(_) => match std::str::from_utf8(&raw.body) {
+            Ok(t) => bindings.unrender_text(t).into_bytes(),
+            Err(_) => raw.body.clone(),
+        },
+    };
+    Observation { status: raw.status, headers: headers(&raw.headers), trailers: headers(&raw.trailers), body }
 }
 
 async fn run_set<C: Capture>(
     capture: &C,
     set: &LoadedSet,
-    noises: &[Noise],
+    plan: &Plan,
+    rules: &[Rules],
     opts: &ReplayOptions,
     tmp: &std::path::Path,
-) -> Result<SetReport> {
-    let command = opts.command.clone().ok_or_else(|| Error::input("give the command to test after --"))?;
+    quiet: bool,
+) -> Result<SetRun> {
+    let mut command = opts.command.clone().ok_or_else(|| Error::input("give the command to test after --"))?;
     let pool = Arc::new(MockPool::new(set.mocks.clone(), set.dir.clone()));
-    if !opts.quiet {
-        header_line(set, set.mocks.len());
+    // The frozen clock starts at the first test's recorded time, before the app reads any clock.
+    let clock = if opts.freeze_time {
+        let (clock, env) = FrozenClock::prepare(&command.argv, tmp)?;
+        if let Some(&first) = plan.tests.first() {
+            clock.set(&set.tests[first].1.recorded_at)?;
+        }
+        command.env.extend(env);
+        Some(clock)
+    } else {
+        None
+    };
+    if !quiet {
+        header_line(set, plan, set.mocks.len());
     }
     let mut session = capture.start(&command).await?;
     let egress_task = egress::spawn(
@@ -212,7 +464,7 @@ async fn run_set<C: Capture>(
         .map(|s| tokio::spawn(crate::protocols::dns::serve(s, pool.clone())))
         .collect();
 
-    let mut ports: Vec<u16> = set.tests.iter().map(|(_, t)| t.port).collect();
+    let mut ports: Vec<u16> = plan.tests.iter().map(|i| set.tests[*i].1.port).collect();
     ports.sort_unstable();
     ports.dedup();
     let ready = wait_ready(&session, &ports, opts).await;
@@ -228,24 +480,40 @@ async fn run_set<C: Capture>(
     let startup: Vec<Miss> = pool.misses();
     seen_misses += startup.len();
     set_report.startup_misses = startup.iter().map(|m| m.what.clone()).collect();
-    for (i, (file, test)) in set.tests.iter().enumerate() {
+    let mut bindings = Bindings::default();
+    let mut answers = Vec::new();
+    for &i in &plan.tests {
+        let (file, test) = &set.tests[i];
+        if let Some(clock) = &clock {
+            clock.set(&test.recorded_at)?;
+        }
         let began = Instant::now();
         let start = store::parse_time_ms(&test.recorded_at);
         pool.set_window(start.map(|s| (s, s + test.latency_ms)));
+        pool.set_rewrites(bindings.rewrites());
+        let request = chain::render_request(test, &bindings);
         let outcome = if let Some(exit) = session.app.exited() {
             Err(format!(
                 "the app exited before this test ({exit}); its last stderr lines:\n{}",
                 session.app.stderr_tail()
             ))
         } else {
-            send_to_app(session.link.as_ref(), test, set, opts, tmp).await
+            let sink = SpillBuffer::new(tmp.to_path_buf(), Arc::new(0.into()));
+            send_to_app(session.link.as_ref(), test.port, &request, set, opts, sink, test.kind == http2::KIND).await
         };
+        if opts.chain
+            && let Ok(resp) = &outcome
+        {
+            bind(plan, test, resp, &mut bindings);
+        }
+        let expected = chain::render_response(test, &bindings);
         // Misses the app hit while handling this request belong to this test.
         let all = pool.misses();
         let misses: Vec<String> = all[seen_misses..].iter().filter(|m| m.at >= began).map(|m| m.what.clone()).collect();
         seen_misses = all.len();
-        let result = judge(set, file, test, &noises[i], outcome, misses, began.elapsed());
-        if !opts.quiet {
+        answers.push(outcome.as_ref().ok().and_then(|r| answer_of(r, &expected, &bindings)));
+        let result = judge(set, file, test, &expected, &rules[i].noise, outcome, misses, began.elapsed());
+        if !quiet {
             report::print_result(&result);
         }
         set_report.results.push(result);
@@ -255,8 +523,9 @@ async fn run_set<C: Capture>(
     for t in dns_tasks {
         t.abort();
     }
+    drop(clock);
     set_report.unused_mocks = pool.usage().iter().filter(|u| **u == 0).count();
-    Ok(set_report)
+    Ok(SetRun { report: set_report, answers })
 }
 
 async fn wait_ready(session: &crate::capture::Session, ports: &[u16], opts: &ReplayOptions) -> Result<()> {
@@ -329,21 +598,43 @@ fn ready_target(url: &str, ports: &[u16]) -> Result<(u16, String)> {
     Ok((port, path))
 }
 
+/// Sends a request to the app; its response body goes to `sink` (spilling to disk when large).
 async fn send_to_app(
     link: &dyn AppLink,
-    test: &TestCase,
+    port: u16,
+    request: &HttpRequest,
+    set: &LoadedSet,
+    opts: &ReplayOptions,
+    sink: SpillBuffer,
+    http2: bool,
+) -> std::result::Result<client::Response, String> {
+    let mut conn = link.connect(port).await.map_err(|e| format!("cannot connect to the app's port {port}: {e}"))?;
+    let _ = conn.set_nodelay(true);
+    if http2 {
+        return http2_exchange(conn, request, &set.dir, sink, opts.request_timeout).await;
+    }
+    client::exchange(&mut conn, request, &set.dir, sink, opts.request_timeout).await
+}
+
+/// Sends a request to a running deployment, its Host header naming the deployment.
+async fn send_to_target(
+    target: &Target,
+    request: &HttpRequest,
     set: &LoadedSet,
     opts: &ReplayOptions,
     tmp: &std::path::Path,
+    http2: bool,
 ) -> std::result::Result<client::Response, String> {
-    let mut conn =
-        link.connect(test.port).await.map_err(|e| format!("cannot connect to the app's port {}: {e}", test.port))?;
-    let _ = conn.set_nodelay(true);
-    if test.kind == http2::KIND {
-        return http2_exchange(conn, &test.request, &set.dir, tmp, opts.request_timeout).await;
+    let request = target.request_for(request);
+    if http2 {
+        let conn = TcpStream::connect(&target.authority)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", target.authority))?;
+        let _ = conn.set_nodelay(true);
+        let sink = SpillBuffer::new(tmp.to_path_buf(), spill_counter());
+        return http2_exchange(conn, &request, &set.dir, sink, opts.request_timeout).await;
     }
-    let sink = SpillBuffer::new(tmp.to_path_buf(), Arc::new(0.into()));
-    client::exchange(&mut conn, &test.request, &set.dir, sink, opts.request_timeout).await
+    target.send(&request, &set.dir, tmp, opts.request_timeout).await
 }
 
 /// Sends an HTTP/2 test request (its own connection, prior knowledge) and returns the response in the shape
@@ -352,12 +643,11 @@ async fn http2_exchange(
     conn: TcpStream,
     request: &store::HttpRequest,
     dir: &std::path::Path,
-    tmp: &std::path::Path,
+    mut body: SpillBuffer,
     timeout: Duration,
 ) -> std::result::Result<client::Response, String> {
     let began = Instant::now();
     let answer = http2::client::exchange(conn, request, dir, timeout).await?;
-    let mut body = SpillBuffer::new(tmp.to_path_buf(), Arc::new(0.into()));
     body.push(&answer.body).map_err(|e| format!("cannot buffer the response body: {e}"))?;
     Ok(client::Response {
         head: ResponseHead {
@@ -372,46 +662,94 @@ async fn http2_exchange(
     })
 }
 
+/// Replays against a deployment. With a secondary (a second deployment of the same version), each request
+/// goes to both; the fields that differ between their answers are noise for that test (Diffy's approach):
+/// what two identical builds disagree on cannot be a regression.
 async fn run_against_target(
     set: &LoadedSet,
-    noises: &[Noise],
+    plan: &Plan,
+    rules: &[Rules],
     target: &Target,
     opts: &ReplayOptions,
     tmp: &std::path::Path,
-) -> SetReport {
-    if !opts.quiet {
-        header_line(set, 0);
+    quiet: bool,
+) -> SetRun {
+    if !quiet {
+        header_line(set, plan, 0);
     }
     let mut set_report = SetReport { name: set.name.clone(), warnings: set.warnings.clone(), ..SetReport::default() };
-    for (i, (file, test)) in set.tests.iter().enumerate() {
+    let mut answers = Vec::new();
+    // Each deployment creates its own ids: each gets its own chain values.
+    let mut bindings = Bindings::default();
+    let mut secondary_bindings = Bindings::default();
+    let today = store::now_rfc3339().chars().take(10).collect::<String>();
+    for &i in &plan.tests {
+        let (file, test) = &set.tests[i];
         let began = Instant::now();
-        let request = target.request_for(&test.request);
-        let outcome = if test.kind == http2::KIND {
-            async {
-                let conn = TcpStream::connect(&target.authority)
-                    .await
-                    .map_err(|e| format!("cannot connect to {}: {e}", target.authority))?;
-                let _ = conn.set_nodelay(true);
-                http2_exchange(conn, &request, &set.dir, tmp, opts.request_timeout).await
+        let outcome =
+            send_to_target(target, &chain::render_request(test, &bindings), set, opts, tmp, test.kind == http2::KIND)
+                .await;
+        if opts.chain
+            && let Ok(resp) = &outcome
+        {
+            bind(plan, test, resp, &mut bindings);
+        }
+        let expected = chain::render_response(test, &bindings);
+        let answer = outcome.as_ref().ok().and_then(|r| answer_of(r, &expected, &bindings));
+        let mut noise = rules[i].noise.clone();
+        if let Some(secondary) = &opts.secondary {
+            let other = send_to_target(
+                secondary,
+                &chain::render_request(test, &secondary_bindings),
+                set,
+                opts,
+                tmp,
+                test.kind == http2::KIND,
+            )
+            .await;
+            if let Ok(resp) = &other {
+                if opts.chain {
+                    bind(plan, test, resp, &mut secondary_bindings);
+                }
+                let other_expected = chain::render_response(test, &secondary_bindings);
+                if let (Some(a), Some(b)) = (&answer, answer_of(resp, &other_expected, &secondary_bindings)) {
+                    let defaults = default_headers(&opts.config);
+                    let found = learn::learn(&[a.normalized.clone(), b.normalized], &rules[i].list, defaults, &today);
+                    let extra: Vec<NoiseRule> =
+                        found.rules.into_iter().map(|r| NoiseRule { learned: None, reason: None, ..r }).collect();
+                    if !extra.is_empty()
+                        && let Ok(n) = Noise::compile_with_extra(
+                            &rules[i].list,
+                            &extra,
+                            "differs between target and secondary",
+                            defaults,
+                        )
+                    {
+                        noise = n;
+                    }
+                }
             }
-            .await
-        } else {
-            target.send(&request, &set.dir, tmp, opts.request_timeout).await
-        };
-        let result = judge(set, file, test, &noises[i], outcome, Vec::new(), began.elapsed());
-        if !opts.quiet {
+            if let Ok(r) = other {
+                r.body.discard();
+            }
+        }
+        answers.push(answer);
+        let result = judge(set, file, test, &expected, &noise, outcome, Vec::new(), began.elapsed());
+        if !quiet {
             report::print_result(&result);
         }
         set_report.results.push(result);
     }
-    set_report
+    SetRun { report: set_report, answers }
 }
 
-/// Compares one response with its recording and builds the test result.
+/// Compares one response with the expected one and builds the test result.
+#[allow(clippy::too_many_arguments)]
 fn judge(
     set: &LoadedSet,
     file: &std::path::Path,
     test: &TestCase,
+    expected: &HttpResponse,
     noise: &Noise,
     outcome: std::result::Result<client::Response, String>,
     misses: Vec<String>,
@@ -437,7 +775,7 @@ fn judge(
         Err(e) => result.error = Some(e),
         Ok(resp) => {
             result.actual_status = Some(resp.head.status);
-            match compare_response(&set.dir, test, &resp, noise) {
+            match compare_response(&set.dir, test, expected, &resp, noise) {
                 Ok(c) => {
                     result.differences = c.differences;
                     result.applied_noise = c.applied_noise;
@@ -447,20 +785,46 @@ fn judge(
             resp.body.discard();
         }
     }
-    if result.error.is_some() || !result.differences.is_empty() || !result.misses.is_empty() {
-        result.outcome = Outcome::Failed;
-    }
+    settle(&mut result);
     result
 }
 
-/// Compares a live response with the one recorded in `test` (whose file bodies live in `set_dir`).
+fn settle(result: &mut TestResult) {
+    result.outcome = if result.error.is_some() || !result.differences.is_empty() || !result.misses.is_empty() {
+        Outcome::Failed
+    } else {
+        Outcome::Passed
+    };
+}
+
+/// Compares a kept answer again, under new rules.
+fn rejudge(set: &LoadedSet, result: &mut TestResult, answer: &Answer, noise: &Noise) {
+    let Ok(expected_body) = set.body_bytes(&answer.expected.body) else { return };
+    let e = &answer.expected;
+    let c = diff::compare(
+        &Expected { status: e.status, headers: &e.headers, body: &expected_body, trailers: &e.trailers },
+        &Actual {
+            status: answer.raw.status,
+            headers: &answer.raw.headers,
+            body: &answer.raw.body,
+            trailers: &answer.raw.trailers,
+        },
+        noise,
+    );
+    result.differences = c.differences;
+    result.applied_noise = c.applied_noise;
+    settle(result);
+}
+
+/// Compares a live response with `expected`, the response recorded in `test` with its chained values
+/// filled in (file bodies live in `set_dir`).
 pub(crate) fn compare_response(
     set_dir: &Path,
     test: &TestCase,
+    expected: &HttpResponse,
     resp: &client::Response,
     noise: &Noise,
 ) -> std::result::Result<diff::Comparison, String> {
-    let expected = &test.response;
     // gRPC: messages compared as decoded JSON, field by field.
     if test.kind == http2::KIND && http2::client::is_grpc_response(expected) {
         let body = resp.body.bytes().unwrap_or_default();
@@ -468,7 +832,7 @@ pub(crate) fn compare_response(
         let target = &test.request.target;
         return Ok(http2::client::compare_grpc(target, expected, h.status, &h.headers, body, &resp.trailers, noise));
     }
-    compare_sides(&Side::recorded(set_dir, test)?, &Side::live(resp), noise)
+    compare_sides(&Side::recorded(set_dir, expected)?, &Side::live(resp), noise)
 }
 
 /// One response being compared: its head, and its body in memory or, when large, in a file.
@@ -485,9 +849,8 @@ pub(crate) enum SideBody<'a> {
 }
 
 impl<'a> Side<'a> {
-    /// The response recorded in a test.
-    pub(crate) fn recorded(set_dir: &Path, test: &'a TestCase) -> std::result::Result<Side<'a>, String> {
-        let expected = &test.response;
+    /// A recorded response (file bodies live in `set_dir`).
+    pub(crate) fn recorded(set_dir: &Path, expected: &'a HttpResponse) -> std::result::Result<Side<'a>, String> {
         let body = match expected.body.as_ref().and_then(|b| b.file.as_ref()) {
             Some(file) => SideBody::File { path: set_dir.join(file), len: store::body_len(&expected.body) },
             None => {

@@ -49,6 +49,9 @@ pub struct SetReport {
     /// Misses outside any test (during start-up).
     pub startup_misses: Vec<String>,
     pub warnings: Vec<String>,
+    /// Noise rules learned in this run and written to the test files (`test: rule`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub learned: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -78,18 +81,63 @@ fn change_word(c: &Change) -> &'static str {
     }
 }
 
+/// Differences one line each (with details indented below), as `render` prints them.
+pub fn render_differences(differences: &[Difference]) -> String {
+    let mut out = String::new();
+    for d in differences {
+        out.push_str(&format!("       {} {}", style(&d.location).bold(), change_word(&d.change)));
+        match (&d.expected, &d.actual) {
+            (Some(e), Some(a)) => out.push_str(&format!(": expected {} got {}", style(e).green(), style(a).red())),
+            (Some(e), None) => out.push_str(&format!(": expected {}", style(e).green())),
+            (None, Some(a)) => out.push_str(&format!(": got {}", style(a).red())),
+            (None, None) => {}
+        }
+        out.push('\n');
+        if let Some(detail) = &d.detail {
+            for line in detail.lines() {
+                let styled = match line.chars().next() {
+                    Some('-') => style(line).green().to_string(),
+                    Some('+') => style(line).red().to_string(),
+                    _ => line.to_string(),
+                };
+                out.push_str(&format!("         {styled}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// The noise rules that hid a difference, compactly (`$.created_at, $.id, x-trace`), leaving out the
+/// headers doppel ignores by default; the JSON report has them all, with their shapes and origins.
+pub fn compact_noise(applied: &[String]) -> Option<String> {
+    let defaults: Vec<String> = crate::diff::Noise::DEFAULT_HEADERS.iter().map(|h| format!("header {h}")).collect();
+    let shown: Vec<String> = applied
+        .iter()
+        .filter(|l| !defaults.contains(l))
+        .map(|l| {
+            let l = l.strip_prefix("body ").or_else(|| l.strip_prefix("header ")).unwrap_or(l);
+            let base = l.split(" like ").next().unwrap_or(l);
+            let base = base.split(" (").next().unwrap_or(base);
+            if l.contains("(learned") { format!("{base} (learned)") } else { base.to_string() }
+        })
+        .collect();
+    (!shown.is_empty()).then(|| shown.join(", "))
+}
+
 /// The lines printed for one test: one for a pass, a field-level diff for a failure.
 pub fn render(r: &TestResult) -> String {
     let mut out = String::new();
     let label = format!("{} {}", r.method, r.target);
     match r.outcome {
         Outcome::Passed => {
+            let noise = compact_noise(&r.applied_noise).map(|n| format!("; noise: {n}")).unwrap_or_default();
             out.push_str(&format!(
-                "  {} {}  {}  ({:.1} ms)\n",
+                "  {} {}  {}  ({:.1} ms{})\n",
                 style("PASS").green().bold(),
                 r.name,
                 style(label).dim(),
-                r.duration_ms
+                r.duration_ms,
+                style(noise).dim()
             ));
         }
         Outcome::Failed => {
@@ -97,27 +145,9 @@ pub fn render(r: &TestResult) -> String {
             if let Some(e) = &r.error {
                 out.push_str(&format!("       {}\n", style(e).red()));
             }
-            for d in &r.differences {
-                out.push_str(&format!("       {} {}", style(&d.location).bold(), change_word(&d.change)));
-                match (&d.expected, &d.actual) {
-                    (Some(e), Some(a)) => {
-                        out.push_str(&format!(": expected {} got {}", style(e).green(), style(a).red()))
-                    }
-                    (Some(e), None) => out.push_str(&format!(": expected {}", style(e).green())),
-                    (None, Some(a)) => out.push_str(&format!(": got {}", style(a).red())),
-                    (None, None) => {}
-                }
-                out.push('\n');
-                if let Some(detail) = &d.detail {
-                    for line in detail.lines() {
-                        let styled = match line.chars().next() {
-                            Some('-') => style(line).green().to_string(),
-                            Some('+') => style(line).red().to_string(),
-                            _ => line.to_string(),
-                        };
-                        out.push_str(&format!("         {styled}\n"));
-                    }
-                }
+            out.push_str(&render_differences(&r.differences));
+            if let Some(n) = compact_noise(&r.applied_noise) {
+                out.push_str(&format!("       {}\n", style(format!("noise applied: {n}")).dim()));
             }
             for m in &r.misses {
                 out.push_str(&format!("       {} {}\n", style("mock miss:").yellow().bold(), m));

@@ -91,7 +91,18 @@ pub async fn run(opts: DiffOptions) -> Result<i32> {
     let mut sets = Vec::new();
     for name in &names {
         let set = opts.store.load_set(name)?;
-        let noises = replay::compile_noise(&set, &opts.config)?;
+        // Only the rules people wrote: which fields are noise is what the secondary is for, so fields flagged
+        // as volatile at record time are compared (and classified by the secondary), not hidden.
+        let defaults = opts.config.default_header_noise.unwrap_or(true);
+        let noises = set
+            .tests
+            .iter()
+            .map(|(file, t)| {
+                let rules: Vec<_> = opts.config.noise.iter().chain(&t.noise).cloned().collect();
+                crate::diff::Noise::compile(&rules, defaults)
+                    .map_err(|e| Error::input(format!("{}: {e}", file.display())))
+            })
+            .collect::<Result<Vec<_>>>()?;
         sets.push((set, noises));
     }
     let mut report = DiffReport {

@@ -230,6 +230,65 @@ impl Store {
     pub fn rewrite_test(path: &Path, test: &TestCase) -> Result<()> {
         write_atomic(path, to_yaml(test)?.as_bytes())
     }
+
+    /// Removes one test file (dedup). Mocks and bodies are never removed.
+    pub fn remove_test(path: &Path) -> Result<()> {
+        fs::remove_file(path).map_err(|e| Error::io(format!("cannot remove {}: {e}", path.display())))
+    }
+
+    /// Takes the mocks recorded into `from` (a set written by a re-recording) into the set at `dir`:
+    /// replacing its mocks, or appended after them with ids following theirs. The bodies written with them
+    /// move along; nothing is written when one of their names is taken.
+    pub fn adopt_mocks(dir: &Path, from: &Path, replace: bool) -> Result<usize> {
+        let (mut mocks, _) = load_mocks(&from.join("mocks.yaml"))?;
+        move_bodies(&from.join("bodies"), &dir.join("bodies"))?;
+        let path = dir.join("mocks.yaml");
+        let mut text = String::new();
+        if !replace {
+            let (old, _) = load_mocks(&path)?;
+            let next = old.iter().map(|m| m.id).max().unwrap_or(0) + 1;
+            for (k, m) in mocks.iter_mut().enumerate() {
+                m.id = next + k as u64;
+            }
+            text = fs::read_to_string(&path).unwrap_or_default();
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+        for m in &mocks {
+            text.push_str(&format!("---\n{}...\n", to_yaml(m)?));
+        }
+        write_atomic(&path, text.as_bytes())?;
+        Ok(mocks.len())
+    }
+}
+
+/// Moves every file of `from` into `to`, refusing (before moving anything) when a name is taken.
+fn move_bodies(from: &Path, to: &Path) -> Result<()> {
+    let entries: Vec<PathBuf> = match fs::read_dir(from) {
+        Ok(e) => e.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => return Ok(()),
+    };
+    if entries.is_empty() {
+        return Ok(());
+    }
+    fs::create_dir_all(to).map_err(|e| Error::io(format!("cannot create {}: {e}", to.display())))?;
+    for e in &entries {
+        if let Some(name) = e.file_name()
+            && to.join(name).exists()
+        {
+            return Err(Error::io(format!("{} already exists; nothing was written", to.join(name).display())));
+        }
+    }
+    for e in &entries {
+        if let Some(name) = e.file_name() {
+            let dst = to.join(name);
+            if fs::rename(e, &dst).is_err() {
+                fs::copy(e, &dst).map_err(|err| Error::io(format!("cannot move {}: {err}", e.display())))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl LoadedSet {

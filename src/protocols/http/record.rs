@@ -224,6 +224,9 @@ impl HttpObserver {
                 request,
                 response,
                 noise: Vec::new(),
+                volatile: Vec::new(),
+                chain: Default::default(),
+                tags: Vec::new(),
             })),
             Role::Egress { dest } => Record::Mock(Box::new(Mock {
                 version: FORMAT_VERSION,

@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::parse::{Event, Parser, RequestHead, Side};
 use super::wire;
+use crate::noise::shape::Shape;
 use crate::protocols::{Conn, ServeCtx};
 use crate::store::{self, HttpRequest};
 
@@ -98,22 +99,147 @@ pub async fn serve(mut conn: Conn, first: Vec<u8>, ctx: ServeCtx) {
     }
 }
 
-/// Writes the answer to one request; `Ok(false)` when the connection must close afterwards.
-async fn answer(conn: &mut Conn, live: &RequestHead, body: &[u8], ctx: &ServeCtx) -> std::io::Result<bool> {
-    let mut candidates = Vec::new();
+/// How strictly a recorded request is compared with the live one; each is tried only when the stricter
+/// ones found nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strictness {
+    /// As recorded.
+    Exact,
+    /// With chained values the app produced anew in this replay (ids, tokens) put in place of the recorded
+    /// ones: the mock recorded with the old id answers the request with the new one.
+    Chained,
+    /// Values that looked volatile when recorded (UUIDs, timestamps, tokens) match any value of their shape:
+    /// an id the app generates and sends before any response shows it.
+    Volatile,
+}
+
+/// Mocks that answer `live`, at one strictness, and why same-path mocks did not.
+fn candidates(live: &RequestHead, body: &[u8], ctx: &ServeCtx, strictness: Strictness) -> (Vec<usize>, Vec<String>) {
+    let rewrites = if strictness == Strictness::Chained { ctx.pool.rewrites() } else { Vec::new() };
+    let mut found = Vec::new();
     let mut near: Vec<String> = Vec::new();
     for (i, m) in ctx.pool.of_kind("http") {
         let Some(http) = &m.http else { continue };
-        // Cheap checks first: only mocks for the same method and path need their body decoded.
-        if http.request.method != live.method || path_of(&http.request.target) != path_of(&live.target) {
+        if http.request.method != live.method {
             continue;
         }
         let recorded_body = store::body_bytes(&ctx.pool.dir, &http.request.body).unwrap_or_default();
-        match mismatch(&http.request, &recorded_body, live, body) {
-            None => candidates.push(i),
+        let why = match strictness {
+            // Cheap checks first: only mocks for the same path need their body decoded.
+            Strictness::Exact if path_of(&http.request.target) != path_of(&live.target) => continue,
+            Strictness::Exact => mismatch(&http.request, &recorded_body, live, body),
+            Strictness::Chained => {
+                let mut request = http.request.clone();
+                request.target = rewrite(&request.target, &rewrites);
+                let recorded_body = match std::str::from_utf8(&recorded_body) {
+                    Ok(text) => rewrite(text, &rewrites).into_bytes(),
+                    Err(_) => recorded_body,
+                };
+                mismatch(&request, &recorded_body, live, body)
+            }
+            Strictness::Volatile => {
+                let around = ctx.pool.recorded_at_s(i).unwrap_or(0.0);
+                loose_mismatch(&http.request, &recorded_body, live, body, around)
+            }
+        };
+        match why {
+            None => found.push(i),
             Some(why) if why != "method" && why != "path" => near.push(why),
             Some(_) => {}
         }
+    }
+    (found, near)
+}
+
+/// Replaces recorded values with live ones where they stand as whole tokens (never inside a longer word
+/// or number).
+fn rewrite(text: &str, rewrites: &[(String, String)]) -> String {
+    let mut out = text.to_string();
+    for (recorded, live) in rewrites {
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(recorded.as_str()) {
+            let before = rest[..at].chars().next_back();
+            let after = rest[at + recorded.len()..].chars().next();
+            let bounded = |c: Option<char>| c.is_none_or(|c| !c.is_ascii_alphanumeric());
+            result.push_str(&rest[..at]);
+            result.push_str(if bounded(before) && bounded(after) { live } else { recorded });
+            rest = &rest[at + recorded.len()..];
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
+/// Whether a live value may stand for a recorded one that looked volatile.
+fn loosely_equal(recorded: &str, live: &str, around: f64) -> bool {
+    recorded == live || Shape::of(recorded, around).is_some_and(|s| s.matches(live))
+}
+
+fn loose_json(recorded: &Value, live: &Value, around: f64) -> bool {
+    match (recorded, live) {
+        (Value::Object(r), Value::Object(l)) => {
+            r.len() == l.len() && r.iter().all(|(k, rv)| l.get(k).is_some_and(|lv| loose_json(rv, lv, around)))
+        }
+        (Value::Array(r), Value::Array(l)) => {
+            r.len() == l.len() && r.iter().zip(l).all(|(rv, lv)| loose_json(rv, lv, around))
+        }
+        (Value::String(r), Value::String(l)) => loosely_equal(r, l, around),
+        (Value::Number(r), lv) if r.as_f64().is_some() => {
+            recorded == live || Shape::of_number(r, around).is_some_and(|s| s.matches_json(lv))
+        }
+        _ => recorded == live,
+    }
+}
+
+/// [`mismatch`], with volatile-looking recorded values matching any live value of their shape.
+fn loose_mismatch(
+    recorded: &HttpRequest,
+    recorded_body: &[u8],
+    live: &RequestHead,
+    live_body: &[u8],
+    around: f64,
+) -> Option<String> {
+    if recorded.method != live.method {
+        return Some("method".into());
+    }
+    if !loosely_equal(path_of(&recorded.target), path_of(&live.target), around) {
+        return Some("path".into());
+    }
+    let (rq, lq) = (query_params(&recorded.target), query_params(&live.target));
+    let same_query = rq.len() == lq.len()
+        && rq.iter().all(|(k, rv)| {
+            lq.get(k)
+                .is_some_and(|lv| rv.len() == lv.len() && rv.iter().zip(lv).all(|(r, l)| loosely_equal(r, l, around)))
+        });
+    if !same_query {
+        return Some(format!("query (recorded {:?})", recorded.target));
+    }
+    let same_body = match (serde_json::from_slice::<Value>(recorded_body), serde_json::from_slice::<Value>(live_body)) {
+        (Ok(r), Ok(l)) => loose_json(&r, &l, around),
+        _ => match (std::str::from_utf8(recorded_body), std::str::from_utf8(live_body)) {
+            (Ok(r), Ok(l)) => loosely_equal(r, l, around),
+            _ => recorded_body == live_body,
+        },
+    };
+    if !same_body {
+        return Some(format!("body (recorded {} bytes, got {})", recorded_body.len(), live_body.len()));
+    }
+    None
+}
+
+/// Writes the answer to one request; `Ok(false)` when the connection must close afterwards.
+async fn answer(conn: &mut Conn, live: &RequestHead, body: &[u8], ctx: &ServeCtx) -> std::io::Result<bool> {
+    let (mut candidates, near) = candidates(live, body, ctx, Strictness::Exact);
+    for strictness in [Strictness::Chained, Strictness::Volatile] {
+        if !candidates.is_empty() {
+            break;
+        }
+        if strictness == Strictness::Chained && ctx.pool.rewrites().is_empty() {
+            continue;
+        }
+        candidates = self::candidates(live, body, ctx, strictness).0;
     }
     // Prefer mocks recorded for the same destination.
     let same_dest: Vec<usize> = candidates.iter().copied().filter(|i| ctx.pool.mocks[*i].dest == ctx.dest).collect();
@@ -223,5 +349,31 @@ mod tests {
             None
         );
         assert!(mismatch(&rec("POST", "/a"), br#"{"a":1}"#, &head("POST", "/a"), br#"{"a":2}"#).is_some());
+    }
+
+    #[test]
+    fn chained_values_are_rewritten_as_whole_tokens_only() {
+        let r = vec![("abc12345".to_string(), "xyz98765".to_string())];
+        assert_eq!(rewrite("/u/abc12345?x=abc12345", &r), "/u/xyz98765?x=xyz98765");
+        assert_eq!(rewrite("/u/abc123456", &r), "/u/abc123456");
+        assert_eq!(rewrite(r#"{"id":"abc12345"}"#, &r), r#"{"id":"xyz98765"}"#);
+    }
+
+    #[test]
+    fn volatile_values_match_any_value_of_their_shape() {
+        let around = 1_795_730_000.0;
+        let uuid = "5f0c4e1e-8a43-4c1a-9a55-0d1b8d2b8f27";
+        let other = "00000000-1111-4222-8333-444444444444";
+        let recorded = rec("POST", &format!("/quota/{uuid}"));
+        let body = format!(r#"{{"user":"{uuid}","at":"2026-11-27T10:00:00Z","n":1}}"#);
+        let live_body = format!(r#"{{"user":"{other}","at":"2026-11-28T11:00:00Z","n":1}}"#);
+        let live = head("POST", &format!("/quota/{other}"));
+        assert_eq!(loose_mismatch(&recorded, body.as_bytes(), &live, live_body.as_bytes(), around), None);
+        let changed = live_body.replace("\"n\":1", "\"n\":2");
+        assert!(loose_mismatch(&recorded, body.as_bytes(), &live, changed.as_bytes(), around).is_some());
+        assert!(
+            loose_mismatch(&recorded, body.as_bytes(), &head("POST", "/quota/nope"), live_body.as_bytes(), around)
+                .is_some()
+        );
     }
 }

@@ -233,6 +233,9 @@ impl H2Observer {
                 request,
                 response,
                 noise: Vec::new(),
+                volatile: Vec::new(),
+                chain: Default::default(),
+                tags: Vec::new(),
             })),
             Role::Egress { dest } => {
                 let mut mock = Mock::new(

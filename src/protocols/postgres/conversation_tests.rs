@@ -558,3 +558,52 @@ async fn a_statement_described_but_never_executed_is_described_again() {
     assert!(pool.misses().is_empty());
     assert_eq!(pool.usage(), vec![1, 1]);
 }
+
+#[tokio::test]
+async fn a_uuid_the_app_generated_anew_stands_for_the_recorded_one() {
+    use crate::store::{PgProtocol, PgQuery, PgResult, PostgresMock};
+    let insert = |id: u64, uuid: &str, name: &str| {
+        let mut m = Mock::new("postgres", id, DEST, 1, "2026-11-27T10:00:00.000Z".into(), 0.1);
+        m.postgres = Some(PostgresMock {
+            query: Some(PgQuery {
+                sql: "INSERT INTO users (id, name) VALUES ($1, $2)".into(),
+                protocol: PgProtocol::Extended,
+                parameter_types: vec!["uuid".into(), "text".into()],
+                parameters: vec![serde_json::json!(uuid), serde_json::json!(name)],
+                results: vec![PgResult { tag: Some("INSERT 0 1".into()), ..PgResult::default() }],
+                ..PgQuery::default()
+            }),
+            ..PostgresMock::default()
+        });
+        m
+    };
+    let (mut c, pool) = replay_server(vec![insert(1, "5f0c4e1e-8a43-4c1a-9a55-0d1b8d2b8f27", "ann")]).await;
+    c.until_ready().await;
+    let run = |uuid: &str, name: &str| {
+        vec![
+            Frontend::Parse {
+                name: "".into(),
+                sql: "INSERT INTO users (id, name) VALUES ($1, $2)".into(),
+                param_types: vec![],
+            },
+            Frontend::Bind {
+                portal: "".into(),
+                statement: "".into(),
+                param_formats: vec![],
+                params: vec![Some(uuid.as_bytes().to_vec()), Some(name.as_bytes().to_vec())],
+                result_formats: vec![],
+            },
+            Frontend::Execute { portal: "".into(), max_rows: 0 },
+            Frontend::Sync,
+        ]
+    };
+    // Another UUID, the same name: the recorded insert answers.
+    c.send(&run("00000000-1111-4222-8333-444444444444", "ann")).await;
+    let r = c.until_ready().await;
+    assert!(r.contains(&Backend::CommandComplete("INSERT 0 1".into())), "{r:?}");
+    // Another name is another statement: a miss.
+    c.send(&run("00000000-1111-4222-8333-555555555555", "bob")).await;
+    let r = c.until_ready().await;
+    assert!(r.iter().any(|m| matches!(m, Backend::Error(_))), "{r:?}");
+    assert_eq!(pool.misses().len(), 1);
+}

@@ -746,11 +746,22 @@ impl Server {
             return;
         };
         let all = self.executions(&p.stmt.norm, PgProtocol::Extended);
-        let candidates: Vec<usize> = all
+        let mut candidates: Vec<usize> = all
             .iter()
             .copied()
             .filter(|i| self.query(*i).is_some_and(|q| q.max_rows == max_rows && params_match(q, &p)))
             .collect();
+        if candidates.is_empty() {
+            // An id or a time the app generated anew in this replay stands for the recorded one.
+            let pool = self.ctx.pool.clone();
+            candidates = all
+                .iter()
+                .copied()
+                .filter(|i| {
+                    self.query(*i).is_some_and(|q| q.max_rows == max_rows && params_stand_for(&pool, *i, q, &p))
+                })
+                .collect();
+        }
         if let Some(&first) = candidates.first()
             && let Some(at) = self.query(first).and_then(|q| q.results.iter().position(|r| r.copy_in.is_some()))
         {
@@ -809,6 +820,22 @@ fn live_values(p: &LivePortal, q: Option<&PgQuery>) -> Vec<Value> {
     (0..p.params.len())
         .map(|i| types::decode_cell(param_oid(q, p, i), Format::nth(&p.param_formats, i), p.params[i].as_deref()))
         .collect()
+}
+
+/// Whether each live parameter equals the recorded one or may stand for it (`MockPool::stands_for`).
+fn params_stand_for(pool: &crate::protocols::MockPool, i: usize, q: &PgQuery, p: &LivePortal) -> bool {
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    q.parameters.len() == p.params.len()
+        && q.parameters.iter().enumerate().all(|(k, recorded)| {
+            let live =
+                types::decode_cell(param_oid(Some(q), p, k), Format::nth(&p.param_formats, k), p.params[k].as_deref());
+            &live == recorded
+                || matches!((text(recorded), text(&live)), (Some(r), Some(l)) if pool.stands_for(i, &r, &l))
+        })
 }
 
 /// Whether the live parameters are the recorded ones, compared as values of the recorded types.

@@ -234,6 +234,22 @@ impl Session {
             })
     }
 
+    /// Like `same_command`, with arguments that may stand for the recorded ones (`MockPool::stands_for`).
+    fn stands_for(&self, i: usize, recorded: &[RedisValue], live: &[RedisValue]) -> bool {
+        recorded.len() == live.len()
+            && recorded.iter().zip(live).enumerate().all(|(k, (r, l))| {
+                let Some(l) = l.as_bytes() else { return false };
+                match r {
+                    RedisValue::Bulk(b) if k == 0 => b.eq_ignore_ascii_case(l),
+                    RedisValue::Bulk(b) => match (std::str::from_utf8(b), std::str::from_utf8(l)) {
+                        (Ok(r), Ok(l)) => self.ctx.pool.stands_for(i, r, l),
+                        _ => b == l,
+                    },
+                    _ => false,
+                }
+            })
+    }
+
     fn file_bytes(&self, file: &str, size: u64) -> Result<Vec<u8>, String> {
         store::body_bytes(&self.ctx.pool.dir, &Some(Body::file(file.to_string(), size))).map_err(|e| e.to_string())
     }
@@ -297,7 +313,18 @@ impl Session {
     }
 
     async fn ordinary(&mut self, conn: &mut crate::protocols::Conn, command: &[RedisValue], name: &str) {
-        let found = self.recordings_of(command, |m| m.queued.is_none() && m.db == self.db && m.resp == self.resp);
+        let keep = |m: &RedisMock| m.queued.is_none() && m.db == self.db && m.resp == self.resp;
+        let mut found = self.recordings_of(command, keep);
+        if found.is_empty() {
+            // A key or value holding an id the app generated anew in this replay stands for the recorded one.
+            found = self
+                .candidates(name, keep)
+                .into_iter()
+                .filter(|i| {
+                    self.ctx.pool.mocks[*i].redis.as_ref().is_some_and(|m| self.stands_for(*i, &m.command, command))
+                })
+                .collect();
+        }
         let pool = self.pool();
         let picked = pool.take(&found).map(|(i, _)| i);
         if matches!(name, "PUBLISH" | "SPUBLISH") {
@@ -683,6 +710,31 @@ mod tests {
         )
         .await;
         assert!(pool.misses()[1].what.contains("the 2 recorded GET commands have other arguments"));
+    }
+
+    #[tokio::test]
+    async fn ids_generated_anew_stand_for_the_recorded_ones() {
+        let recorded = "user:5f0c4e1e-8a43-4c1a-9a55-0d1b8d2b8f27";
+        let (pool, addr) = start(vec![
+            reply(1, &format!("SET {recorded} ann"), simple("OK")),
+            reply(2, &format!("GET {recorded}"), bulk("ann")),
+            reply(3, "GET plain-key", bulk("x")),
+        ])
+        .await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        // A UUID the app generated in this replay: any UUID stands for the recorded one.
+        let live = "user:00000000-1111-4222-8333-444444444444";
+        exchange(
+            &mut c,
+            &commands(&[&format!("SET {live} ann"), &format!("GET {live}")]),
+            &[simple("OK"), bulk("ann")],
+        )
+        .await;
+        // But the other arguments still have to be the recorded ones, and keys that are not volatile too.
+        let miss = |w: &str| RedisValue::Error(format!("ERR doppel: no recorded reply for {w}").into_bytes());
+        exchange(&mut c, &commands(&[&format!("SET {live} bob")]), &[miss(&format!("SET {live} bob"))]).await;
+        exchange(&mut c, &commands(&["GET plain-kez"]), &[miss("GET plain-kez")]).await;
+        assert_eq!(pool.misses().len(), 2);
     }
 
     #[tokio::test]

@@ -124,7 +124,7 @@ fn http11() -> String {
 }
 
 /// A rule that marks part of a response as noise (not compared), or relaxes how it is compared.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoiseRule {
     /// A header name (case-insensitive) whose value is not compared.
@@ -136,9 +136,30 @@ pub struct NoiseRule {
     /// With `body`: compare the arrays at that path ignoring element order instead of ignoring them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ignore_order: bool,
+    /// The value may change but must keep this shape: the recorded value with its volatile parts written as
+    /// slots (`"{uuid}"`, `"{timestamp}"`, `"sid={token:32}; Path=/"`; see `noise::shape`). Without `like`
+    /// the selected value is not compared at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub like: Option<String>,
     /// Why the rule exists; `learned` rules were written by doppel and are safe to delete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Set on rules doppel learned by replaying the same build several times: when, and what it saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned: Option<Learned>,
+}
+
+/// How a learned noise rule came about, so a reviewer can judge it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Learned {
+    /// The day it was learned (YYYY-MM-DD).
+    pub date: String,
+    /// How many responses of the same build were compared (runs, or target and secondary).
+    pub runs: u32,
+    /// The differing values seen, a few of them, as compact JSON or header text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen: Vec<String>,
 }
 
 /// One recorded inbound exchange: a test case. Stored as `tests/<name>.yaml`.
@@ -159,6 +180,17 @@ pub struct TestCase {
     pub response: HttpResponse,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub noise: Vec<NoiseRule>,
+    /// Values that looked volatile when recorded (timestamps, UUIDs, tokens, JWTs): each may change in
+    /// replay as long as it keeps its shape (`like`). Written by `doppel record`; rewritten by `--rerecord`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volatile: Vec<NoiseRule>,
+    /// The recorded value behind each `{{ chain.NAME }}` template in this test (a value an earlier response
+    /// produced). In replay the template takes the value the app produced this time.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub chain: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Labels for `doppel test --tag`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// One chunk of an opaque TCP conversation.
@@ -357,4 +389,10 @@ pub struct Config {
     /// Directories for the imports of those files (as `--proto-path`).
     #[serde(default)]
     pub proto_path: Vec<String>,
+    /// Set to false to stop chaining values from responses into later requests (record and replay).
+    #[serde(default)]
+    pub chain: Option<bool>,
+    /// Set to false to stop flagging volatile-looking values (timestamps, ids, tokens) when recording.
+    #[serde(default)]
+    pub volatile: Option<bool>,
 }

@@ -1,0 +1,307 @@
+//! `doppel test --rerecord`: after an intended change, refresh what the tests expect. The app runs in record
+//! mode (its dependencies are real and recorded again as mocks); doppel sends each test's request, shows
+//! how the answers differ from the recorded ones, and writes the new answers and mocks when told to (`--yes`,
+//! or a yes at the terminal). Without a terminal and without `--yes` nothing is written.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use super::{Plan, ReplayOptions, Rules, bind, load_sets, send_to_app, wait_ready};
+use crate::capture::Capture;
+use crate::chain::{self, Bindings};
+use crate::diff;
+use crate::error::{Error, Result};
+use crate::protocols::http::client::Response;
+use crate::protocols::{self, Role};
+use crate::record::annotate::{self, Annotate};
+use crate::record::{self, Tracker};
+use crate::report;
+use crate::store::{self, HttpResponse, LoadedSet, Mock, SetMeta, Store, TestCase};
+
+pub struct Rerecord {
+    /// Write without asking.
+    pub yes: bool,
+    /// doppel's CA, to decrypt the app's TLS to its dependencies.
+    pub tls: Option<Arc<crate::tls::Ca>>,
+}
+
+/// One test's new answer.
+struct Fresh {
+    index: usize,
+    test: TestCase,
+    differences: Vec<diff::Difference>,
+    error: Option<String>,
+}
+
+/// Everything re-recorded for one set, ready to write.
+struct SetRefresh {
+    set: LoadedSet,
+    tmp_dir: std::path::PathBuf,
+    fresh: Vec<Fresh>,
+    all_tests: bool,
+    mocks_changed: bool,
+    old_mocks: usize,
+}
+
+/// Returns the exit code: 0 written or nothing to change, 1 changes left unwritten.
+pub async fn run<C: Capture>(capture: &C, opts: &ReplayOptions, rr: &Rerecord) -> Result<i32> {
+    let sets = load_sets(opts)?;
+    let tmp = std::env::temp_dir().join(format!("doppel-rerecord-{}", std::process::id()));
+    let mut refreshed = Vec::new();
+    for (set, rules, plan) in sets {
+        let r = refresh_set(capture, set, &rules, &plan, opts, rr, &tmp).await;
+        match r {
+            Ok(r) => refreshed.push(r),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        }
+    }
+    let changed: Vec<&SetRefresh> =
+        refreshed.iter().filter(|r| r.mocks_changed || r.fresh.iter().any(|f| !f.differences.is_empty())).collect();
+    let failed = refreshed.iter().flat_map(|r| &r.fresh).filter(|f| f.error.is_some()).count();
+    let code = if failed > 0 {
+        println!("doppel: {failed} request(s) got no answer; nothing was written");
+        1
+    } else if changed.is_empty() {
+        println!("doppel: the answers match the recordings; nothing to write");
+        0
+    } else if confirm(rr.yes, &changed)? {
+        for r in &refreshed {
+            write(r, opts)?;
+        }
+        0
+    } else {
+        1
+    };
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(code)
+}
+
+fn confirm(yes: bool, changed: &[&SetRefresh]) -> Result<bool> {
+    if yes {
+        return Ok(true);
+    }
+    let tests: usize = changed.iter().map(|r| r.fresh.len()).sum();
+    if !std::io::stdin().is_terminal() {
+        println!(
+            "doppel: not written: there is no terminal to ask and --yes was not given (run again with --yes to \
+             write {tests} test file(s))"
+        );
+        return Ok(false);
+    }
+    print!("Write the new answers to {tests} test file(s) and their mocks? [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| Error::io(format!("cannot read the answer: {e}")))?;
+    let ok = matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes");
+    if !ok {
+        println!("doppel: nothing written");
+    }
+    Ok(ok)
+}
+
+async fn refresh_set<C: Capture>(
+    capture: &C,
+    set: LoadedSet,
+    rules: &[Rules],
+    plan: &Plan,
+    opts: &ReplayOptions,
+    rr: &Rerecord,
+    tmp: &std::path::Path,
+) -> Result<SetRefresh> {
+    let command = opts.command.clone().ok_or_else(|| Error::input("give the command that runs the app after --"))?;
+    println!(
+        "{} {} ({} tests, against the real dependencies)",
+        console::style("re-record").bold(),
+        console::style(&set.name).cyan().bold(),
+        plan.tests.len()
+    );
+    // The new mocks go to a scratch set first; they replace the old ones only when written.
+    let scratch = Store::new(tmp.join(&set.name));
+    let meta = SetMeta { created_at: store::now_rfc3339(), ..set.meta.clone() };
+    let writer = scratch.create_set(Some(&set.name), &meta)?;
+    let tmp_dir = writer.dir.clone();
+    let sink = writer.sink();
+    let tracker = Tracker::default();
+    let ids = Arc::new(AtomicU64::new(1));
+    let interceptor = match &rr.tls {
+        Some(ca) => Some(Arc::new(crate::tls::Interceptor::new(ca.clone(), &Default::default())?)),
+        None => None,
+    };
+    let mut session = capture.start(&command).await?;
+    let egress_task = {
+        let (sink, tracker, ids) = (sink.clone(), tracker.clone(), ids.clone());
+        let mut rx = std::mem::replace(&mut session.egress, mpsc::channel(1).1);
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                let ctx = record::ctx_for(&sink, Role::Egress { dest: e.dest.clone() }, &ids);
+                tracker.spawn(record::egress(e, ctx, interceptor.clone()));
+            }
+        })
+    };
+    let upstream = protocols::dns::system_resolver();
+    let dns_tasks: Vec<_> = std::mem::take(&mut session.dns)
+        .into_iter()
+        .map(|s| tokio::spawn(protocols::dns::record(s, upstream, sink.clone())))
+        .collect();
+    let mut ports: Vec<u16> = plan.tests.iter().map(|i| set.tests[*i].1.port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let ready = wait_ready(&session, &ports, opts).await;
+    let mut fresh = Vec::new();
+    if ready.is_ok() {
+        let mut bindings = Bindings::default();
+        for &i in &plan.tests {
+            let (_, test) = &set.tests[i];
+            let sent_at = SystemTime::now();
+            let began = Instant::now();
+            let request = chain::render_request(test, &bindings);
+            // Large answers spill straight into the scratch set's bodies/, beside the new mocks.
+            let outcome = send_to_app(
+                session.link.as_ref(),
+                test.port,
+                &request,
+                &set,
+                opts,
+                sink.spill_buffer(),
+                test.kind == crate::protocols::http2::KIND,
+            )
+            .await;
+            let resp = match outcome {
+                Ok(r) => r,
+                Err(e) => {
+                    println!("  {} {}  {}", console::style("NO ANSWER").red().bold(), test.name, e);
+                    fresh.push(Fresh { index: i, test: test.clone(), differences: Vec::new(), error: Some(e) });
+                    continue;
+                }
+            };
+            if opts.chain {
+                bind(plan, test, &resp, &mut bindings);
+            }
+            let expected = chain::render_response(test, &bindings);
+            let differences = compare(&set, test, &expected, &resp, &rules[i]);
+            let latency = resp.elapsed.as_secs_f64() * 1000.0;
+            let (head, trailers) = (resp.head.clone(), resp.trailers.clone());
+            let mut updated = test.clone();
+            updated.recorded_at = store::format_time(time::OffsetDateTime::from(sent_at));
+            updated.latency_ms = (latency * 1000.0).round() / 1000.0;
+            updated.request = request;
+            updated.response = HttpResponse {
+                status: head.status,
+                reason: head.reason,
+                version: head.version,
+                headers: head.headers,
+                body: resp.body.into_body(),
+                messages: Vec::new(),
+                trailers,
+            };
+            // Re-derived from the new answers when written.
+            updated.chain.clear();
+            updated.volatile.clear();
+            print_change(test, &differences, began.elapsed());
+            fresh.push(Fresh { index: i, test: updated, differences, error: None });
+        }
+    }
+    session.app.stop(opts.grace).await;
+    egress_task.abort();
+    for t in dns_tasks {
+        t.abort();
+    }
+    tracker.finish(Duration::from_secs(3)).await;
+    drop(sink);
+    drop(session);
+    let summary = writer.finish();
+    ready?;
+    let new_mocks: usize = summary.mocks_by_kind.values().sum();
+    let recorded = scratch.load_set(&set.name)?;
+    let mocks_changed = signature(&set.mocks) != signature(&recorded.mocks);
+    let all_tests = plan.tests.len() == set.tests.len();
+    println!(
+        "  mocks: {} recorded before, {} now{}",
+        set.mocks.len(),
+        new_mocks,
+        if mocks_changed { " (different calls)" } else { " (the same calls)" }
+    );
+    Ok(SetRefresh { old_mocks: set.mocks.len(), set, tmp_dir, fresh, all_tests, mocks_changed })
+}
+
+/// How the new answer differs from the expected one, under the test's rules.
+fn compare(
+    set: &LoadedSet,
+    test: &TestCase,
+    expected: &HttpResponse,
+    resp: &Response,
+    rules: &Rules,
+) -> Vec<diff::Difference> {
+    match super::compare_response(&set.dir, test, expected, resp, &rules.noise) {
+        Ok(c) => c.differences,
+        Err(e) => vec![diff::Difference {
+            location: "body".into(),
+            change: diff::Change::Changed,
+            expected: None,
+            actual: None,
+            detail: Some(e),
+        }],
+    }
+}
+
+fn print_change(test: &TestCase, differences: &[diff::Difference], took: Duration) {
+    if differences.is_empty() {
+        println!("  {} {}  ({:.1} ms)", console::style("same").green(), test.name, took.as_secs_f64() * 1000.0);
+        return;
+    }
+    println!("  {} {}", console::style("changes").yellow().bold(), test.name);
+    print!("{}", report::render_differences(differences));
+}
+
+/// What the app asked of its dependencies, in a form that ignores timings and ids: two recordings with the
+/// same signature made the same calls.
+fn signature(mocks: &[Mock]) -> Vec<String> {
+    let mut out: Vec<String> = mocks
+        .iter()
+        .map(|m| match &m.http {
+            Some(h) => format!("{} {} {} {}", m.kind, m.dest, h.request.method, h.request.target),
+            None => format!("{} {}", m.kind, m.dest),
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn write(r: &SetRefresh, opts: &ReplayOptions) -> Result<()> {
+    let mut tests: Vec<TestCase> = r.set.tests.iter().map(|(_, t)| t.clone()).collect();
+    let refreshed: std::collections::BTreeSet<usize> = r.fresh.iter().map(|f| f.index).collect();
+    for f in &r.fresh {
+        tests[f.index] = f.test.clone();
+    }
+    // Tests that were not re-recorded keep their templates; the re-recorded ones get theirs again.
+    let flags = Annotate { chain: opts.chain, volatile: opts.config.volatile.unwrap_or(true), tags: Vec::new() };
+    let kept_volatile: Vec<_> = tests.iter().map(|t| t.volatile.clone()).collect();
+    annotate::annotate(&mut tests, &flags);
+    for (i, t) in tests.iter_mut().enumerate() {
+        if !refreshed.contains(&i) {
+            t.volatile = kept_volatile[i].clone();
+        }
+    }
+    let n = store::Store::adopt_mocks(&r.set.dir, &r.tmp_dir, r.all_tests)?;
+    let mut written = 0;
+    for ((path, before), after) in r.set.tests.iter().zip(&tests) {
+        if before != after {
+            Store::rewrite_test(path, after)?;
+            written += 1;
+        }
+    }
+    println!(
+        "doppel: wrote {written} test file(s) of {} and {} {n} mock(s) ({} before)",
+        r.set.name,
+        if r.all_tests { "replaced the mocks with" } else { "added" },
+        r.old_mocks
+    );
+    Ok(())
+}
