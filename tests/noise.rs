@@ -401,3 +401,36 @@ fn rerecord_refreshes_expectations_against_the_real_dependencies() {
     assert_eq!(ok.code, 0, "{ok:?}");
     assert!(summary(&ok).contains("2 of 2 mocks used"), "{ok:?}");
 }
+
+#[test]
+fn load_replay_fills_chained_values_with_what_the_target_produced() {
+    let w = Noisy::new();
+    w.record(&[], |w| {
+        user_flow(w);
+    });
+    // The app running on its own: a token and user ids the recording never saw.
+    let port = free_port();
+    let mut c = Command::new("python3");
+    c.arg(repo().join("examples/noisy/app.py"));
+    w.app_env(&mut c, port, None);
+    let app = Bg::spawn(&mut c, w.dir.path(), "app");
+    wait_http_ok(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(20), &app);
+    let target = format!("http://127.0.0.1:{port}");
+    let json = w.dir.path().join("load.json");
+    let load = |extra: &[&str]| {
+        let mut c = Command::new(doppel_bin());
+        c.args(["load", "--path"]).arg(w.path()).args(["--target", &target, "--speed", "1", "--connections", "1"]);
+        c.args(["--quiet", "--json", json.to_str().unwrap()]).args(extra);
+        run(&mut c)
+    };
+    // With chains the login's token and the created user's id go into the later requests: no 4xx.
+    let r = load(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let report: Value = serde_json::from_str(&read_all(&json)).unwrap();
+    assert_eq!(report["errors"], 0, "{report:#}\n{r:?}");
+    // Sent as recorded, the old token and id are refused.
+    let r = load(&["--no-chain"]);
+    let report: Value = serde_json::from_str(&read_all(&json)).unwrap();
+    assert!(report["errors"].as_u64().unwrap() > 0, "{report:#}\n{r:?}");
+    drop(app);
+}

@@ -297,6 +297,10 @@ struct LoadArgs {
     /// Example: --fail-if 'p99>200ms' --fail-if 'errors>1%'
     #[arg(long = "fail-if", value_name = "EXPR")]
     fail_if: Vec<String>,
+    /// Send chained values (`{{ chain.* }}` in the tests) as recorded instead of the ones the target
+    /// produced during the run.
+    #[arg(long)]
+    no_chain: bool,
 }
 
 #[derive(Args, Debug)]
@@ -657,6 +661,7 @@ async fn cmd_load(args: LoadArgs, config: Config, quiet: bool) -> Result<i32> {
         json: args.json,
         html: args.html,
         gates,
+        chain: !args.no_chain && config.chain.unwrap_or(true),
         config,
         quiet,
     };

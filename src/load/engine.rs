@@ -29,9 +29,12 @@ use crate::store::{SpillBuffer, TestCase};
 /// A recorded request ready to send many times.
 pub struct Prepared {
     /// The exact bytes sent: the recorded request with the target's Host.
-    // Seam for chained values and templated ids: a request whose bytes depend on earlier responses would
-    // render its bytes here per send instead of once.
     pub wire: Bytes,
+    /// A request with chained values (`{{ chain.* }}`): rendered for each send with the latest values the
+    /// target produced, instead of `wire`.
+    pub templated: Option<Templated>,
+    /// Chained values this request's response produces: (name, recorded value).
+    pub produces: Vec<(String, serde_json::Value)>,
     pub method: String,
     pub endpoint: u32,
     /// The request asks the server to close the connection after answering.
@@ -39,6 +42,11 @@ pub struct Prepared {
     pub recorded_status: u16,
     /// With --check: what to compare the response with.
     pub check: Option<Check>,
+}
+
+pub struct Templated {
+    pub set_dir: std::path::PathBuf,
+    pub test: TestCase,
 }
 
 pub struct Check {
@@ -87,6 +95,8 @@ struct Shared {
     completed: AtomicU64,
     dropped: AtomicU64,
     stop: AtomicBool,
+    /// The chained values the target produced so far (a later request uses the latest one).
+    bindings: Mutex<crate::chain::Bindings>,
 }
 
 /// What the dispatcher counted.
@@ -118,6 +128,7 @@ pub async fn run(
         completed: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        bindings: Mutex::new(crate::chain::Bindings::default()),
     });
     let cfg = Arc::new(cfg);
     let (jobs_tx, jobs_rx) = async_channel::unbounded::<Job>();
@@ -296,7 +307,7 @@ async fn connection(
     while let Ok(job) = jobs.recv().await {
         let Some(request) = prepared.get(job.index) else { continue };
         let sent = Instant::now();
-        let result = send(&mut stream, request, &mut buf, &cfg).await;
+        let result = send(&mut stream, request, &mut buf, &cfg, &shared).await;
         let done = Instant::now();
         shared.inflight.fetch_sub(1, Ordering::AcqRel);
         shared.completed.fetch_add(1, Ordering::Relaxed);
@@ -322,6 +333,19 @@ async fn connection(
     batch.flush_into(&shared.aggregate);
 }
 
+/// Records the chained values a response produced, for the requests that use them.
+fn bind(produces: &[(String, serde_json::Value)], headers: &[crate::store::Header], body: &[u8], shared: &Shared) {
+    let json = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let Ok(mut bindings) = shared.bindings.lock() else { return };
+    for (name, recorded) in produces {
+        if let Some(r) = crate::chain::Reference::parse(name)
+            && let Some(live) = r.extract(headers, json.as_ref())
+        {
+            bindings.bind(name.clone(), recorded.clone(), live);
+        }
+    }
+}
+
 struct Answer {
     /// A status error or a mismatch, when the response is not what the recording leads to expect.
     error: Option<ErrorClass>,
@@ -334,13 +358,14 @@ async fn send(
     request: &Prepared,
     buf: &mut [u8],
     cfg: &EngineConfig,
+    shared: &Shared,
 ) -> std::result::Result<Answer, ErrorClass> {
     let reused = stream.is_some();
-    match send_once(stream, request, buf, cfg).await {
+    match send_once(stream, request, buf, cfg, shared).await {
         // A keep-alive connection the server closed while it was idle: real clients retry such requests
         // on a new connection when they are safe to repeat, and so does doppel.
         Err(ErrorClass::Io) if reused && matches!(request.method.as_str(), "GET" | "HEAD" | "OPTIONS") => {
-            send_once(stream, request, buf, cfg).await
+            send_once(stream, request, buf, cfg, shared).await
         }
         other => other,
     }
@@ -351,14 +376,38 @@ async fn send_once(
     request: &Prepared,
     buf: &mut [u8],
     cfg: &EngineConfig,
+    shared: &Shared,
 ) -> std::result::Result<Answer, ErrorClass> {
+    // Chained values: this send uses the latest values the target produced (the recorded ones until then).
+    let rendered = match &request.templated {
+        Some(t) => {
+            let bindings = shared.bindings.lock().map(|b| b.clone()).unwrap_or_default();
+            let req = cfg.target.request_for(&crate::chain::render_request(&t.test, &bindings));
+            Some(Bytes::from(client::encode_request(&req, &t.set_dir).await.map_err(|_| ErrorClass::Io)?))
+        }
+        None => None,
+    };
+    let wire = rendered.as_ref().unwrap_or(&request.wire);
     if stream.is_none() {
         *stream = Some(connect(&cfg.target.authority, cfg.timeout).await.map_err(|_| ErrorClass::Connect)?);
     }
     let Some(conn) = stream.as_mut() else { return Err(ErrorClass::Connect) };
     let exchange = async {
-        conn.write_all(&request.wire).await.map_err(|e| format!("sending failed: {e}"))?;
+        conn.write_all(wire).await.map_err(|e| format!("sending failed: {e}"))?;
         match &request.check {
+            None if !request.produces.is_empty() => {
+                // Keep the (small) body: later requests use values from it.
+                let mut body = Vec::new();
+                let (head, _) = client::read_response(conn, &request.method, buf, |piece| {
+                    if body.len() < 1 << 20 {
+                        body.extend_from_slice(piece);
+                    }
+                    Ok(())
+                })
+                .await?;
+                bind(&request.produces, &head.headers, &body, shared);
+                Ok((head, None))
+            }
             None => client::read_response(conn, &request.method, buf, |_| Ok(())).await.map(|(head, _)| (head, None)),
             Some(check) => {
                 let started = Instant::now();
@@ -368,6 +417,11 @@ async fn send_once(
                 })
                 .await?;
                 let response = client::Response { head: head.clone(), body, trailers, elapsed: started.elapsed() };
+                if !request.produces.is_empty()
+                    && let Some(bytes) = response.body.bytes()
+                {
+                    bind(&request.produces, &head.headers, bytes, shared);
+                }
                 let compared = crate::replay::compare_response(
                     &check.set_dir,
                     &check.test,

@@ -46,6 +46,8 @@ pub struct LoadOptions {
     pub gates: Vec<Gate>,
     pub config: Config,
     pub quiet: bool,
+    /// Fill chained values (`{{ chain.* }}`) with the ones the target produced during the run.
+    pub chain: bool,
 }
 
 /// Runs the load; the exit code is 1 when a gate fails, 0 otherwise.
@@ -141,6 +143,18 @@ impl Plan {
                 None
             };
             let times: Vec<Option<f64>> = set.tests.iter().map(|(_, t)| store::parse_time_ms(&t.recorded_at)).collect();
+            // Which tests produce the chained values others use: (test name) -> [(value name, recorded)].
+            let mut produces: std::collections::HashMap<String, Vec<(String, serde_json::Value)>> = Default::default();
+            for (_, t) in &set.tests {
+                for (name, recorded) in &t.chain {
+                    if let Some(r) = crate::chain::Reference::parse(name) {
+                        let list = produces.entry(r.test).or_default();
+                        if !list.iter().any(|(n, _)| n == name) {
+                            list.push((name.clone(), recorded.clone()));
+                        }
+                    }
+                }
+            }
             let first = times.iter().flatten().copied().fold(f64::INFINITY, f64::min);
             let mut previous = 0.0;
             for (i, (file, test)) in set.tests.iter().enumerate() {
@@ -164,6 +178,13 @@ impl Plan {
                 plan.recorded_latency[endpoint].push(test.latency_ms);
                 plan.prepared.push(engine::Prepared {
                     wire: Bytes::from(bytes),
+                    templated: (!test.chain.is_empty() && opts.chain)
+                        .then(|| engine::Templated { set_dir: set.dir.clone(), test: test.clone() }),
+                    produces: if opts.chain {
+                        produces.get(&test.name).cloned().unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    },
                     method: request.method.clone(),
                     endpoint: endpoint as u32,
                     closes: wire::wants_close(&request.version, &request.headers),
