@@ -180,3 +180,147 @@ fn doppel_ca_prints_where_it_is_and_its_fingerprint() {
     let mode = std::fs::metadata(ca_dir.join("ca-key.pem")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// A self-signed certificate for localhost and 127.0.0.1, written as `<name>-cert.pem` and `<name>-key.pem`.
+fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (dir.join(format!("{name}-cert.pem")), dir.join(format!("{name}-key.pem")));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+fn wait_https_ok(url: &str, ca: &Path, limit: Duration, ctx: &Bg) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let r = curl(&["--cacert", ca.to_str().unwrap(), url]);
+        if r.code == 0 && r.stdout.contains("\"name\":\"ok\"") {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{url} never answered: {r:?}\n{}", ctx.explain());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An app that serves HTTPS itself (Node's http2 secure server: HTTP/2 and HTTP/1.1 by ALPN): curl talks
+/// to it in TLS through doppel, which presents the app's own certificate (--ingress-cert) or one from its CA,
+/// records plaintext tests marked `tls:`, replays them in TLS (h2 for the h2 test), and catches a change.
+/// The same tests replay with `--target https://` against the app running on its own, and `doppel load`
+/// drives it over TLS.
+#[test]
+fn an_app_serving_https_itself_is_recorded_over_h1_and_h2_and_replayed_in_tls() {
+    let mut w = World::new();
+    let port = free_port();
+    let (app_cert, app_key) = self_signed(w.dir.path(), "app");
+    let app = vec!["node".to_string(), repo().join("examples/https/app.js").display().to_string()];
+    let with_tls = |mut c: Command| {
+        c.env("APP_TLS_CERT", &app_cert).env("APP_TLS_KEY", &app_key);
+        c
+    };
+    let up_cert = w.cert();
+    let port_s = port.to_string();
+    let rec_args = [
+        "--port",
+        &port_s,
+        "--upstream-ca",
+        up_cert.to_str().unwrap(),
+        "--ingress-cert",
+        app_cert.to_str().unwrap(),
+        "--ingress-key",
+        app_key.to_str().unwrap(),
+    ];
+    let mut rec = Bg::spawn(&mut with_tls(w.doppel("record", &rec_args, &app, port, None)), w.dir.path(), "record-tls");
+    let base = format!("https://localhost:{port}");
+    wait_https_ok(&format!("{base}/health"), &app_cert, Duration::from_secs(60), &rec);
+    // curl trusts only the app's own certificate: doppel presents it.
+    let h1 = curl(&["--http1.1", "--cacert", app_cert.to_str().unwrap(), &format!("{base}/via/fetch/3")]);
+    assert!(h1.stdout.contains("\"client\":\"fetch\""), "{h1:?}\n{}", rec.explain());
+    let h2 = curl(&[
+        "--http2",
+        "-w",
+        "\n%{http_version}",
+        "--cacert",
+        app_cert.to_str().unwrap(),
+        &format!("{base}/via/axios/5"),
+    ]);
+    assert!(h2.stdout.contains("\"client\":\"axios\"") && h2.stdout.ends_with("\n2"), "{h2:?}\n{}", rec.explain());
+    rec.signal(libc::SIGINT);
+    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    assert!(rec.stdout().contains("recorded 3 tests"), "{}", rec.explain());
+    let tests = w.path().join("test-set-0/tests");
+    let fetch = read_all(&tests.join("get-via-fetch-3.yaml"));
+    assert!(fetch.contains("tls: localhost") && fetch.contains("kind: http\n"), "{fetch}");
+    let axios = read_all(&tests.join("get-via-axios-5.yaml"));
+    assert!(axios.contains("tls: localhost") && axios.contains("kind: http2"), "{axios}");
+
+    // Without --ingress-cert, clients get a certificate from doppel's CA for the name they ask for.
+    let mut rec =
+        Bg::spawn(&mut with_tls(w.doppel("record", &rec_args[..4], &app, port, None)), w.dir.path(), "record-tls-ca");
+    let doppel_ca = w.dir.path().join("ca/ca.pem");
+    wait_https_ok(&format!("{base}/health"), &doppel_ca, Duration::from_secs(60), &rec);
+    let r = curl(&["--cacert", doppel_ca.to_str().unwrap(), &format!("{base}/via/fetch/7")]);
+    assert!(r.stdout.contains("\"client\":\"fetch\""), "{r:?}\n{}", rec.explain());
+    rec.signal(libc::SIGINT);
+    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    let seven = read_all(&w.path().join("test-set-1/tests/get-via-fetch-7.yaml"));
+    assert!(seven.contains("tls: localhost"), "{seven}");
+
+    // The app on its own, in TLS: replayed with --target https:// (verified with --target-ca), and loaded.
+    let direct_port = free_port();
+    let mut direct = Command::new("node");
+    direct
+        .arg(&app[1])
+        .env("APP_PORT", direct_port.to_string())
+        .env("APP_TLS_CERT", &app_cert)
+        .env("APP_TLS_KEY", &app_key)
+        .env("UPSTREAM_URL", format!("https://localhost:{}", w.http_port))
+        .env("NODE_EXTRA_CA_CERTS", &up_cert)
+        .env("NODE_PATH", repo().join("examples/node/node_modules"))
+        .env_remove("APP_VARIANT");
+    let direct_app = Bg::spawn(&mut direct, w.dir.path(), "direct-app");
+    let target = format!("https://localhost:{direct_port}");
+    wait_https_ok(&format!("{target}/health"), &app_cert, Duration::from_secs(30), &direct_app);
+    let mut t = Command::new(doppel_bin());
+    t.arg("test").arg("--path").arg(w.path()).args(["--test-set", "test-set-0", "--target", &target]);
+    let untrusted = run(&mut t);
+    assert_eq!(untrusted.code, 1, "the app's self-signed certificate is not trusted by default: {untrusted:?}");
+    assert!(untrusted.stdout.contains("TLS with https://localhost"), "{untrusted:?}");
+    t.args(["--target-ca", app_cert.to_str().unwrap()]);
+    let green = run(&mut t);
+    assert_eq!(green.code, 0, "{green:?}\n{}", direct_app.explain());
+    assert!(green.stdout.contains("3 passed, 0 failed"), "{green:?}");
+    let json = w.dir.path().join("load.json");
+    let load = run(Command::new(doppel_bin()).arg("load").arg("--path").arg(w.path()).args([
+        "--test-set",
+        "test-set-0",
+        "--target",
+        &target,
+        "--target-ca",
+        app_cert.to_str().unwrap(),
+        "--rate",
+        "30/s",
+        "--duration",
+        "1s",
+        "--check",
+        "--json",
+        json.to_str().unwrap(),
+    ]));
+    assert_eq!(load.code, 0, "{load:?}");
+    let report: serde_json::Value = serde_json::from_str(&read_all(&json)).unwrap();
+    assert!(report["requests"].as_u64().unwrap() >= 20, "{report}");
+    assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
+    drop(direct_app);
+
+    // Hermetic replay in TLS, HTTP/1.1 and h2, with the upstream gone; then the changed build is caught.
+    w.stop_upstream();
+    let mut ok = with_tls(w.doppel("test", &["--test-set", "test-set-0"], &app, port, None));
+    let ok = run(&mut ok);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.contains("3 passed, 0 failed"), "{ok:?}");
+    let mut bad = with_tls(w.doppel("test", &["--test-set", "test-set-0"], &app, port, Some("changed")));
+    let bad = run(&mut bad);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stdout.contains("body $.price changed: expected 12.5 got 13.75"), "{bad:?}");
+}

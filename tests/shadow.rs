@@ -194,7 +194,7 @@ fn only_writes_or_no_primary_exit_2() {
     let r = diff(&rec, &["--primary", &closed, "--candidate", &closed]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("no request could be compared") && r.stderr.contains("cannot connect"), "{r:?}");
-    let r = diff(&rec, &["--primary", "https://x", "--candidate", &closed]);
+    let r = diff(&rec, &["--primary", "ftp://x", "--candidate", &closed]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("--primary"), "{r:?}");
+    assert!(r.stderr.contains("--primary ftp://x: expected http://HOST:PORT or https://HOST:PORT"), "{r:?}");
 }

@@ -339,6 +339,7 @@ mod tests {
             volatile: vec![],
             chain: BTreeMap::new(),
             tags: vec![],
+            tls: None,
         }
     }
 

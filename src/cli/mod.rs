@@ -101,6 +101,25 @@ struct PathArgs {
     path: Option<PathBuf>,
 }
 
+/// How https deployments (--target, --primary, ...) are verified.
+#[derive(Args, Debug)]
+struct TargetTlsArgs {
+    /// Also trust this CA (PEM) for https targets (private or staging CAs; a self-signed server certificate
+    /// itself works too). Repeatable. Example: --target-ca staging-ca.pem
+    #[arg(long, value_name = "FILE")]
+    target_ca: Vec<PathBuf>,
+    /// Do not verify the certificates of https targets.
+    /// Example: --target https://staging.internal:8443 --target-insecure
+    #[arg(long)]
+    target_insecure: bool,
+}
+
+impl TargetTlsArgs {
+    fn trust(&self) -> crate::tls::UpstreamTrust {
+        crate::tls::UpstreamTrust { extra_roots: self.target_ca.clone(), insecure: self.target_insecure }
+    }
+}
+
 #[derive(Args, Debug)]
 struct CaptureArgs {
     /// Do not use the Linux sandbox; capture only the dependencies named with --dep.
@@ -147,6 +166,14 @@ struct RecordArgs {
     /// Do not verify upstream TLS certificates while recording.
     #[arg(long)]
     upstream_insecure: bool,
+    /// The certificate (PEM chain) doppel presents to clients that speak TLS to the app's ports: use the app's
+    /// own, so its clients keep trusting it. Without it they get one from doppel's CA (`doppel ca`).
+    /// Example: --ingress-cert server.pem --ingress-key server-key.pem
+    #[arg(long, value_name = "FILE", requires = "ingress_key")]
+    ingress_cert: Option<PathBuf>,
+    /// The private key (PEM) of --ingress-cert.
+    #[arg(long, value_name = "FILE", requires = "ingress_cert")]
+    ingress_key: Option<PathBuf>,
     /// Do not template values that a response produced and a later request used (ids, tokens, cookies).
     /// Also `chain: false` in doppel.yaml.
     /// Example: --no-chain
@@ -181,9 +208,11 @@ struct TestArgs {
     /// Where the JSON report of the run goes (default: <path>/reports).
     #[arg(long, value_name = "DIR")]
     report_dir: Option<PathBuf>,
-    /// Replay against a running deployment (no sandbox, no mocks). Example: --target http://staging:8080
+    /// Replay against a running deployment (no sandbox, no mocks). Example: --target https://staging:8443
     #[arg(long, value_name = "URL")]
     target: Option<String>,
+    #[command(flatten)]
+    target_tls: TargetTlsArgs,
     /// Wait until this path (or http://localhost:PORT/path) answers below 500 before testing.
     /// Example: --ready-url /health
     #[arg(long, value_name = "PATH|URL")]
@@ -256,6 +285,8 @@ struct LoadArgs {
     /// The running deployment to load. Example: --target http://staging:8080
     #[arg(long, value_name = "URL")]
     target: String,
+    #[command(flatten)]
+    target_tls: TargetTlsArgs,
     /// Replay the recorded timing this many times faster, keeping the real mix and burstiness (the default
     /// is 1x). Example: --speed 2x
     #[arg(long, value_name = "FACTOR", conflicts_with_all = ["rate", "ramp"])]
@@ -313,6 +344,8 @@ struct DiffArgs {
     /// The deployment running the trusted version. Example: --primary http://prod-copy:8080
     #[arg(long, value_name = "URL")]
     primary: String,
+    #[command(flatten)]
+    target_tls: TargetTlsArgs,
     /// The deployment running the new build. Example: --candidate http://staging:8080
     #[arg(long, value_name = "URL")]
     candidate: String,
@@ -477,6 +510,14 @@ async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32
         }
         None => None,
     };
+    let identity = match (&args.ingress_cert, &args.ingress_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::Identity::load(cert, key)?),
+        _ => None,
+    };
+    if identity.is_some() && tls.is_none() {
+        return Err(Error::input("--ingress-cert decrypts the app's inbound TLS, which --no-tls turns off"));
+    }
+    let ingress_tls = tls.as_ref().map(|t| Arc::new(crate::tls::Interceptor::for_app(t.ca.clone(), identity)));
     let opts = RecordOptions {
         store: store_for(&args.path.path, &config),
         test_set: args.test_set,
@@ -487,6 +528,7 @@ async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32
         quiet,
         stop: None,
         tls: interceptor,
+        ingress_tls,
         annotate: record::annotate::Annotate {
             chain: !args.no_chain && config.chain.unwrap_or(true),
             volatile: !args.no_volatile && config.volatile.unwrap_or(true),
@@ -560,7 +602,8 @@ pub fn print_record_summary(o: &record::RecordOutcome) {
 
 async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
     load_protos(&args.capture, &config)?;
-    let target = args.target.as_deref().map(Target::parse).transpose()?;
+    let trust = args.target_tls.trust();
+    let target = args.target.as_deref().map(|u| Target::parse("--target", u, &trust)).transpose()?;
     if target.is_none() && args.command.is_empty() {
         return Err(Error::input("give the command that runs the app after --, or --target URL"));
     }
@@ -581,7 +624,7 @@ async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
     if args.learn_noise && args.runs < 2 {
         return Err(Error::input("--runs must be at least 2: noise is what differs between runs"));
     }
-    let secondary = args.secondary.as_deref().map(Target::parse).transpose()?;
+    let secondary = args.secondary.as_deref().map(|u| Target::parse("--secondary", u, &trust)).transpose()?;
     let chain = !args.no_chain && config.chain.unwrap_or(true);
     let explicit = explicit_of(&args.capture, args.ports.clone())?;
     let tls = if target.is_some() { None } else { TlsSetup::new(args.capture.no_tls)? };
@@ -651,7 +694,7 @@ async fn cmd_load(args: LoadArgs, config: Config, quiet: bool) -> Result<i32> {
     let opts = LoadOptions {
         store: store_for(&args.path.path, &config),
         sets: args.test_sets,
-        target: Target::parse(&args.target)?,
+        target: Target::parse("--target", &args.target, &args.target_tls.trust())?,
         pace,
         duration: args.duration.as_deref().map(|d| duration_flag(d, "--duration")).transpose()?,
         connections: args.connections,
@@ -669,8 +712,8 @@ async fn cmd_load(args: LoadArgs, config: Config, quiet: bool) -> Result<i32> {
 }
 
 async fn cmd_diff(args: DiffArgs, config: Config, quiet: bool) -> Result<i32> {
-    let target =
-        |flag: &str, url: &str| Target::parse(url).map_err(|e| Error::input(e.message.replacen("--target", flag, 1)));
+    let trust = args.target_tls.trust();
+    let target = |flag: &str, url: &str| Target::parse(flag, url, &trust);
     let threshold = |flag: &str, v: f64| {
         if v.is_finite() && v >= 0.0 {
             Ok(v)

@@ -185,6 +185,7 @@ async fn record_step<C: Capture>(capture: &C, setup: &Setup, store: &Store) -> R
         quiet: true,
         stop: Some(stop.clone()),
         tls: None,
+        ingress_tls: None,
         annotate: Default::default(),
     };
     let exposed = setup.exposed;

@@ -13,9 +13,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::protocols::Conn;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::gate::format_ms;
 use super::schedule::Schedule;
@@ -197,12 +197,12 @@ pub async fn run(
 
 /// Opens the pool before the clock starts, so connection set-up does not count against the first requests.
 /// A target that accepts no connection at all is an error; connections that failed are retried on use.
-async fn open_connections(cfg: &EngineConfig) -> Result<Vec<Option<TcpStream>>> {
+async fn open_connections(cfg: &EngineConfig) -> Result<Vec<Option<Conn>>> {
     let mut opening = tokio::task::JoinSet::new();
     for _ in 0..cfg.connections {
-        let authority = cfg.target.authority.clone();
+        let target = cfg.target.clone();
         let timeout = cfg.timeout;
-        opening.spawn(async move { connect(&authority, timeout).await });
+        opening.spawn(async move { target.connect(timeout, false).await });
     }
     let mut streams = Vec::new();
     let mut first_error = None;
@@ -227,15 +227,6 @@ async fn open_connections(cfg: &EngineConfig) -> Result<Vec<Option<TcpStream>>> 
         )));
     }
     Ok(streams)
-}
-
-async fn connect(authority: &str, timeout: Duration) -> std::result::Result<TcpStream, String> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(authority))
-        .await
-        .map_err(|_| format!("no answer within {:.1}s", timeout.as_secs_f64()))?
-        .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
 }
 
 /// Releases each request at its intended time; beyond --max-inflight it drops it instead.
@@ -296,7 +287,7 @@ fn sleep_until(due: Instant, stop: &AtomicBool) -> bool {
 
 /// One keep-alive connection: takes requests from the queue until it is closed and empty.
 async fn connection(
-    mut stream: Option<TcpStream>,
+    mut stream: Option<Conn>,
     jobs: async_channel::Receiver<Job>,
     prepared: Arc<Vec<Prepared>>,
     shared: Arc<Shared>,
@@ -354,7 +345,7 @@ struct Answer {
 
 /// Sends one request on the connection (opening one when needed) and reads the answer.
 async fn send(
-    stream: &mut Option<TcpStream>,
+    stream: &mut Option<Conn>,
     request: &Prepared,
     buf: &mut [u8],
     cfg: &EngineConfig,
@@ -372,7 +363,7 @@ async fn send(
 }
 
 async fn send_once(
-    stream: &mut Option<TcpStream>,
+    stream: &mut Option<Conn>,
     request: &Prepared,
     buf: &mut [u8],
     cfg: &EngineConfig,
@@ -383,13 +374,14 @@ async fn send_once(
         Some(t) => {
             let bindings = shared.bindings.lock().map(|b| b.clone()).unwrap_or_default();
             let req = cfg.target.request_for(&crate::chain::render_request(&t.test, &bindings));
+            let req = crate::protocols::http2::as_http1(req);
             Some(Bytes::from(client::encode_request(&req, &t.set_dir).await.map_err(|_| ErrorClass::Io)?))
         }
         None => None,
     };
     let wire = rendered.as_ref().unwrap_or(&request.wire);
     if stream.is_none() {
-        *stream = Some(connect(&cfg.target.authority, cfg.timeout).await.map_err(|_| ErrorClass::Connect)?);
+        *stream = Some(cfg.target.connect(cfg.timeout, false).await.map_err(|_| ErrorClass::Connect)?);
     }
     let Some(conn) = stream.as_mut() else { return Err(ErrorClass::Connect) };
     let exchange = async {

@@ -162,7 +162,7 @@ impl Plan {
                 let offset =
                     times[i].filter(|_| first.is_finite()).map_or(previous, |t| ((t - first) / 1000.0).max(previous));
                 previous = offset;
-                let request = opts.target.request_for(&test.request);
+                let request = crate::protocols::http2::as_http1(opts.target.request_for(&test.request));
                 let bytes = client::encode_request(&request, &set.dir)
                     .await
                     .map_err(|e| Error::input(format!("{}: {e}", file.display())))?;

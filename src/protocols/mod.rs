@@ -90,8 +90,9 @@ pub enum Detect {
 /// Which side of the app a recorded connection is on.
 #[derive(Debug, Clone)]
 pub enum Role {
-    /// A client calling the app on one of its ports: exchanges become test cases.
-    Ingress { port: u16 },
+    /// A client calling the app on one of its ports: exchanges become test cases. `tls`: the client spoke TLS,
+    /// asking for this server name (or the address it connected to).
+    Ingress { port: u16, tls: Option<String> },
     /// The app calling a dependency: exchanges become mocks.
     Egress { dest: String },
 }

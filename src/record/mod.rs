@@ -54,6 +54,8 @@ pub struct RecordOptions {
     pub stop: Option<Arc<tokio::sync::Notify>>,
     /// Decrypts the app's TLS connections (absent: TLS is recorded as opaque bytes).
     pub tls: Option<Arc<crate::tls::Interceptor>>,
+    /// Decrypts TLS that clients speak to the app's own ports (absent: recorded as opaque bytes).
+    pub ingress_tls: Option<Arc<crate::tls::Interceptor>>,
     /// What to mark in the tests once the recording ends (chained values, volatile fields, tags).
     pub annotate: annotate::Annotate,
 }
@@ -132,10 +134,17 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
     }
 
     // Inbound: named ports now, others as the app opens them.
+    let inbound = Inbound {
+        link: session.link.clone(),
+        sink: sink.clone(),
+        tracker: tracker.clone(),
+        ids: conn_ids.clone(),
+        tls: opts.ingress_tls.clone(),
+    };
     let exposed = Arc::new(std::sync::Mutex::new(Vec::<PortMap>::new()));
     let mut ingress_tasks = Vec::new();
     for (p, l) in listeners {
-        ingress_tasks.push(spawn_ingress(l, p, session.link.clone(), sink.clone(), tracker.clone(), conn_ids.clone()));
+        ingress_tasks.push(spawn_ingress(l, p, inbound.clone()));
         if let Ok(mut e) = exposed.lock() {
             e.push(p);
         }
@@ -144,9 +153,7 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<Error>(1);
     let watcher = if auto_detect {
         let link = session.link.clone();
-        let sink = sink.clone();
-        let tracker = tracker.clone();
-        let ids = conn_ids.clone();
+        let inbound = inbound.clone();
         let exposed = exposed.clone();
         let quiet = opts.quiet;
         Some(tokio::spawn(async move {
@@ -164,7 +171,7 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
                             if !quiet {
                                 eprintln!("doppel: the app listens on port {port}; exposed on this machine at :{port}");
                             }
-                            tasks.push(spawn_ingress(l, map, link.clone(), sink.clone(), tracker.clone(), ids.clone()));
+                            tasks.push(spawn_ingress(l, map, inbound.clone()));
                             if let Ok(mut e) = exposed.lock() {
                                 e.push(map);
                             }
@@ -219,7 +226,8 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
         return Err(e);
     }
     let dir = opts.store.root().join(&set_name);
-    let undecrypted = opts.tls.as_ref().map(|t| t.refused_hosts()).unwrap_or_default();
+    let mut undecrypted = opts.tls.as_ref().map(|t| t.refused_hosts()).unwrap_or_default();
+    undecrypted.extend(opts.ingress_tls.as_ref().map(|t| t.refused_hosts()).unwrap_or_default());
     // The tests are on disk: mark chained values and volatile fields across the whole set.
     let annotated = if summary.tests > 0 {
         annotate::annotate_set(&opts.store, &set_name, &opts.annotate).unwrap_or_else(|e| {
@@ -301,31 +309,59 @@ pub async fn bind_exposed(port: u16) -> Result<TcpListener> {
     TcpListener::from_std(std).map_err(in_use)
 }
 
-fn spawn_ingress(
-    listener: TcpListener,
-    map: PortMap,
+/// What every inbound connection needs.
+#[derive(Clone)]
+struct Inbound {
     link: Arc<dyn AppLink>,
     sink: RecordSink,
     tracker: Tracker,
     ids: Arc<AtomicU64>,
-) -> tokio::task::JoinHandle<()> {
+    tls: Option<Arc<crate::tls::Interceptor>>,
+}
+
+fn spawn_ingress(listener: TcpListener, map: PortMap, inbound: Inbound) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let Ok((client, _)) = listener.accept().await else { continue };
             let _ = client.set_nodelay(true);
-            let link = link.clone();
-            let ctx = ctx_for(&sink, Role::Ingress { port: map.app }, &ids);
-            tracker.spawn(async move {
-                match link.connect(map.app).await {
+            let inbound = inbound.clone();
+            inbound.tracker.clone().spawn(async move {
+                match inbound.link.connect(map.app).await {
                     Ok(app) => {
                         let _ = app.set_nodelay(true);
-                        proxy::run(client, app, ctx, map.app, None).await;
+                        ingress(client, app, map, inbound).await;
                     }
                     Err(e) => tracing::info!("connection to the app's port {} failed: {e}", map.app),
                 }
             });
         }
     })
+}
+
+/// One client connection to the app. A client that opens with a TLS ClientHello gets doppel's TLS (the app's
+/// own certificate with --ingress-cert, else one from doppel's CA), doppel speaks TLS to the app, and the
+/// plaintext becomes tests marked `tls:` so that replay speaks TLS to the app too.
+async fn ingress(client: tokio::net::TcpStream, app: tokio::net::TcpStream, map: PortMap, inbound: Inbound) {
+    let key = format!("port {}", map.exposed);
+    let plain = |tls| ctx_for(&inbound.sink, Role::Ingress { port: map.app, tls }, &inbound.ids);
+    let Some(interceptor) = inbound.tls.filter(|t| !t.passes_through(&key)) else {
+        return proxy::run(client, app, plain(None), map.app, None).await;
+    };
+    let first = crate::tls::first_word(&client, &app, Duration::from_secs(3600)).await;
+    let crate::tls::FirstWord::Client(bytes) = first else {
+        return proxy::run(client, app, plain(None), map.app, None).await;
+    };
+    if !crate::tls::looks_like_client_hello(&bytes) {
+        return proxy::run(client, app, plain(None), map.app, None).await;
+    }
+    let ip = client.local_addr().ok().map(|a| a.ip().to_canonical());
+    match interceptor.intercept(client, app, &key, ip).await {
+        Ok((client, app, negotiated)) => {
+            let ctx = plain(Some(negotiated.server_name));
+            proxy::run(client, app, ctx, map.app, None).await;
+        }
+        Err(why) => tracing::warn!("a TLS client of port {}: {why}", map.exposed),
+    }
 }
 
 pub(crate) async fn egress(e: Egress, ctx: RecordCtx, tls: Option<Arc<crate::tls::Interceptor>>) {

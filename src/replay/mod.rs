@@ -22,7 +22,7 @@ use crate::noise::learn::{self, Observation};
 use crate::protocols::http::client;
 use crate::protocols::http::parse::ResponseHead;
 use crate::protocols::http2;
-use crate::protocols::{Miss, MockPool};
+use crate::protocols::{Conn, Miss, MockPool};
 use crate::report::{self, Outcome, RunReport, SetReport, TestResult};
 use crate::store::{
     self, Config, Header, HeaderList, HttpRequest, HttpResponse, LoadedSet, NoiseRule, SpillBuffer, Store, TestCase,
@@ -30,46 +30,94 @@ use crate::store::{
 use freeze::FrozenClock;
 pub use select::{Plan, Selection};
 
-/// A running deployment to replay against: `http://host:port`.
-#[derive(Debug, Clone)]
+/// A running deployment to replay against: `http://host:port` or `https://host:port`.
+#[derive(Clone)]
 pub struct Target {
+    /// `host:port` to connect to.
     pub authority: String,
+    /// As written in the URL: what `Host` says.
+    host: String,
+    /// For https: the server name to verify and the TLS settings per protocol.
+    tls: Option<TargetTls>,
+}
+
+#[derive(Clone)]
+struct TargetTls {
+    name: rustls::pki_types::ServerName<'static>,
+    http1: Arc<rustls::ClientConfig>,
+    http2: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url())
+    }
 }
 
 impl Target {
-    pub fn parse(url: &str) -> Result<Target> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            if url.starts_with("https://") {
-                Error::input(format!("--target {url}: https targets are not supported yet; use http://"))
-            } else {
-                Error::input(format!("--target {url}: expected http://HOST:PORT"))
-            }
-        })?;
-        let authority = rest.split('/').next().unwrap_or("");
-        if authority.is_empty() {
-            return Err(Error::input(format!("--target {url}: no host")));
-        }
-        let authority = if authority.contains(':') && !authority.ends_with(']') {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
+    /// An `http://` or `https://` URL; https servers are verified against the system roots plus `trust`.
+    /// `flag` names the option the URL came from, for error messages.
+    pub fn parse(flag: &str, url: &str, trust: &crate::tls::UpstreamTrust) -> Result<Target> {
+        let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => return Err(Error::input(format!("{flag} {url}: expected http://HOST:PORT or https://HOST:PORT"))),
         };
-        Ok(Target { authority })
+        let host = rest.split('/').next().unwrap_or("").to_string();
+        if host.is_empty() {
+            return Err(Error::input(format!("{flag} {url}: no host")));
+        }
+        let has_port = host.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && !p.contains(']'));
+        let authority = if has_port { host.clone() } else { format!("{host}:{}", if https { 443 } else { 80 }) };
+        let tls = if https {
+            let name_part = authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(&authority);
+            let name = rustls::pki_types::ServerName::try_from(name_part.trim_matches(['[', ']']).to_string())
+                .map_err(|e| Error::input(format!("{flag} {url}: {e}")))?;
+            let client = crate::tls::ClientTrust::new(trust, "--target-ca")?;
+            Some(TargetTls {
+                name,
+                http1: client.config(vec![b"http/1.1".to_vec()]),
+                http2: client.config(vec![b"h2".to_vec()]),
+            })
+        } else {
+            None
+        };
+        Ok(Target { authority, host, tls })
     }
 
     /// The target as a URL, for messages and reports.
     pub fn url(&self) -> String {
-        format!("http://{}", self.authority)
+        format!("{}://{}", if self.tls.is_some() { "https" } else { "http" }, self.host)
     }
 
     /// A recorded request as it is sent to this target: a deployment behind a virtual host needs its own
     /// name in `Host`; everything else stays as recorded.
     pub fn request_for(&self, recorded: &HttpRequest) -> HttpRequest {
         let mut request = recorded.clone();
-        for h in request.headers.iter_mut().filter(|h| h.name.eq_ignore_ascii_case("host")) {
-            h.value = self.authority.clone().into_bytes();
+        let names_host = |h: &&mut Header| h.name.eq_ignore_ascii_case("host") || h.name == ":authority";
+        for h in request.headers.iter_mut().filter(names_host) {
+            h.value = self.host.clone().into_bytes();
         }
         request
+    }
+
+    /// Opens a connection (TLS for https, negotiating h2 or http/1.1).
+    pub async fn connect(&self, timeout: Duration, http2: bool) -> std::result::Result<Conn, String> {
+        let conn = tokio::time::timeout(timeout, TcpStream::connect(&self.authority))
+            .await
+            .map_err(|_| {
+                format!("cannot connect to {}: no answer within {:.1}s", self.authority, timeout.as_secs_f64())
+            })?
+            .map_err(|e| format!("cannot connect to {}: {e}", self.authority))?;
+        let _ = conn.set_nodelay(true);
+        let Some(tls) = &self.tls else { return Ok(Box::new(conn)) };
+        let config = if http2 { tls.http2.clone() } else { tls.http1.clone() };
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(tls.name.clone(), conn);
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(stream)) => Ok(Box::new(stream)),
+            Ok(Err(e)) => Err(format!("TLS with {} failed: {e}", self.url())),
+            Err(_) => Err(format!("TLS with {} did not complete within {:.1}s", self.url(), timeout.as_secs_f64())),
+        }
     }
 
     /// Sends one request on a new connection and reads the response (bodies past the inline limit go to
@@ -81,16 +129,34 @@ impl Target {
         tmp: &Path,
         timeout: Duration,
     ) -> std::result::Result<client::Response, String> {
-        let mut conn = tokio::time::timeout(timeout, TcpStream::connect(&self.authority))
-            .await
-            .map_err(|_| {
-                format!("cannot connect to {}: no answer within {:.1}s", self.authority, timeout.as_secs_f64())
-            })?
-            .map_err(|e| format!("cannot connect to {}: {e}", self.authority))?;
-        let _ = conn.set_nodelay(true);
+        let mut conn = self.connect(timeout, false).await?;
         let sink = SpillBuffer::new(tmp.to_path_buf(), spill_counter());
         client::exchange(&mut conn, request, dir, sink, timeout).await
     }
+}
+
+/// Speaks TLS to the app's own port, as the recorded client did, with the server name it asked for. The
+/// app's certificate is accepted whatever it is: it is the app under test, not a server to be trusted.
+async fn tls_to_app(conn: TcpStream, name: &str, http2: bool) -> std::result::Result<Conn, String> {
+    let name = if name.is_empty() { "localhost" } else { name };
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
+        .map_err(|e| format!("the recorded TLS server name {name:?}: {e}"))?;
+    let alpn = if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() };
+    let config = crate::tls::ClientTrust::any().config(vec![alpn]);
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(server_name, conn)
+        .await
+        .map_err(|e| format!("TLS with the app (as {name}) failed: {e}"))?;
+    Ok(Box::new(stream))
+}
+
+/// The app ports the planned tests go to, with the TLS server name their clients used (if they spoke TLS).
+pub(crate) fn app_ports(set: &LoadedSet, plan: &Plan) -> Vec<(u16, Option<String>)> {
+    let mut ports: Vec<(u16, Option<String>)> =
+        plan.tests.iter().map(|i| (set.tests[*i].1.port, set.tests[*i].1.tls.clone())).collect();
+    ports.sort_by_key(|(p, _)| *p);
+    ports.dedup_by_key(|(p, _)| *p);
+    ports
 }
 
 /// Numbers the files of large response bodies: one counter for the process, so that responses read at the
@@ -464,9 +530,7 @@ async fn run_set<C: Capture>(
         .map(|s| tokio::spawn(crate::protocols::dns::serve(s, pool.clone())))
         .collect();
 
-    let mut ports: Vec<u16> = plan.tests.iter().map(|i| set.tests[*i].1.port).collect();
-    ports.sort_unstable();
-    ports.dedup();
+    let ports = app_ports(set, plan);
     let ready = wait_ready(&session, &ports, opts).await;
     let mut set_report = SetReport { name: set.name.clone(), total_mocks: set.mocks.len(), ..SetReport::default() };
     set_report.warnings = set.warnings.clone();
@@ -499,7 +563,7 @@ async fn run_set<C: Capture>(
             ))
         } else {
             let sink = SpillBuffer::new(tmp.to_path_buf(), Arc::new(0.into()));
-            send_to_app(session.link.as_ref(), test.port, &request, set, opts, sink, test.kind == http2::KIND).await
+            send_to_app(session.link.as_ref(), test, &request, set, opts, sink).await
         };
         if opts.chain
             && let Ok(resp) = &outcome
@@ -528,7 +592,11 @@ async fn run_set<C: Capture>(
     Ok(SetRun { report: set_report, answers })
 }
 
-async fn wait_ready(session: &crate::capture::Session, ports: &[u16], opts: &ReplayOptions) -> Result<()> {
+async fn wait_ready(
+    session: &crate::capture::Session,
+    ports: &[(u16, Option<String>)],
+    opts: &ReplayOptions,
+) -> Result<()> {
     let deadline = Instant::now() + opts.ready_timeout;
     loop {
         if let Some(exit) = session.app.exited() {
@@ -538,7 +606,7 @@ async fn wait_ready(session: &crate::capture::Session, ports: &[u16], opts: &Rep
             )));
         }
         let open = session.link.listening_ports();
-        let missing: Vec<u16> = ports.iter().copied().filter(|p| !open.contains(p)).collect();
+        let missing: Vec<u16> = ports.iter().map(|(p, _)| *p).filter(|p| !open.contains(p)).collect();
         if missing.is_empty() {
             break;
         }
@@ -553,7 +621,7 @@ async fn wait_ready(session: &crate::capture::Session, ports: &[u16], opts: &Rep
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let Some(url) = &opts.ready_url else { return Ok(()) };
-    let (port, path) = ready_target(url, ports)?;
+    let (port, path, tls) = ready_target(url, ports)?;
     loop {
         let probe = store::HttpRequest {
             method: "GET".into(),
@@ -564,7 +632,14 @@ async fn wait_ready(session: &crate::capture::Session, ports: &[u16], opts: &Rep
             messages: vec![],
             trailers: vec![],
         };
-        if let Ok(mut conn) = session.link.connect(port).await {
+        let conn = match session.link.connect(port).await {
+            Ok(conn) => match &tls {
+                Some(name) => tls_to_app(conn, name, false).await.ok(),
+                None => Some(Box::new(conn) as Conn),
+            },
+            Err(_) => None,
+        };
+        if let Some(mut conn) = conn {
             let sink = SpillBuffer::new(std::env::temp_dir(), Arc::new(0.into()));
             if let Ok(r) =
                 client::exchange(&mut conn, &probe, std::path::Path::new("."), sink, Duration::from_secs(5)).await
@@ -584,32 +659,48 @@ async fn wait_ready(session: &crate::capture::Session, ports: &[u16], opts: &Rep
     }
 }
 
-/// `--ready-url` as `/health` (first test port) or `http://localhost:8080/health`.
-fn ready_target(url: &str, ports: &[u16]) -> Result<(u16, String)> {
+/// `--ready-url` as `/health` (first test port, in TLS when its tests were), `http://localhost:8080/health`
+/// or `https://localhost:8443/health`: the port, the path and the TLS server name to use.
+fn ready_target(url: &str, ports: &[(u16, Option<String>)]) -> Result<(u16, String, Option<String>)> {
     if url.starts_with('/') {
-        let port = ports.first().copied().ok_or_else(|| Error::input("--ready-url: no test port known"))?;
-        return Ok((port, url.to_string()));
+        let (port, tls) = ports.first().cloned().ok_or_else(|| Error::input("--ready-url: no test port known"))?;
+        return Ok((port, url.to_string(), tls));
     }
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| Error::input(format!("--ready-url {url}: expected /PATH or http://HOST:PORT/PATH")))?;
+    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => {
+            return Err(Error::input(format!(
+                "--ready-url {url}: expected /PATH, http://HOST:PORT/PATH or https://HOST:PORT/PATH"
+            )));
+        }
+    };
     let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let port = authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(80);
-    Ok((port, path))
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().map_err(|_| Error::input(format!("--ready-url {url}: bad port")))?),
+        None => (authority, if https { 443 } else { 80 }),
+    };
+    Ok((port, path, https.then(|| host.to_string())))
 }
 
-/// Sends a request to the app; its response body goes to `sink` (spilling to disk when large).
-async fn send_to_app(
+/// Sends a test's request to the app (in TLS when the recorded client spoke TLS); its response body goes
+/// to `sink` (spilling to disk when large).
+pub(crate) async fn send_to_app(
     link: &dyn AppLink,
-    port: u16,
+    test: &TestCase,
     request: &HttpRequest,
     set: &LoadedSet,
     opts: &ReplayOptions,
     sink: SpillBuffer,
-    http2: bool,
 ) -> std::result::Result<client::Response, String> {
-    let mut conn = link.connect(port).await.map_err(|e| format!("cannot connect to the app's port {port}: {e}"))?;
+    let port = test.port;
+    let http2 = test.kind == http2::KIND;
+    let conn = link.connect(port).await.map_err(|e| format!("cannot connect to the app's port {port}: {e}"))?;
     let _ = conn.set_nodelay(true);
+    let mut conn: Conn = match &test.tls {
+        Some(name) => tls_to_app(conn, name, http2).await?,
+        None => Box::new(conn),
+    };
     if http2 {
         return http2_exchange(conn, request, &set.dir, sink, opts.request_timeout).await;
     }
@@ -627,10 +718,7 @@ async fn send_to_target(
 ) -> std::result::Result<client::Response, String> {
     let request = target.request_for(request);
     if http2 {
-        let conn = TcpStream::connect(&target.authority)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", target.authority))?;
-        let _ = conn.set_nodelay(true);
+        let conn = target.connect(opts.request_timeout, true).await?;
         let sink = SpillBuffer::new(tmp.to_path_buf(), spill_counter());
         return http2_exchange(conn, &request, &set.dir, sink, opts.request_timeout).await;
     }
@@ -640,7 +728,7 @@ async fn send_to_target(
 /// Sends an HTTP/2 test request (its own connection, prior knowledge) and returns the response in the shape
 /// the HTTP/1 client gives, so judging is the same.
 async fn http2_exchange(
-    conn: TcpStream,
+    conn: Conn,
     request: &store::HttpRequest,
     dir: &std::path::Path,
     mut body: SpillBuffer,
@@ -920,4 +1008,55 @@ pub(crate) fn compare_sides(
 /// Content type of a response, for callers that care.
 pub fn content_type(headers: &[Header]) -> Option<String> {
     headers.get_str("content-type")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(headers: Vec<Header>) -> HttpRequest {
+        HttpRequest {
+            method: "GET".into(),
+            target: "/a".into(),
+            version: "HTTP/1.1".into(),
+            headers,
+            body: None,
+            messages: vec![],
+            trailers: vec![],
+        }
+    }
+
+    #[test]
+    fn targets_take_http_and_https_urls_with_default_ports() {
+        let trust = crate::tls::UpstreamTrust::default();
+        let plain = Target::parse("--target", "http://staging", &trust).unwrap();
+        assert_eq!((plain.authority.as_str(), plain.url()), ("staging:80", "http://staging".to_string()));
+        let tls = Target::parse("--target", "https://staging.example.com/base", &trust).unwrap();
+        assert_eq!(tls.authority, "staging.example.com:443");
+        assert_eq!(tls.url(), "https://staging.example.com");
+        let v6 = Target::parse("--primary", "https://[::1]:8443", &trust).unwrap();
+        assert_eq!(v6.authority, "[::1]:8443");
+        let bad = Target::parse("--primary", "ftp://x", &trust).unwrap_err();
+        assert!(bad.message.starts_with("--primary ftp://x: expected http://"), "{}", bad.message);
+        let missing = crate::tls::UpstreamTrust { extra_roots: vec!["/nonexistent/ca.pem".into()], insecure: false };
+        let e = Target::parse("--target", "https://x", &missing).unwrap_err();
+        assert!(e.message.starts_with("--target-ca /nonexistent/ca.pem:"), "{}", e.message);
+    }
+
+    #[test]
+    fn requests_to_a_target_name_it_in_host_and_authority() {
+        let t = Target::parse("--target", "https://staging:8443", &Default::default()).unwrap();
+        let sent = t.request_for(&get(vec![Header::new(":authority", "localhost:1"), Header::new("Host", "x:1")]));
+        assert_eq!(sent.headers.get_str(":authority").as_deref(), Some("staging:8443"));
+        assert_eq!(sent.headers.get_str("host").as_deref(), Some("staging:8443"));
+    }
+
+    #[test]
+    fn ready_urls_name_the_port_and_tls() {
+        let ports = [(8443, Some("localhost".to_string())), (9000, None)];
+        assert_eq!(ready_target("/health", &ports).unwrap(), (8443, "/health".into(), Some("localhost".into())));
+        assert_eq!(ready_target("http://localhost:9000/ok", &ports).unwrap(), (9000, "/ok".into(), None));
+        assert_eq!(ready_target("https://api.local/", &ports).unwrap(), (443, "/".into(), Some("api.local".into())));
+        assert!(ready_target("ftp://x/", &ports).is_err());
+    }
 }

@@ -150,9 +150,7 @@ async fn refresh_set<C: Capture>(
         .into_iter()
         .map(|s| tokio::spawn(protocols::dns::record(s, upstream, sink.clone())))
         .collect();
-    let mut ports: Vec<u16> = plan.tests.iter().map(|i| set.tests[*i].1.port).collect();
-    ports.sort_unstable();
-    ports.dedup();
+    let ports = super::app_ports(&set, plan);
     let ready = wait_ready(&session, &ports, opts).await;
     let mut fresh = Vec::new();
     if ready.is_ok() {
@@ -163,16 +161,7 @@ async fn refresh_set<C: Capture>(
             let began = Instant::now();
             let request = chain::render_request(test, &bindings);
             // Large answers spill straight into the scratch set's bodies/, beside the new mocks.
-            let outcome = send_to_app(
-                session.link.as_ref(),
-                test.port,
-                &request,
-                &set,
-                opts,
-                sink.spill_buffer(),
-                test.kind == crate::protocols::http2::KIND,
-            )
-            .await;
+            let outcome = send_to_app(session.link.as_ref(), test, &request, &set, opts, sink.spill_buffer()).await;
             let resp = match outcome {
                 Ok(r) => r,
                 Err(e) => {

@@ -81,58 +81,51 @@ pub struct Negotiated {
     pub alpn: Option<String>,
 }
 
-/// Decrypts the app's TLS connections while recording.
-pub struct Interceptor {
-    ca: Arc<Ca>,
+/// How doppel verifies the servers it speaks TLS to: the real roots plus the user's extra ones (each also
+/// accepted as the server's own certificate), or nothing at all (`insecure`).
+pub struct ClientTrust {
     roots: Arc<RootCertStore>,
-    /// Certificates given with --upstream-ca, also accepted as the server's own certificate (a self-signed
-    /// certificate made with `openssl req -x509` is marked as a CA, which web PKI refuses as a server's).
+    /// Certificates given with --upstream-ca or --target-ca, also accepted as the server's own certificate (a
+    /// self-signed certificate made with `openssl req -x509` is marked as a CA, which web PKI refuses as a
+    /// server's).
     pinned: Arc<Vec<CertificateDer<'static>>>,
     insecure: bool,
-    /// Destinations whose clients refused doppel's certificate (pinning, own trust store): server name and why.
-    refused: Mutex<HashMap<String, (String, String)>>,
 }
 
-impl Interceptor {
-    pub fn new(ca: Arc<Ca>, upstream: &UpstreamTrust) -> Result<Interceptor> {
+impl ClientTrust {
+    /// `flag` names the option the extra roots came from, for error messages.
+    pub fn new(trust: &UpstreamTrust, flag: &str) -> Result<ClientTrust> {
         let mut roots = RootCertStore::empty();
         let mut pinned = Vec::new();
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            let _ = roots.add(cert);
+        if !trust.insecure {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
         }
-        for path in &upstream.extra_roots {
-            let pem =
-                std::fs::read(path).map_err(|e| Error::input(format!("--upstream-ca {}: {e}", path.display())))?;
+        for path in &trust.extra_roots {
+            let bad = |e: String| Error::input(format!("{flag} {}: {e}", path.display()));
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
             let mut added = 0;
             for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-                let cert: CertificateDer<'static> =
-                    cert.map_err(|e| Error::input(format!("--upstream-ca {}: {e:?}", path.display())))?;
+                let cert: CertificateDer<'static> = cert.map_err(|e| bad(format!("{e:?}")))?;
                 pinned.push(cert.clone());
-                roots.add(cert).map_err(|e| Error::input(format!("--upstream-ca {}: {e}", path.display())))?;
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
                 added += 1;
             }
             if added == 0 {
-                return Err(Error::input(format!("--upstream-ca {}: no PEM certificate in it", path.display())));
+                return Err(bad("no PEM certificate in it".into()));
             }
         }
-        Ok(Interceptor {
-            ca,
-            roots: Arc::new(roots),
-            pinned: Arc::new(pinned),
-            insecure: upstream.insecure,
-            refused: Mutex::new(HashMap::new()),
-        })
+        Ok(ClientTrust { roots: Arc::new(roots), pinned: Arc::new(pinned), insecure: trust.insecure })
     }
 
-    /// Servers whose clients refused doppel's certificate, with the reason.
-    pub fn refused_hosts(&self) -> Vec<(String, String)> {
-        let mut v: Vec<_> = self.refused.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
-        v.sort();
-        v
+    /// Accepts any server certificate: for the app's own port, whose certificate is the app's business.
+    pub fn any() -> ClientTrust {
+        ClientTrust { roots: Arc::new(RootCertStore::empty()), pinned: Arc::new(Vec::new()), insecure: true }
     }
 
-    fn client_config(&self, alpn: Vec<Vec<u8>>) -> Arc<ClientConfig> {
+    /// A client configuration offering `alpn`.
+    pub fn config(&self, alpn: Vec<Vec<u8>>) -> Arc<ClientConfig> {
         let builder = ClientConfig::builder();
         let webpki = rustls::client::WebPkiServerVerifier::builder(self.roots.clone()).build().ok();
         let mut config = match (self.insecure, webpki) {
@@ -147,6 +140,78 @@ impl Interceptor {
         };
         config.alpn_protocols = alpn;
         Arc::new(config)
+    }
+}
+
+/// A certificate chain and key the user gives doppel to present (`--ingress-cert`, `--ingress-key`): the
+/// app's own, so that its clients see the certificate they already trust.
+pub struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<Identity> {
+        use rustls::pki_types::pem::PemObject;
+        let named = |p: &std::path::Path, e: String| Error::input(format!("{}: {e}", p.display()));
+        let chain = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| named(cert, format!("{e:?}")))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| named(cert, format!("{e:?}")))?;
+        if chain.is_empty() {
+            return Err(named(cert, "no PEM certificate in it".into()));
+        }
+        let key_der = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| named(key, format!("no usable PEM private key in it ({e:?})")))?;
+        let identity = Identity { chain, key: key_der };
+        identity
+            .server_config(Vec::new())
+            .map_err(|e| named(cert, format!("does not go with {}: {e}", key.display())))?;
+        Ok(identity)
+    }
+
+    fn server_config(&self, alpn: Vec<Vec<u8>>) -> Result<Arc<rustls::ServerConfig>> {
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| Error::input(e.to_string()))?;
+        config.alpn_protocols = alpn;
+        Ok(Arc::new(config))
+    }
+}
+
+/// Decrypts TLS connections while recording: the app's own to its dependencies (egress), and its clients'
+/// to the app (ingress).
+pub struct Interceptor {
+    ca: Arc<Ca>,
+    trust: ClientTrust,
+    /// Presented to clients instead of a certificate minted by doppel's CA.
+    identity: Option<Identity>,
+    /// Destinations whose clients refused doppel's certificate (pinning, own trust store): server name and why.
+    refused: Mutex<HashMap<String, (String, String)>>,
+}
+
+impl Interceptor {
+    pub fn new(ca: Arc<Ca>, upstream: &UpstreamTrust) -> Result<Interceptor> {
+        Ok(Interceptor {
+            ca,
+            trust: ClientTrust::new(upstream, "--upstream-ca")?,
+            identity: None,
+            refused: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// For the app's own TLS ports: clients get `identity` (else a certificate from doppel's CA for the name
+    /// they ask), and the app's certificate is accepted whatever it is.
+    pub fn for_app(ca: Arc<Ca>, identity: Option<Identity>) -> Interceptor {
+        Interceptor { ca, trust: ClientTrust::any(), identity, refused: Mutex::new(HashMap::new()) }
+    }
+
+    /// Servers whose clients refused doppel's certificate, with the reason.
+    pub fn refused_hosts(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self.refused.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        v.sort();
+        v
     }
 
     /// Whether connections to `dest` pass through encrypted (its client refused doppel's certificate before).
@@ -177,12 +242,17 @@ impl Interceptor {
             (None, Some(ip)) => ServerName::IpAddress(ip.into()),
             (None, None) => return Err("the app sent no server name and the destination has no address".into()),
         };
-        let upstream = TlsConnector::from(self.client_config(offered))
+        let upstream = TlsConnector::from(self.trust.config(offered))
             .connect(server_name, upstream)
             .await
             .map_err(|e| format!("TLS to the real server {name} failed: {e}"))?;
         let chosen = upstream.get_ref().1.alpn_protocol().map(|p| p.to_vec());
-        let config = self.ca.server_config(&name, chosen.iter().cloned().collect()).map_err(|e| e.to_string())?;
+        let alpn: Vec<Vec<u8>> = chosen.iter().cloned().collect();
+        let config = match &self.identity {
+            Some(identity) => identity.server_config(alpn),
+            None => self.ca.server_config(&name, alpn),
+        }
+        .map_err(|e| e.to_string())?;
         match start.into_stream(config).await {
             Ok(client) => {
                 let alpn = chosen.map(|p| String::from_utf8_lossy(&p).into_owned());
@@ -223,7 +293,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Web PKI verification, except that a server presenting exactly a certificate the user gave with
-/// `--upstream-ca` is trusted as is.
+/// `--upstream-ca` or `--target-ca` is trusted as is.
 #[derive(Debug)]
 struct PinnedOrWebPki {
     webpki: Arc<rustls::client::WebPkiServerVerifier>,

@@ -214,7 +214,7 @@ impl HttpObserver {
         };
         let started_at = format_time(time::OffsetDateTime::from(self.ctx.wall(p.started)));
         let record = match &self.ctx.role {
-            Role::Ingress { port } => Record::Test(Box::new(TestCase {
+            Role::Ingress { port, tls } => Record::Test(Box::new(TestCase {
                 version: FORMAT_VERSION,
                 name: String::new(),
                 kind: "http".into(),
@@ -227,6 +227,7 @@ impl HttpObserver {
                 volatile: Vec::new(),
                 chain: Default::default(),
                 tags: Vec::new(),
+                tls: tls.clone(),
             })),
             Role::Egress { dest } => Record::Mock(Box::new(Mock {
                 version: FORMAT_VERSION,

@@ -22,6 +22,26 @@ use crate::store::Header;
 /// The `kind` of HTTP/2 test cases and mocks.
 pub const KIND: &str = "http2";
 
+/// A recorded HTTP/2 request in HTTP/1.1 form, for a client that speaks only HTTP/1.1 (`doppel load`): the
+/// request line says HTTP/1.1 and `:authority` becomes `Host`; other pseudo-headers go.
+pub fn as_http1(mut req: crate::store::HttpRequest) -> crate::store::HttpRequest {
+    if req.version.starts_with("HTTP/1") {
+        return req;
+    }
+    req.version = "HTTP/1.1".into();
+    let has_host = req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("host"));
+    let mut headers = Vec::with_capacity(req.headers.len());
+    for h in std::mem::take(&mut req.headers) {
+        match h.name.as_str() {
+            ":authority" if !has_host => headers.insert(0, Header { name: "Host".into(), value: h.value }),
+            n if n.starts_with(':') => {}
+            _ => headers.push(h),
+        }
+    }
+    req.headers = headers;
+    req
+}
+
 pub struct Http2;
 
 impl Protocol for Http2 {

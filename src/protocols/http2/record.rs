@@ -223,7 +223,7 @@ impl H2Observer {
         };
         let started_at = format_time(time::OffsetDateTime::from(self.ctx.wall(x.started)));
         let record = match &self.ctx.role {
-            Role::Ingress { port } => Record::Test(Box::new(TestCase {
+            Role::Ingress { port, tls } => Record::Test(Box::new(TestCase {
                 version: FORMAT_VERSION,
                 name: String::new(),
                 kind: super::KIND.into(),
@@ -236,6 +236,7 @@ impl H2Observer {
                 volatile: Vec::new(),
                 chain: Default::default(),
                 tags: Vec::new(),
+                tls: tls.clone(),
             })),
             Role::Egress { dest } => {
                 let mut mock = Mock::new(

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::frame::{self, CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, PADDED, SETTINGS, encode};
 use super::hpack::{Encoder, Field};
 use crate::protocols::{Observer, RecordCtx, Role};
-use crate::store::{FORMAT_VERSION, HeaderList, Mock, SetMeta, Store};
+use crate::store::{FORMAT_VERSION, Header, HeaderList, Mock, SetMeta, Store};
 
 fn fields(list: &[(&str, &str)]) -> Vec<Field> {
     list.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
@@ -191,7 +191,7 @@ async fn real_h2_traffic_is_recorded() {
     let writer = store.create_set(Some("s"), &meta()).unwrap();
     let ctx = RecordCtx {
         sink: writer.sink(),
-        role: Role::Ingress { port: 50051 },
+        role: Role::Ingress { port: 50051, tls: None },
         connection: 1,
         opened_at: SystemTime::now(),
         opened: Instant::now(),
@@ -269,4 +269,26 @@ async fn real_h2_traffic_is_recorded() {
     assert_eq!(t.request.messages[0].json, Some(serde_json::json!({"1": "bob"})));
     assert_eq!(t.response.messages[0].json, Some(serde_json::json!({"1": 7})));
     assert_eq!(t.response.trailers.get_str("grpc-status").as_deref(), Some("0"));
+}
+
+#[test]
+fn http2_requests_take_http1_form_for_http1_clients() {
+    let req = crate::store::HttpRequest {
+        method: "GET".into(),
+        target: "/a".into(),
+        version: "HTTP/2".into(),
+        headers: vec![
+            Header::new(":scheme", "https"),
+            Header::new(":authority", "api:8443"),
+            Header::new("accept", "*/*"),
+        ],
+        body: None,
+        messages: vec![],
+        trailers: vec![],
+    };
+    let h1 = super::as_http1(req);
+    assert_eq!(h1.version, "HTTP/1.1");
+    let names: Vec<&str> = h1.headers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["Host", "accept"]);
+    assert_eq!(h1.headers[0].value, b"api:8443");
 }

@@ -668,7 +668,7 @@ mod tests {
         o.client(&command(&["PING"]), now).unwrap();
         o.server(b"+PONG\r\n", now).unwrap();
         assert!(o.server(b"+PONG\r\n", now).is_err());
-        let mut o = RedisObserver::new(ctx(Role::Ingress { port: 8080 }));
+        let mut o = RedisObserver::new(ctx(Role::Ingress { port: 8080, tls: None }));
         assert!(o.client(&command(&["PING"]), now).is_err());
     }
 }

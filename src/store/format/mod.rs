@@ -191,6 +191,10 @@ pub struct TestCase {
     /// Labels for `doppel test --tag`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// The client spoke TLS to the app, asking for this server name (or the address it connected to):
+    /// replay speaks TLS to the app with the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
 }
 
 /// One chunk of an opaque TCP conversation.
