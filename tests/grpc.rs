@@ -1,7 +1,8 @@
 //! gRPC with real grpcio (PyPI) servers and clients: the example Orders service (unary, server-streaming,
 //! client-streaming, bidirectional) recorded as inbound tests under doppel and driven by a grpcio client, and
 //! an HTTP gateway that calls it recorded with its calls as mocks; both replayed with nothing else running,
-//! and a changed build caught naming the field, with and without the .proto.
+//! and a changed build caught naming the field, with and without the .proto. The gateway's bidirectional
+//! ping-pong call (each message sent only after the previous reply) is served message by message.
 
 mod common;
 
@@ -134,7 +135,7 @@ fn grpcio_client_calls_recorded_as_mocks_and_replayed_with_the_server_gone() {
     let record = |recordings: &str, extra: &[String]| {
         let mut rec = Bg::spawn(&mut gateway_in(recordings, "record", extra, None), w.dir.path(), recordings);
         wait_http_ok(&format!("http://127.0.0.1:{app_port}/health"), Duration::from_secs(60), &rec);
-        for path in ["/orders/7", "/orders", "/upload", "/track", "/orders/0"] {
+        for path in ["/orders/7", "/orders", "/upload", "/track", "/orders/0", "/track-pingpong"] {
             let r = curl(&[&format!("http://127.0.0.1:{app_port}{path}")]);
             let answered =
                 r.stdout.contains("order_id") || r.stdout.contains("count") || r.stdout.contains("NOT_FOUND");
@@ -143,7 +144,10 @@ fn grpcio_client_calls_recorded_as_mocks_and_replayed_with_the_server_gone() {
         rec.signal(libc::SIGINT);
         assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
         let mocks = read_all(&w.path(recordings).join("test-set-0/mocks.yaml"));
-        assert!(rec.stdout().contains("recorded 6 tests and 5 mocks (http2: 5)"), "{}\n{mocks}", rec.explain());
+        assert!(rec.stdout().contains("recorded 7 tests and 6 mocks (http2: 6)"), "{}\n{mocks}", rec.explain());
+        // The ping-pong call's replies keep how many requests the server had when it sent each.
+        assert!(mocks.contains("customer: dave") || mocks.contains("\"2\": dave"), "{mocks}");
+        assert!(mocks.contains("after_requests: 3"), "{mocks}");
         mocks
     };
     let mocks = record("rec", &proto_args());
@@ -154,10 +158,12 @@ fn grpcio_client_calls_recorded_as_mocks_and_replayed_with_the_server_gone() {
 
     let ok = run(&mut gateway("test", &proto_args(), None));
     assert_eq!(ok.code, 0, "{ok:?}");
-    assert!(ok.stdout.contains("6 passed, 0 failed") && ok.stdout.contains("5 of 5 mocks used"), "{ok:?}");
+    assert!(ok.stdout.contains("7 passed, 0 failed") && ok.stdout.contains("6 of 6 mocks used"), "{ok:?}");
     let bad = run(&mut gateway("test", &proto_args(), Some("changed")));
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(bad.stdout.contains("body $.total_cents changed: expected 8750 got 8755"), "{bad:?}");
+    // The ping-pong call was served with the server gone, and the changed build is caught in it too.
+    assert!(bad.stdout.contains("body $[0].total_cents changed: expected 7500 got 7505"), "{bad:?}");
     // Messages recorded with field names need the .proto to be sent again: said before the app starts.
     let plain = run(&mut gateway("test", &[], None));
     assert_eq!(plain.code, 2, "{plain:?}");
@@ -166,7 +172,9 @@ fn grpcio_client_calls_recorded_as_mocks_and_replayed_with_the_server_gone() {
     let other = run(&mut gateway("test", &proto_args(), Some("other-customer")));
     assert_eq!(other.code, 1, "{other:?}");
     assert!(other.stdout.contains("/shop.Orders/GetOrder") && other.stdout.contains("zoe"), "{other:?}");
+    // The ping-pong call departs from its recording at its second message: a miss naming it, at once.
+    assert!(other.stdout.contains("/shop.Orders/Track") && other.stdout.contains("differs in message 2"), "{other:?}");
     // Recorded without the .proto: matched and served by field numbers.
     let plain = run(&mut gateway_in("numbered", "test", &[], None));
-    assert!(plain.stdout.contains("6 passed, 0 failed") && plain.stdout.contains("5 of 5 mocks used"), "{plain:?}");
+    assert!(plain.stdout.contains("7 passed, 0 failed") && plain.stdout.contains("6 of 6 mocks used"), "{plain:?}");
 }

@@ -2,6 +2,7 @@
 $ORDERS_ADDR) with a grpcio client and answers JSON. doppel records its gRPC calls as mocks."""
 import json
 import os
+import queue
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -11,8 +12,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 protos, services = grpc.protos_and_services("shop.proto")
 
 CHANGED = os.environ.get("APP_VARIANT") == "changed"
-# A build that asks for another customer's orders: a call the recording never made.
-CUSTOMER = "zoe" if os.environ.get("APP_VARIANT") == "other-customer" else "alice"
+# A build that asks for another customer's orders: a call the recording never made (in /track-pingpong,
+# from the second message on).
+OTHER = os.environ.get("APP_VARIANT") == "other-customer"
+CUSTOMER = "zoe" if OTHER else "alice"
 channel = grpc.insecure_channel(os.environ.get("ORDERS_ADDR", "127.0.0.1:50051"))
 stub = services.OrdersStub(channel)
 
@@ -39,7 +42,32 @@ def route(path):
     if path == "/track":
         replies = stub.Track(iter([protos.OrderRequest(customer="carol", order_id=i) for i in (4, 5)]))
         return 200, [as_dict(o) for o in replies]
+    if path == "/track-pingpong":
+        return track_pingpong()
     return 404, {"error": "no route"}
+
+
+def track_pingpong():
+    """A bidirectional call in ping-pong: each request is sent only once the reply to the previous one came
+    back (the request iterator blocks on a queue the replies feed)."""
+    requests = queue.Queue()
+
+    def outgoing():
+        while (r := requests.get()) is not None:
+            yield r
+
+    replies = stub.Track(outgoing(), timeout=10)
+    out = []
+    try:
+        for i in (6, 7, 8):
+            requests.put(protos.OrderRequest(customer="zoe" if OTHER and i > 6 else "dave", order_id=i))
+            out.append(as_dict(next(replies)))
+        requests.put(None)
+        out.extend(as_dict(o) for o in replies)
+    except grpc.RpcError as e:
+        requests.put(None)
+        return 502, {"error": e.code().name, "details": e.details()}
+    return 200, out
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -214,8 +214,20 @@ impl MockPool {
     /// current test's window, else the first unused one; when all were used, the last one again. Marks it
     /// used and tells whether it was a reuse.
     pub fn take(&self, candidates: &[usize]) -> Option<(usize, bool)> {
-        let window = self.window.lock().ok().and_then(|w| *w);
         let mut used = self.used.lock().ok()?;
+        let (i, reused) = self.choose(candidates, &used)?;
+        used[i] += 1;
+        Some((i, reused))
+    }
+
+    /// The mock `take` would pick now, without taking it.
+    pub fn peek(&self, candidates: &[usize]) -> Option<usize> {
+        let used = self.used.lock().ok()?;
+        self.choose(candidates, &used).map(|(i, _)| i)
+    }
+
+    fn choose(&self, candidates: &[usize], used: &[u32]) -> Option<(usize, bool)> {
+        let window = self.window.lock().ok().and_then(|w| *w);
         let in_window = |i: &usize| match (window, self.started_ms[*i]) {
             (Some((from, to)), Some(t)) => t >= from - 1.0 && t <= to + 1.0,
             _ => false,
@@ -225,12 +237,10 @@ impl MockPool {
             .copied()
             .find(|i| used[*i] == 0 && in_window(i))
             .or_else(|| candidates.iter().copied().find(|i| used[*i] == 0));
-        let (i, reused) = match pick {
-            Some(i) => (i, false),
-            None => (*candidates.last()?, true),
-        };
-        used[i] += 1;
-        Some((i, reused))
+        match pick {
+            Some(i) => Some((i, false)),
+            None => Some((*candidates.last()?, true)),
+        }
     }
 
     pub fn miss(&self, protocol: &'static str, dest: &str, what: String) {

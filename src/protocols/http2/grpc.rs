@@ -81,7 +81,7 @@ pub fn split(mut body: &[u8]) -> Result<Vec<(bool, &[u8])>, String> {
 pub fn to_stored(path: &str, request: bool, compressed: bool, bytes: &[u8]) -> GrpcMessage {
     let raw = || Some(B64.encode(bytes));
     if compressed {
-        return GrpcMessage { type_name: None, json: None, base64: raw(), compressed };
+        return GrpcMessage { type_name: None, json: None, base64: raw(), compressed, after_requests: None };
     }
     if let Some(desc) = schema().and_then(|p| message_type(p, path, request))
         && let Ok(msg) = DynamicMessage::decode(desc.clone(), bytes)
@@ -94,15 +94,17 @@ pub fn to_stored(path: &str, request: bool, compressed: bool, bytes: &[u8]) -> G
                 json: Some(json),
                 base64: if exact { None } else { raw() },
                 compressed,
+                after_requests: None,
             };
         }
     }
     match pbwire::decode(bytes) {
         Some(tree) => {
             let exact = pbwire::encode(&tree).is_some_and(|b| b == bytes);
-            GrpcMessage { type_name: None, json: Some(tree), base64: if exact { None } else { raw() }, compressed }
+            let base64 = if exact { None } else { raw() };
+            GrpcMessage { type_name: None, json: Some(tree), base64, compressed, after_requests: None }
         }
-        None => GrpcMessage { type_name: None, json: None, base64: raw(), compressed },
+        None => GrpcMessage { type_name: None, json: None, base64: raw(), compressed, after_requests: None },
     }
 }
 
@@ -166,12 +168,12 @@ pub fn decode_body(path: &str, request: bool, body: &[u8]) -> Option<Vec<GrpcMes
 
 /// The JSON view of messages, for comparing: decoded JSON, or the base64 bytes for undecodable ones.
 pub fn json_view(messages: &[GrpcMessage]) -> Value {
-    Value::Array(
-        messages
-            .iter()
-            .map(|m| m.json.clone().unwrap_or_else(|| Value::String(m.base64.clone().unwrap_or_default())))
-            .collect(),
-    )
+    Value::Array(messages.iter().map(json_of).collect())
+}
+
+/// The JSON view of one message (see `json_view`).
+pub fn json_of(m: &GrpcMessage) -> Value {
+    m.json.clone().unwrap_or_else(|| Value::String(m.base64.clone().unwrap_or_default()))
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
 //! Turns a proxied HTTP/2 connection into exchanges: every stream is one request and its response (a test
 //! case on the app's ports, a mock towards a dependency), with trailers. Frames are followed passively in
 //! both directions with one HPACK decoder each; anything that does not follow the protocol hands the rest of
-//! the connection to the opaque recorder.
+//! the connection to the opaque recorder. For a gRPC call towards a dependency that answered while the app
+//! was still sending, each response message keeps how many request messages had arrived before it
+//! (`after_requests`), so replay can answer a client that waits for each reply before sending on.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::time::Instant;
 
 use super::frame::{self, Frame, FrameReader};
@@ -37,6 +40,92 @@ struct Exchange {
     response: Option<(Vec<Header>, Instant)>,
     response_body: SpillBuffer,
     response_trailers: Vec<Header>,
+    /// gRPC framing followed in each direction, to know how far each side is.
+    request_framing: Framing,
+    response_framing: Framing,
+    /// The client ended its side of the stream.
+    request_ended: bool,
+    /// For each response message begun: how many request messages were complete then.
+    response_after: Vec<u32>,
+    /// A response message began before the client ended its side (a bidirectional conversation).
+    answered_early: bool,
+}
+
+impl Exchange {
+    fn new(started: Instant, request: Vec<Header>, request_body: SpillBuffer, response_body: SpillBuffer) -> Exchange {
+        Exchange {
+            started,
+            request,
+            request_body,
+            request_trailers: Vec::new(),
+            response: None,
+            response_body,
+            response_trailers: Vec::new(),
+            request_framing: Framing::default(),
+            response_framing: Framing::default(),
+            request_ended: false,
+            response_after: Vec::new(),
+            answered_early: false,
+        }
+    }
+
+    fn on_data(&mut self, side: usize, data: &[u8]) {
+        if side == CLIENT {
+            self.request_framing.feed(data);
+            return;
+        }
+        self.response_framing.feed(data);
+        let received = self.request_framing.complete;
+        while (self.response_after.len() as u32) < self.response_framing.begun {
+            self.response_after.push(received);
+            self.answered_early |= !self.request_ended;
+        }
+    }
+}
+
+/// Follows gRPC length-prefixed framing (a flag byte, a 4-byte big-endian length, the message) over DATA
+/// frames, counting messages begun and complete. Only a count: the messages are decoded from the whole body.
+#[derive(Default)]
+struct Framing {
+    /// Bytes of the current message's 5-byte prefix seen so far (0: between messages).
+    prefix: usize,
+    length: [u8; 4],
+    /// Bytes of the current message still to come once its prefix is complete.
+    remaining: usize,
+    begun: u32,
+    complete: u32,
+}
+
+impl Framing {
+    fn feed(&mut self, mut data: &[u8]) {
+        while let Some((&b, rest)) = data.split_first() {
+            if self.prefix < 5 {
+                if self.prefix == 0 {
+                    self.begun += 1;
+                } else {
+                    self.length[self.prefix - 1] = b;
+                }
+                self.prefix += 1;
+                data = rest;
+                if self.prefix == 5 {
+                    self.remaining = u32::from_be_bytes(self.length) as usize;
+                    self.end_message_if_done();
+                }
+                continue;
+            }
+            let n = self.remaining.min(data.len());
+            self.remaining -= n;
+            data = &data[n..];
+            self.end_message_if_done();
+        }
+    }
+
+    fn end_message_if_done(&mut self) {
+        if self.remaining == 0 {
+            self.complete += 1;
+            self.prefix = 0;
+        }
+    }
 }
 
 pub struct H2Observer {
@@ -65,15 +154,8 @@ impl H2Observer {
         if request_body.push(body).is_err() {
             tracing::debug!("cannot keep the body of an h2c upgrade request");
         }
-        let exchange = Exchange {
-            started,
-            request,
-            request_body,
-            request_trailers: Vec::new(),
-            response: None,
-            response_body: observer.ctx.sink.spill_buffer(),
-            response_trailers: Vec::new(),
-        };
+        let mut exchange = Exchange::new(started, request, request_body, observer.ctx.sink.spill_buffer());
+        exchange.request_ended = true;
         observer.streams.insert(1, exchange);
         observer
     }
@@ -121,6 +203,10 @@ impl H2Observer {
                 if let Some(x) = self.streams.get_mut(&f.stream) {
                     let body = if side == CLIENT { &mut x.request_body } else { &mut x.response_body };
                     body.push(data).map_err(|e| format!("cannot store a body: {e}"))?;
+                    x.on_data(side, data);
+                    if side == CLIENT && f.has(frame::END_STREAM) {
+                        x.request_ended = true;
+                    }
                 }
                 if side == SERVER && f.has(frame::END_STREAM) {
                     self.finish(f.stream, at);
@@ -158,19 +244,16 @@ impl H2Observer {
             .map(|(n, v)| Header { name: String::from_utf8_lossy(&n).into_owned(), value: v })
             .collect();
         if side == CLIENT {
-            match self.streams.get_mut(&stream) {
-                Some(x) => x.request_trailers = headers,
-                None => {
-                    let x = Exchange {
-                        started: at,
-                        request: headers,
-                        request_body: self.ctx.sink.spill_buffer(),
-                        request_trailers: Vec::new(),
-                        response: None,
-                        response_body: self.ctx.sink.spill_buffer(),
-                        response_trailers: Vec::new(),
-                    };
-                    self.streams.insert(stream, x);
+            match self.streams.entry(stream) {
+                Entry::Occupied(mut open) => {
+                    let x = open.get_mut();
+                    x.request_trailers = headers;
+                    x.request_ended |= end_stream;
+                }
+                Entry::Vacant(new) => {
+                    let mut x = Exchange::new(at, headers, self.ctx.sink.spill_buffer(), self.ctx.sink.spill_buffer());
+                    x.request_ended = end_stream;
+                    new.insert(x);
                 }
             }
             return Ok(());
@@ -202,7 +285,16 @@ impl H2Observer {
         let (status, response_headers) = split_response(response_headers);
         let grpc = grpc::is_grpc(&request_headers) || grpc::is_grpc(&response_headers);
         let (request_body, request_messages) = body_or_messages(x.request_body, grpc, &target, true);
-        let (response_body, response_messages) = body_or_messages(x.response_body, grpc, &target, false);
+        let (response_body, mut response_messages) = body_or_messages(x.response_body, grpc, &target, false);
+        // Only where it matters: the dependency answered before the app had sent everything.
+        let paced = matches!(self.ctx.role, Role::Egress { .. })
+            && x.answered_early
+            && x.response_after.len() == response_messages.len();
+        if paced {
+            for (m, after) in response_messages.iter_mut().zip(&x.response_after) {
+                m.after_requests = Some(*after);
+            }
+        }
         let request = HttpRequest {
             method,
             target,

@@ -1,5 +1,6 @@
 //! HTTP/2 observer tests: a crafted connection with interleaved streams, CONTINUATION, padding and gRPC
 //! trailers, split at every byte boundary; a real `h2` client and server observed through a tap; garbage.
+//! A bidirectional ping-pong call recorded, then served to an `h2` client that waits for each reply.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -9,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::frame::{self, CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, PADDED, SETTINGS, encode};
 use super::hpack::{Encoder, Field};
-use crate::protocols::{Observer, RecordCtx, Role};
+use crate::protocols::{MockPool, Observer, RecordCtx, Role, ServeCtx};
 use crate::store::{FORMAT_VERSION, Header, HeaderList, Mock, SetMeta, Store};
 
 fn fields(list: &[(&str, &str)]) -> Vec<Field> {
@@ -129,6 +130,8 @@ fn interleaved_streams_become_exchanges() {
     assert_eq!(call.response.as_ref().unwrap().messages[0].json, Some(serde_json::json!({"1": 42, "2": 1})));
     assert_eq!(call.response.as_ref().unwrap().trailers.get_str("grpc-status").as_deref(), Some("0"));
     assert!(call.request.body.is_none());
+    // Answered after the request ended: no pacing to keep.
+    assert_eq!(call.response.as_ref().unwrap().messages[0].after_requests, None);
 }
 
 #[test]
@@ -291,4 +294,174 @@ fn http2_requests_take_http1_form_for_http1_clients() {
     let names: Vec<&str> = h1.headers.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(names, ["Host", "accept"]);
     assert_eq!(h1.headers[0].value, b"api:8443");
+}
+
+/// A gRPC message with its length prefix.
+fn framed(payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+const ALICE: &[u8] = b"\x0a\x05alice";
+const BOB: &[u8] = b"\x0a\x03bob";
+const REPLY_ALICE: &[u8] = b"\x08\x2a\x10\x01";
+const REPLY_BOB: &[u8] = b"\x08\x2b";
+
+/// A bidirectional call in which the server answers each message before the client sends the next.
+fn ping_pong() -> Vec<(bool, Vec<u8>)> {
+    let (mut req, mut resp) = (Encoder::new(), Encoder::new());
+    let mut c1 = frame::PREFACE.to_vec();
+    encode(SETTINGS, 0, 0, &[], &mut c1);
+    let call = block(
+        &mut req,
+        &[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/shop.Orders/Track"),
+            (":authority", "api:443"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ],
+    );
+    encode(HEADERS, END_HEADERS, 1, &call, &mut c1);
+    // The first message split over two DATA frames: it counts once complete.
+    let alice = framed(ALICE);
+    encode(DATA, 0, 1, &alice[..3], &mut c1);
+    encode(DATA, 0, 1, &alice[3..], &mut c1);
+    let mut s1 = Vec::new();
+    encode(SETTINGS, 0, 0, &[], &mut s1);
+    let head = block(&mut resp, &[(":status", "200"), ("content-type", "application/grpc")]);
+    encode(HEADERS, END_HEADERS, 1, &head, &mut s1);
+    encode(DATA, 0, 1, &framed(REPLY_ALICE), &mut s1);
+    let mut c2 = Vec::new();
+    encode(DATA, 0, 1, &framed(BOB), &mut c2);
+    let mut s2 = Vec::new();
+    encode(DATA, 0, 1, &framed(REPLY_BOB), &mut s2);
+    let mut c3 = Vec::new();
+    encode(DATA, END_STREAM, 1, &[], &mut c3);
+    let mut s3 = Vec::new();
+    let trailers = block(&mut resp, &[("grpc-status", "0")]);
+    encode(HEADERS, END_HEADERS | END_STREAM, 1, &trailers, &mut s3);
+    vec![(true, c1), (false, s1), (true, c2), (false, s2), (true, c3), (false, s3)]
+}
+
+#[test]
+fn a_ping_pong_call_keeps_when_each_reply_was_sent() {
+    let (mocks, error) = observe(&ping_pong(), |b| b.chunks(3).collect());
+    assert_eq!(error, None);
+    let call = mocks[0].http2.as_ref().unwrap();
+    assert_eq!(call.request.messages.len(), 2);
+    let after: Vec<_> = call.response.as_ref().unwrap().messages.iter().map(|m| m.after_requests).collect();
+    assert_eq!(after, [Some(1), Some(2)]);
+    assert!(crate::store::to_yaml(&mocks[0]).unwrap().contains("after_requests: 2"));
+}
+
+/// Serves `mocks` as replay does, to an `h2` client.
+async fn replay(mocks: Vec<Mock>) -> (Arc<MockPool>, h2::client::SendRequest<bytes::Bytes>) {
+    let pool = Arc::new(MockPool::new(mocks, std::env::temp_dir()));
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    let ctx = ServeCtx { pool: pool.clone(), dest: "api:443".into(), ca: None };
+    tokio::spawn(super::serve::serve(Box::new(server_io), Vec::new(), ctx));
+    let (client, conn) = h2::client::handshake(client_io).await.unwrap();
+    tokio::spawn(conn);
+    (pool, client)
+}
+
+async fn track(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let req = http::Request::post("http://api:443/shop.Orders/Track")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    client.clone().ready().await.unwrap().send_request(req, false).unwrap()
+}
+
+fn send(stream: &mut h2::SendStream<bytes::Bytes>, payload: &[u8]) {
+    stream.send_data(bytes::Bytes::from(framed(payload)), false).unwrap();
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(10), f).await.expect("no answer in time")
+}
+
+#[tokio::test]
+async fn a_ping_pong_call_is_answered_message_by_message() {
+    let (mocks, _) = observe(&ping_pong(), |b| vec![b]);
+    let (pool, client) = replay(mocks.clone()).await;
+
+    // Each reply comes before the next message is sent, then the trailers once the client ends.
+    let (resp, mut send_stream) = track(&client).await;
+    send(&mut send_stream, ALICE);
+    let resp = within(resp).await.unwrap();
+    assert_eq!(resp.headers().get("content-type").unwrap(), "application/grpc");
+    let mut body = resp.into_body();
+    assert_eq!(within(body.data()).await.unwrap().unwrap(), framed(REPLY_ALICE));
+    send(&mut send_stream, BOB);
+    assert_eq!(within(body.data()).await.unwrap().unwrap(), framed(REPLY_BOB));
+    send_stream.send_data(bytes::Bytes::new(), true).unwrap();
+    assert!(within(body.data()).await.is_none());
+    let trailers = within(body.trailers()).await.unwrap().unwrap();
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert!(pool.misses().is_empty(), "{:?}", pool.misses());
+    assert_eq!(pool.usage(), [1]);
+
+    // A second message the recording does not have: a miss naming it, and status INTERNAL.
+    let (resp, mut send_stream) = track(&client).await;
+    send(&mut send_stream, ALICE);
+    let mut body = within(resp).await.unwrap().into_body();
+    assert_eq!(within(body.data()).await.unwrap().unwrap(), framed(REPLY_ALICE));
+    send(&mut send_stream, b"\x0a\x05carol");
+    assert!(within(body.data()).await.is_none());
+    let trailers = within(body.trailers()).await.unwrap().unwrap();
+    assert_eq!(trailers.get("grpc-status").unwrap(), "13");
+    let message = trailers.get("grpc-message").unwrap().to_str().unwrap().to_string();
+    assert!(message.contains("carol") && message.contains("differs in message 2"), "{message}");
+    let misses = pool.misses();
+    assert_eq!(misses.len(), 1);
+    assert!(misses[0].what.contains("/shop.Orders/Track") && misses[0].what.contains("carol"), "{misses:?}");
+
+    // Ending before the recording did is a miss too.
+    let (resp, mut send_stream) = track(&client).await;
+    send(&mut send_stream, ALICE);
+    let mut body = within(resp).await.unwrap().into_body();
+    assert_eq!(within(body.data()).await.unwrap().unwrap(), framed(REPLY_ALICE));
+    send_stream.send_data(bytes::Bytes::new(), true).unwrap();
+    assert!(within(body.data()).await.is_none());
+    let trailers = within(body.trailers()).await.unwrap().unwrap();
+    assert_eq!(trailers.get("grpc-status").unwrap(), "13");
+    assert!(pool.misses()[1].what.contains("has 2 messages"), "{:?}", pool.misses());
+
+    // A first message no recorded call starts with: answered at once (trailers-only), not at the end.
+    let (resp, mut send_stream) = track(&client).await;
+    send(&mut send_stream, b"\x0a\x03zoe");
+    let resp = within(resp).await.unwrap();
+    assert_eq!(resp.headers().get("grpc-status").unwrap(), "13");
+    assert_eq!(pool.misses().len(), 3);
+    assert!(pool.misses()[2].what.contains("zoe"), "{:?}", pool.misses());
+
+    // Recorded without `after_requests` (an older recording): answered when the request ends, as before.
+    let mut old = mocks;
+    for m in &mut old[0].http2.as_mut().unwrap().response.as_mut().unwrap().messages {
+        m.after_requests = None;
+    }
+    let (pool, client) = replay(old).await;
+    let (resp, mut send_stream) = track(&client).await;
+    send(&mut send_stream, ALICE);
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(300), resp).await;
+    assert!(waited.is_err(), "answered before the request ended");
+    let (resp, mut send_stream) = track(&client).await;
+    send(&mut send_stream, ALICE);
+    send(&mut send_stream, BOB);
+    send_stream.send_data(bytes::Bytes::new(), true).unwrap();
+    let mut body = within(resp).await.unwrap().into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = within(body.data()).await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, [framed(REPLY_ALICE), framed(REPLY_BOB)].concat());
+    assert!(pool.misses().is_empty(), "{:?}", pool.misses());
 }

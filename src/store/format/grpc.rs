@@ -1,6 +1,7 @@
 //! gRPC messages in test and mock files: each length-prefixed message of a call, shown as JSON (field names
 //! from the .proto when one was given, field numbers otherwise), with its exact bytes kept only when the JSON
-//! does not encode back to them.
+//! does not encode back to them. Response messages of a streaming mock may say when they were sent
+//! (`after_requests`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -20,4 +21,9 @@ pub struct GrpcMessage {
     /// Set when the message was sent compressed (the gRPC compressed flag).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub compressed: bool,
+    /// Response messages of a streaming call the dependency answered while the app was still sending: how
+    /// many request messages it had received when it sent this one. Replay sends it once that many have
+    /// arrived, for clients that wait for an answer before sending on. Absent: sent when the request ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_requests: Option<u32>,
 }
