@@ -73,13 +73,18 @@ fn kill_9_during_recording_keeps_every_completed_exchange() {
     });
     assert!(!app_still_here, "the app outlived doppel");
 
+    // Killed before its end, the recording left its tests in the journal; the next load turns them into
+    // one file each.
     let set = w.path().join("test-set-0");
-    let names: Vec<String> =
-        std::fs::read_dir(set.join("tests")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert_eq!(names.len(), 6, "health + 5 items, not the in-flight one: {names:?}");
-    assert!(names.iter().all(|n| n.ends_with(".yaml")), "{names:?}");
+    let journal = read_all(&set.join("tests.journal"));
+    assert_eq!(journal.matches("\n...\n").count(), 6, "health + 5 items, not the in-flight one:\n{journal}");
     let list = run(Command::new(doppel_bin()).args(["list", "--path"]).arg(w.path()));
     assert!(list.stdout.contains("test-set-0: 6 tests, 5 mocks"), "{list:?}");
+    let names: Vec<String> =
+        std::fs::read_dir(set.join("tests")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+    assert!(names.iter().all(|n| n.ends_with(".yaml")), "{names:?}");
+    assert!(!set.join("tests.journal").exists());
     w.stop_upstream();
     let r = run(&mut w.doppel("test", &[], None));
     assert!(r.stdout.contains("6 passed, 0 failed"), "{r:?}");

@@ -5,17 +5,20 @@
 //!   test-set-0/
 //!     set.yaml                    facts about the recording
 //!     tests/get-api-users.yaml    one file per test case
+//!     tests.journal               (while recording) tests appended as they complete, see `journal`
 //!     mocks.yaml                  outbound exchanges, one YAML document each, appended as they complete
 //!     bodies/                     bodies larger than 1 MiB, referenced from the YAML
 //!   reports/                      one JSON report per `doppel test` run
 //! doppel.yaml                     (project root) noise rules and defaults
 //! ```
-//! Tests are written atomically (temporary file, then rename) and mocks are appended with one write each,
-//! ended by the YAML document-end marker `...`: a kill at any moment loses at most the exchange in flight,
-//! and a mock document cut short by a crash is recognised and dropped on load.
+//! Tests and mocks are appended as they complete, in batches of whole documents each ended by the YAML
+//! document-end marker `...`: a kill at any moment loses at most the exchanges in flight, and a document
+//! cut short by a crash is recognised and dropped on load. The tests' journal becomes one file per test
+//! when the recording ends (or on the next load after a kill).
 
 pub mod body;
 pub mod format;
+mod journal;
 mod spill;
 
 use std::collections::BTreeSet;
@@ -185,6 +188,16 @@ impl Store {
         }
         let meta: SetMeta = read_versioned(&dir.join("set.yaml"))?;
         let mut tests = Vec::new();
+        let mut warnings = Vec::new();
+        // A recording killed before its end left its tests in the journal: complete it first.
+        let mut unsplit = Vec::new();
+        match journal::materialize(&dir) {
+            Ok(w) => warnings.extend(w),
+            Err(e) => {
+                warnings.push(format!("{e}; its tests are read from the journal"));
+                unsplit = journal::read_in_place(&dir)?;
+            }
+        }
         let tests_dir = dir.join("tests");
         if tests_dir.is_dir() {
             let mut files: Vec<PathBuf> = fs::read_dir(&tests_dir)
@@ -193,14 +206,20 @@ impl Store {
                 .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
                 .collect();
             files.sort();
+            files.retain(|f| !unsplit.iter().any(|(p, _)| p == f));
             for f in files {
                 let text = fs::read_to_string(&f).map_err(|e| Error::input(format!("{}: {e}", f.display())))?;
                 let t = parse_test(&text, &f)?;
                 tests.push((f, t));
             }
         }
+        for (f, text) in unsplit {
+            let t = parse_test(&text, &dir.join(journal::FILE))?;
+            tests.push((f, t));
+        }
         tests.sort_by(|a, b| a.1.recorded_at.cmp(&b.1.recorded_at).then(a.0.cmp(&b.0)));
-        let (mocks, warnings) = load_mocks(&dir.join("mocks.yaml"))?;
+        let (mocks, mock_warnings) = load_mocks(&dir.join("mocks.yaml"))?;
+        warnings.extend(mock_warnings);
         Ok(LoadedSet { name: name.to_string(), dir, meta, tests, mocks, warnings })
     }
 
@@ -458,12 +477,11 @@ impl SetWriter {
     fn start(name: String, dir: PathBuf) -> Result<SetWriter> {
         let (tx, rx) = mpsc::channel::<ToWriter>();
         let summary = Arc::new(Mutex::new(WriteSummary::default()));
-        let mocks_path = dir.join("mocks.yaml");
-        let tests_dir = dir.join("tests");
         let sum = summary.clone();
+        let set_dir = dir.clone();
         let thread = thread::Builder::new()
             .name("doppel-store".into())
-            .spawn(move || writer_loop(rx, &tests_dir, &mocks_path, &sum))
+            .spawn(move || writer_loop(rx, &set_dir, &sum))
             .map_err(|e| Error::internal(format!("cannot start the store writer: {e}")))?;
         Ok(SetWriter {
             name,
@@ -501,15 +519,71 @@ impl SetWriter {
     }
 }
 
-fn writer_loop(rx: mpsc::Receiver<ToWriter>, tests_dir: &Path, mocks_path: &Path, summary: &Mutex<WriteSummary>) {
+/// Documents waiting to be appended to one file, with one write per batch (whole documents only, so a
+/// kill leaves complete documents and at most one detectably cut last one).
+struct Appender {
+    path: PathBuf,
+    file: Option<File>,
+    pending: String,
+    /// What each pending document counts as in the summary: a mock kind, or None for a test.
+    kinds: Vec<Option<String>>,
+}
+
+impl Appender {
+    fn new(path: PathBuf) -> Appender {
+        Appender { path, file: None, pending: String::new(), kinds: Vec::new() }
+    }
+
+    fn push(&mut self, document: &str, kind: Option<String>) {
+        self.pending.push_str(document);
+        self.kinds.push(kind);
+    }
+
+    fn flush(&mut self, summary: &Mutex<WriteSummary>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let path = &self.path;
+        let file = match &mut self.file {
+            Some(f) => Ok(f),
+            None => OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(|f| self.file.insert(f))
+                .map_err(|e| Error::io(format!("cannot open {}: {e}", path.display()))),
+        };
+        let written = file.and_then(|f| {
+            f.write_all(self.pending.as_bytes()).map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))
+        });
+        match written {
+            Ok(()) => {
+                if let Ok(mut s) = summary.lock() {
+                    for k in self.kinds.drain(..) {
+                        match k {
+                            Some(kind) => *s.mocks_by_kind.entry(kind).or_default() += 1,
+                            None => s.tests += 1,
+                        }
+                    }
+                }
+            }
+            // Every document of the batch is lost: each counts as a failed exchange.
+            Err(e) => {
+                for _ in self.kinds.drain(..) {
+                    note_error(summary, e.to_string());
+                }
+            }
+        }
+        self.pending.clear();
+    }
+}
+
+fn writer_loop(rx: mpsc::Receiver<ToWriter>, dir: &Path, summary: &Mutex<WriteSummary>) {
     let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
     // Next suffix to try per base name: keeps naming O(1) when thousands of tests share a path.
     let mut next_suffix: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut mocks: Option<File> = None;
-    // Mock documents of one batch, written with one system call (whole documents only, so a kill leaves
-    // complete documents and at most one detectably cut last one).
-    let mut pending_mocks = String::new();
-    let mut pending_kinds: Vec<String> = Vec::new();
+    let mut tests = Appender::new(dir.join(journal::FILE));
+    let mut mocks = Appender::new(dir.join("mocks.yaml"));
     let mut stop = false;
     while !stop {
         // Block for the first message, then take whatever else is already queued (bounded).
@@ -546,60 +620,24 @@ fn writer_loop(rx: mpsc::Receiver<ToWriter>, tests_dir: &Path, mocks_path: &Path
                     };
                     names.insert(name.clone());
                     test.name = name.clone();
-                    let r = to_yaml(&test)
-                        .and_then(|y| write_atomic(&tests_dir.join(format!("{name}.yaml")), y.as_bytes()));
-                    match r {
-                        Ok(()) => {
-                            if let Ok(mut s) = summary.lock() {
-                                s.tests += 1;
-                            }
-                        }
+                    match to_yaml(&test) {
+                        Ok(y) => tests.push(&journal::document(&format!("{name}.yaml"), &y), None),
                         Err(e) => note_error(summary, e.to_string()),
                     }
                 }
                 Record::Mock(mock) => match to_yaml(&mock) {
-                    Ok(y) => {
-                        pending_mocks.push_str("---\n");
-                        pending_mocks.push_str(&y);
-                        pending_mocks.push_str("...\n");
-                        pending_kinds.push(mock.kind.clone());
-                    }
+                    Ok(y) => mocks.push(&format!("---\n{y}...\n"), Some(mock.kind.clone())),
                     Err(e) => note_error(summary, e.to_string()),
                 },
             }
         }
-        if pending_mocks.is_empty() {
-            continue;
-        }
-        let file = match &mut mocks {
-            Some(f) => Ok(f),
-            None => OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(mocks_path)
-                .map(|f| mocks.insert(f))
-                .map_err(|e| Error::io(format!("cannot open {}: {e}", mocks_path.display()))),
-        };
-        let written = file.and_then(|f| {
-            f.write_all(pending_mocks.as_bytes())
-                .map_err(|e| Error::io(format!("cannot write {}: {e}", mocks_path.display())))
-        });
-        match written {
-            Ok(()) => {
-                if let Ok(mut s) = summary.lock() {
-                    for k in pending_kinds.drain(..) {
-                        *s.mocks_by_kind.entry(k).or_default() += 1;
-                    }
-                }
-            }
-            Err(e) => {
-                // Every mock of the batch is lost: each counts as a failed exchange.
-                for _ in pending_kinds.drain(..) {
-                    note_error(summary, e.to_string());
-                }
-            }
-        }
-        pending_mocks.clear();
+        tests.flush(summary);
+        mocks.flush(summary);
+    }
+    drop(tests);
+    // The recording is over: one file per test.
+    if let Err(e) = journal::materialize(dir) {
+        note_error(summary, format!("{e} (the tests stay in {}; the next load completes them)", journal::FILE));
     }
 }
 
