@@ -121,4 +121,9 @@ pub fn store_files(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = crate::store::parse_test(&text, Path::new("fuzz.yaml"));
     let _ = crate::store::parse_mocks(&text, Path::new("mocks.yaml"));
+    // The tests' journal: every complete document it yields is a test file's text, loaded the same way.
+    let (docs, _) = crate::store::journal::split(&text);
+    for (_, body) in docs {
+        let _ = crate::store::parse_test(&body, Path::new("tests.journal"));
+    }
 }

@@ -18,7 +18,7 @@
 
 pub mod body;
 pub mod format;
-mod journal;
+pub(crate) mod journal;
 mod spill;
 
 use std::collections::BTreeSet;
