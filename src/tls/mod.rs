@@ -389,3 +389,41 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
         rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+        let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn an_ingress_identity_needs_a_certificate_and_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed(dir.path(), "a");
+        let (_, other_key) = self_signed(dir.path(), "b");
+        assert!(Identity::load(&cert, &key).is_ok());
+        let mismatch = Identity::load(&cert, &other_key).err().unwrap().message;
+        assert!(mismatch.contains("a.pem") && mismatch.contains("does not go with"), "{mismatch}");
+        let not_a_cert = Identity::load(&key, &key).err().unwrap().message;
+        assert!(not_a_cert.contains("a-key.pem") && not_a_cert.contains("no PEM certificate"), "{not_a_cert}");
+        let missing = Identity::load(&dir.path().join("none.pem"), &key).err().unwrap().message;
+        assert!(missing.contains("none.pem"), "{missing}");
+    }
+
+    #[test]
+    fn extra_roots_must_hold_a_certificate_and_name_their_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not pem").unwrap();
+        let trust = UpstreamTrust { extra_roots: vec![empty], insecure: false };
+        let e = ClientTrust::new(&trust, "--target-ca").err().unwrap().message;
+        assert!(e.starts_with("--target-ca ") && e.contains("no PEM certificate"), "{e}");
+    }
+}
