@@ -33,9 +33,23 @@ fn record_replay_and_catch_a_change() {
     assert_eq!(r.stdout.lines().count(), 5, "{r:?}");
     let r = curl(&[&w.url("/api/kv/orders")]);
     assert!(r.stdout.contains("VALUE 1"), "{r:?}");
+    // Looking at the set while it is being recorded shows the tests so far and takes nothing from it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        let list = run(Command::new(doppel_bin()).args(["list", "--path"]).arg(w.path()));
+        if list.stdout.contains("test-set-0: 6 tests") || std::time::Instant::now() > deadline {
+            break list;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(list.stdout.contains("test-set-0: 6 tests"), "{list:?}");
+    assert!(list.stderr.contains("a recording is still writing this set"), "{list:?}");
+    let r = curl(&[&w.url("/api/items/9")]);
+    assert!(r.stdout.contains("item-9"), "{r:?}");
 
     let out = w.stop_recording(rec);
-    assert!(out.contains("recorded 6 tests"), "{out}");
+    assert!(out.contains("recorded 7 tests"), "{out}");
+    assert!(!w.path().join("test-set-0/tests.journal").exists());
     let set = w.path().join("test-set-0");
     let tests: Vec<String> =
         std::fs::read_dir(set.join("tests")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -53,14 +67,14 @@ fn record_replay_and_catch_a_change() {
     let junit = w.dir.path().join("junit.xml");
     let ok = run(&mut w.doppel("test", &["--junit", junit.to_str().unwrap()], None));
     assert_eq!(ok.code, 0, "{ok:?}");
-    assert!(ok.stdout.lines().any(|l| l.starts_with("6 passed, 0 failed")), "{ok:?}");
-    assert!(read_all(&junit).contains("tests=\"6\""), "{}", read_all(&junit));
+    assert!(ok.stdout.lines().any(|l| l.starts_with("7 passed, 0 failed")), "{ok:?}");
+    assert!(read_all(&junit).contains("tests=\"7\""), "{}", read_all(&junit));
 
     // The changed build: the order total differs, and only that field is named.
     let bad = run(&mut w.doppel("test", &["--junit", junit.to_str().unwrap()], Some("changed")));
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(bad.stdout.contains("body $.total changed: expected 12.75 got 14.03"), "{bad:?}");
-    assert!(bad.stdout.lines().any(|l| l.starts_with("5 passed, 1 failed")), "{bad:?}");
+    assert!(bad.stdout.lines().any(|l| l.starts_with("6 passed, 1 failed")), "{bad:?}");
     assert!(read_all(&junit).contains("failures=\"1\""), "{}", read_all(&junit));
     let reports = std::fs::read_dir(w.path().join("reports")).unwrap().count();
     assert_eq!(reports, 2, "one JSON report per run");

@@ -833,6 +833,9 @@ fn cmd_list(args: PathArgs, config: Config) -> Result<i32> {
             set.meta.created_at,
             set.meta.command.join(" ")
         );
+        for w in &set.warnings {
+            eprintln!("  note: {w}");
+        }
     }
     Ok(0)
 }

@@ -52,15 +52,51 @@ pub fn split(text: &str) -> (Vec<(String, String)>, bool) {
     (done, current.is_some())
 }
 
-/// Turns the journal of the set at `dir` (if any) into test files and removes it. Returns a warning when a
-/// last document was cut short by a kill.
-pub fn materialize(dir: &Path) -> Result<Option<String>> {
+/// What became of a set's journal.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Turned into test files and removed; with a warning when a last document was cut short by a kill.
+    Done(Option<String>),
+    /// A recording is still writing it (it holds the journal's lock): left alone.
+    Live,
+}
+
+/// Opens the journal for appending and locks it for as long as the file stays open, so that nobody turns
+/// it into files while the recording still writes it.
+pub fn open_for_writing(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let file = fs::OpenOptions::new().create(true).append(true).open(path)?;
+        file.lock()?;
+        // Someone may have turned the file into tests and removed it between our open and our lock (a
+        // journal left by a kill): then start a new one.
+        match fs::metadata(path) {
+            Ok(m) if m.ino() == file.metadata()?.ino() => return Ok(file),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Turns the journal of the set at `dir` (if any) into test files and removes it, unless a recording is
+/// still writing it.
+pub fn materialize(dir: &Path) -> Result<Outcome> {
     let path = dir.join(FILE);
-    let text = match fs::read(&path) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("{}: {e}", path.display()))),
+    let io = |e: std::io::Error| Error::io(format!("{}: {e}", path.display()));
+    let mut file = match fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Outcome::Done(None)),
+        Err(e) => return Err(io(e)),
     };
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Ok(Outcome::Live),
+        Err(fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io)?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     let (docs, cut) = split(&text);
     let tests = dir.join("tests");
     fs::create_dir_all(&tests).map_err(|e| Error::io(format!("cannot create {}: {e}", tests.display())))?;
@@ -72,9 +108,9 @@ pub fn materialize(dir: &Path) -> Result<Option<String>> {
             .map_err(|e| Error::io(format!("cannot write {}: {e}", file.display())))?;
     }
     fs::remove_file(&path).map_err(|e| Error::io(format!("cannot remove {}: {e}", path.display())))?;
-    Ok(cut.then(|| {
+    Ok(Outcome::Done(cut.then(|| {
         format!("{}: the last test was cut short (doppel was stopped while writing it); it is ignored", path.display())
-    }))
+    })))
 }
 
 /// The tests of a journal that could not be turned into files, read as they are (name -> content).
@@ -118,11 +154,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let text = format!("{}---\n# get-b.yaml\nversion", document("get-a.yaml", "version: 1\n"));
         fs::write(dir.path().join(FILE), text).unwrap();
-        let warning = materialize(dir.path()).unwrap();
-        assert!(warning.unwrap().contains("cut short"));
+        let Outcome::Done(Some(warning)) = materialize(dir.path()).unwrap() else { panic!() };
+        assert!(warning.contains("cut short"));
         assert_eq!(fs::read_to_string(dir.path().join("tests/get-a.yaml")).unwrap(), "version: 1\n");
         assert!(!dir.path().join(FILE).exists() && !dir.path().join("tests/get-b.yaml").exists());
-        assert_eq!(materialize(dir.path()).unwrap(), None, "nothing left to do");
+        assert_eq!(materialize(dir.path()).unwrap(), Outcome::Done(None), "nothing left to do");
+        // While a recording holds the journal, it is left alone.
+        let writing = open_for_writing(&dir.path().join(FILE)).unwrap();
+        assert_eq!(materialize(dir.path()).unwrap(), Outcome::Live);
+        drop(writing);
+        assert_eq!(materialize(dir.path()).unwrap(), Outcome::Done(None));
         fs::write(dir.path().join(FILE), document("../evil.yaml", "x")).unwrap();
         assert!(materialize(dir.path()).is_err());
     }

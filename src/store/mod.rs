@@ -192,7 +192,15 @@ impl Store {
         // A recording killed before its end left its tests in the journal: complete it first.
         let mut unsplit = Vec::new();
         match journal::materialize(&dir) {
-            Ok(w) => warnings.extend(w),
+            Ok(journal::Outcome::Done(w)) => warnings.extend(w),
+            Ok(journal::Outcome::Live) => {
+                warnings.push(format!(
+                    "{}: a recording is still writing this set; its tests so far are read from {}",
+                    dir.display(),
+                    journal::FILE
+                ));
+                unsplit = journal::read_in_place(&dir)?;
+            }
             Err(e) => {
                 warnings.push(format!("{e}; its tests are read from the journal"));
                 unsplit = journal::read_in_place(&dir)?;
@@ -523,6 +531,8 @@ impl SetWriter {
 /// kill leaves complete documents and at most one detectably cut last one).
 struct Appender {
     path: PathBuf,
+    /// Hold the file's lock while open (the tests' journal: see `journal::open_for_writing`).
+    locked: bool,
     file: Option<File>,
     pending: String,
     /// What each pending document counts as in the summary: a mock kind, or None for a test.
@@ -530,8 +540,8 @@ struct Appender {
 }
 
 impl Appender {
-    fn new(path: PathBuf) -> Appender {
-        Appender { path, file: None, pending: String::new(), kinds: Vec::new() }
+    fn new(path: PathBuf, locked: bool) -> Appender {
+        Appender { path, locked, file: None, pending: String::new(), kinds: Vec::new() }
     }
 
     fn push(&mut self, document: &str, kind: Option<String>) {
@@ -546,12 +556,13 @@ impl Appender {
         let path = &self.path;
         let file = match &mut self.file {
             Some(f) => Ok(f),
-            None => OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map(|f| self.file.insert(f))
-                .map_err(|e| Error::io(format!("cannot open {}: {e}", path.display()))),
+            None => if self.locked {
+                journal::open_for_writing(path)
+            } else {
+                OpenOptions::new().create(true).append(true).open(path)
+            }
+            .map(|f| self.file.insert(f))
+            .map_err(|e| Error::io(format!("cannot open {}: {e}", path.display()))),
         };
         let written = file.and_then(|f| {
             f.write_all(self.pending.as_bytes()).map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))
@@ -582,8 +593,8 @@ fn writer_loop(rx: mpsc::Receiver<ToWriter>, dir: &Path, summary: &Mutex<WriteSu
     let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
     // Next suffix to try per base name: keeps naming O(1) when thousands of tests share a path.
     let mut next_suffix: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut tests = Appender::new(dir.join(journal::FILE));
-    let mut mocks = Appender::new(dir.join("mocks.yaml"));
+    let mut tests = Appender::new(dir.join(journal::FILE), true);
+    let mut mocks = Appender::new(dir.join("mocks.yaml"), false);
     let mut stop = false;
     while !stop {
         // Block for the first message, then take whatever else is already queued (bounded).
