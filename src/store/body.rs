@@ -145,9 +145,7 @@ impl Body {
             return Some(Body { json: Some(value), json_style, ..Body::default() });
         }
         match std::str::from_utf8(bytes) {
-            Ok(s) if !s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) => {
-                Some(Body { text: Some(s.to_string()), ..Body::default() })
-            }
+            Ok(s) if !has_control(s) => Some(Body { text: Some(s.to_string()), ..Body::default() }),
             _ => Some(Body { base64: Some(B64.encode(bytes)), ..Body::default() }),
         }
     }
@@ -181,9 +179,29 @@ impl Body {
     }
 }
 
+/// Whether text holds a control character other than newline, carriage return and tab (Unicode Cc:
+/// U+0000–U+001F and U+007F–U+009F), which YAML text cannot carry. Scans bytes rather than chars: bodies
+/// are large and this runs on every recorded one (C1 controls are 0xC2 0x80..=0x9F in UTF-8).
+fn has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        (c < 0x20 && !matches!(c, b'\n' | b'\r' | b'\t'))
+            || c == 0x7f
+            || (c == 0xc2 && b.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn control_scan_agrees_with_char_classes(s in "\\PC*|[\\x00-\\x{a0}]{0,40}") {
+            let by_chars = s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'));
+            proptest::prop_assert_eq!(has_control(&s), by_chars);
+        }
+    }
 
     fn roundtrip(bytes: &[u8]) -> Body {
         let body = Body::from_bytes(bytes).unwrap();
