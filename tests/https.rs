@@ -324,3 +324,51 @@ fn an_app_serving_https_itself_is_recorded_over_h1_and_h2_and_replayed_in_tls() 
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(bad.stdout.contains("body $.price changed: expected 12.5 got 13.75"), "{bad:?}");
 }
+
+/// An app that requires client certificates on its own port (mutual TLS): doppel cannot present the
+/// client's certificate, so the first connection is lost; the next ones pass through encrypted, the app keeps
+/// answering, and the summary says why the port was not decrypted.
+#[test]
+fn an_app_requiring_client_certificates_keeps_working_and_is_reported() {
+    let w = World::new();
+    let port = free_port();
+    let (app_cert, app_key) = self_signed(w.dir.path(), "app");
+    let (client_cert, client_key) = self_signed(w.dir.path(), "client");
+    let app = vec!["node".to_string(), repo().join("examples/https/app.js").display().to_string()];
+    let port_s = port.to_string();
+    let args =
+        ["--port", &port_s, "--ingress-cert", app_cert.to_str().unwrap(), "--ingress-key", app_key.to_str().unwrap()];
+    let mut cmd = w.doppel("record", &args, &app, port, None);
+    cmd.env("APP_TLS_CERT", &app_cert).env("APP_TLS_KEY", &app_key).env("APP_TLS_CLIENT_CA", &client_cert);
+    let mut rec = Bg::spawn(&mut cmd, w.dir.path(), "record-mtls");
+    let health = format!("https://localhost:{port}/health");
+    let with_cert = || {
+        curl(&[
+            "--cacert",
+            app_cert.to_str().unwrap(),
+            "--cert",
+            client_cert.to_str().unwrap(),
+            "--key",
+            client_key.to_str().unwrap(),
+            &health,
+        ])
+    };
+    // Connections fail until the app listens, and the first one that reaches it through doppel is lost;
+    // from then on every connection passes through.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !with_cert().stdout.contains("\"name\":\"ok\"") {
+        assert!(std::time::Instant::now() < deadline, "the app never answered through doppel\n{}", rec.explain());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..5 {
+        let r = with_cert();
+        assert!(r.stdout.contains("\"name\":\"ok\""), "{r:?}\n{}", rec.explain());
+    }
+    rec.signal(libc::SIGINT);
+    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    assert!(
+        rec.stdout().contains("could not be decrypted (the server asks for a client certificate"),
+        "{}",
+        rec.explain()
+    );
+}

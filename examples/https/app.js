@@ -1,6 +1,7 @@
 // Calls an HTTPS API with Node's built-in fetch and with axios. GET /via/fetch/<id>, /via/axios/<id>.
 // Trust comes from NODE_EXTRA_CA_CERTS, which doppel sets; APP_VARIANT=changed adds a 10% markup.
 // With APP_TLS_CERT and APP_TLS_KEY it serves HTTPS itself, HTTP/2 and HTTP/1.1 chosen by ALPN.
+// With APP_TLS_CLIENT_CA as well, it requires client certificates (mutual TLS).
 const fs = require("fs");
 const http = require("http");
 const http2 = require("http2");
@@ -38,6 +39,12 @@ const server = process.env.APP_TLS_CERT
         cert: fs.readFileSync(process.env.APP_TLS_CERT),
         key: fs.readFileSync(process.env.APP_TLS_KEY),
         allowHTTP1: true,
+        // APP_TLS_CLIENT_CA: mutual TLS, clients must present a certificate this CA issued.
+        ...(process.env.APP_TLS_CLIENT_CA && {
+          ca: fs.readFileSync(process.env.APP_TLS_CLIENT_CA),
+          requestCert: true,
+          rejectUnauthorized: true,
+        }),
       },
       handle,
     )

@@ -594,9 +594,7 @@ pub fn print_record_summary(o: &record::RecordOutcome) {
         );
     }
     for (host, why) in &o.undecrypted {
-        println!(
-            "doppel: TLS to {host} could not be decrypted (its client refused doppel's CA: {why}); recorded encrypted"
-        );
+        println!("doppel: TLS to {host} could not be decrypted ({why}); later connections were recorded encrypted");
     }
 }
 

@@ -8,6 +8,7 @@ pub mod trust;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,20 +127,51 @@ impl ClientTrust {
 
     /// A client configuration offering `alpn`.
     pub fn config(&self, alpn: Vec<Vec<u8>>) -> Arc<ClientConfig> {
+        self.build(alpn, None)
+    }
+
+    /// Like `config`; the flag turns true when the server asks for a client certificate (doppel has none to
+    /// give: a server that requires one drops the connection, in TLS 1.3 only after the handshake).
+    pub fn config_noting_client_auth(&self, alpn: Vec<Vec<u8>>) -> (Arc<ClientConfig>, Arc<AtomicBool>) {
+        let asked = Arc::new(AtomicBool::new(false));
+        (self.build(alpn, Some(Arc::new(NoteClientAuth(asked.clone())))), asked)
+    }
+
+    fn build(&self, alpn: Vec<Vec<u8>>, note: Option<Arc<NoteClientAuth>>) -> Arc<ClientConfig> {
         let builder = ClientConfig::builder();
         let webpki = rustls::client::WebPkiServerVerifier::builder(self.roots.clone()).build().ok();
-        let mut config = match (self.insecure, webpki) {
+        let verifying = match (self.insecure, webpki) {
             (false, Some(webpki)) if !self.pinned.is_empty() => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { webpki, pinned: self.pinned.clone() }))
-                .with_no_client_auth(),
-            (false, _) => builder.with_root_certificates(self.roots.clone()).with_no_client_auth(),
-            (true, _) => {
-                builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyServer)).with_no_client_auth()
-            }
+                .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { webpki, pinned: self.pinned.clone() })),
+            (false, _) => builder.with_root_certificates(self.roots.clone()),
+            (true, _) => builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyServer)),
+        };
+        let mut config = match note {
+            Some(note) => verifying.with_client_cert_resolver(note),
+            None => verifying.with_no_client_auth(),
         };
         config.alpn_protocols = alpn;
         Arc::new(config)
+    }
+}
+
+/// Presents no client certificate, and notes that the server asked for one.
+#[derive(Debug)]
+struct NoteClientAuth(Arc<AtomicBool>);
+
+impl rustls::client::ResolvesClientCert for NoteClientAuth {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.store(true, Ordering::Relaxed);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -187,7 +219,8 @@ pub struct Interceptor {
     trust: ClientTrust,
     /// Presented to clients instead of a certificate minted by doppel's CA.
     identity: Option<Identity>,
-    /// Destinations whose clients refused doppel's certificate (pinning, own trust store): server name and why.
+    /// Destinations doppel could not decrypt (a client refused its certificate, the server's handshake
+    /// failed): server name and why. Their later connections pass through encrypted.
     refused: Mutex<HashMap<String, (String, String)>>,
 }
 
@@ -207,11 +240,18 @@ impl Interceptor {
         Interceptor { ca, trust: ClientTrust::any(), identity, refused: Mutex::new(HashMap::new()) }
     }
 
-    /// Servers whose clients refused doppel's certificate, with the reason.
+    /// Servers whose TLS doppel could not decrypt (a client refused doppel's certificate, or the handshake
+    /// with the server failed), with the reason.
     pub fn refused_hosts(&self) -> Vec<(String, String)> {
         let mut v: Vec<_> = self.refused.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
         v.sort();
         v
+    }
+
+    fn refuse(&self, dest: &str, name: &str, why: String) {
+        if let Ok(mut m) = self.refused.lock() {
+            m.insert(dest.to_string(), (name.to_string(), why));
+        }
     }
 
     /// Whether connections to `dest` pass through encrypted (its client refused doppel's certificate before).
@@ -242,10 +282,23 @@ impl Interceptor {
             (None, Some(ip)) => ServerName::IpAddress(ip.into()),
             (None, None) => return Err("the app sent no server name and the destination has no address".into()),
         };
-        let upstream = TlsConnector::from(self.trust.config(offered))
-            .connect(server_name, upstream)
-            .await
-            .map_err(|e| format!("TLS to the real server {name} failed: {e}"))?;
+        let (config, asked_for_client_cert) = self.trust.config_noting_client_auth(offered);
+        let upstream = match TlsConnector::from(config).connect(server_name, upstream).await {
+            Ok(u) => u,
+            Err(e) => {
+                // This connection is lost (its ClientHello is consumed); later ones pass through encrypted,
+                // so the app keeps working whatever doppel cannot verify or satisfy (a client certificate
+                // the server asks for, a certificate doppel does not trust).
+                self.refuse(dest, &name, format!("the TLS handshake with the server failed: {e}"));
+                return Err(format!(
+                    "TLS to the real server {name} failed: {e}; later connections pass through encrypted"
+                ));
+            }
+        };
+        if asked_for_client_cert.load(Ordering::Relaxed) {
+            // This connection may still work (optional client authentication); later ones pass through.
+            self.refuse(dest, &name, "the server asks for a client certificate, which doppel cannot present".into());
+        }
         let chosen = upstream.get_ref().1.alpn_protocol().map(|p| p.to_vec());
         let alpn: Vec<Vec<u8>> = chosen.iter().cloned().collect();
         let config = match &self.identity {
@@ -260,11 +313,9 @@ impl Interceptor {
             }
             Err(e) => {
                 let why = format!(
-                    "the app refused doppel's certificate for {name} ({e}); later connections to it are recorded encrypted"
+                    "the client refused doppel's certificate for {name} ({e}); later connections to it are recorded encrypted"
                 );
-                if let Ok(mut m) = self.refused.lock() {
-                    m.insert(dest.to_string(), (name, e.to_string()));
-                }
+                self.refuse(dest, &name, format!("its client refused doppel's CA: {e}"));
                 Err(why)
             }
         }
