@@ -367,7 +367,7 @@ fn an_app_requiring_client_certificates_keeps_working_and_is_reported() {
     rec.signal(libc::SIGINT);
     assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
     assert!(
-        rec.stdout().contains("could not be decrypted (the server asks for a client certificate"),
+        rec.stdout().contains("could not be decrypted (the server requires a client certificate"),
         "{}",
         rec.explain()
     );

@@ -221,7 +221,7 @@ pub struct Interceptor {
     identity: Option<Identity>,
     /// Destinations doppel could not decrypt (a client refused its certificate, the server's handshake
     /// failed): server name and why. Their later connections pass through encrypted.
-    refused: Mutex<HashMap<String, (String, String)>>,
+    refused: Refused,
 }
 
 impl Interceptor {
@@ -230,14 +230,14 @@ impl Interceptor {
             ca,
             trust: ClientTrust::new(upstream, "--upstream-ca")?,
             identity: None,
-            refused: Mutex::new(HashMap::new()),
+            refused: Refused::default(),
         })
     }
 
     /// For the app's own TLS ports: clients get `identity` (else a certificate from doppel's CA for the name
     /// they ask), and the app's certificate is accepted whatever it is.
     pub fn for_app(ca: Arc<Ca>, identity: Option<Identity>) -> Interceptor {
-        Interceptor { ca, trust: ClientTrust::any(), identity, refused: Mutex::new(HashMap::new()) }
+        Interceptor { ca, trust: ClientTrust::any(), identity, refused: Refused::default() }
     }
 
     /// Servers whose TLS doppel could not decrypt (a client refused doppel's certificate, or the handshake
@@ -249,9 +249,7 @@ impl Interceptor {
     }
 
     fn refuse(&self, dest: &str, name: &str, why: String) {
-        if let Ok(mut m) = self.refused.lock() {
-            m.insert(dest.to_string(), (name.to_string(), why));
-        }
+        refuse(&self.refused, dest, name, why);
     }
 
     /// Whether connections to `dest` pass through encrypted (its client refused doppel's certificate before).
@@ -268,8 +266,10 @@ impl Interceptor {
         upstream: U,
         dest: &str,
         dest_ip: Option<IpAddr>,
-    ) -> std::result::Result<(tokio_rustls::server::TlsStream<C>, tokio_rustls::client::TlsStream<U>, Negotiated), String>
-    {
+    ) -> std::result::Result<
+        (tokio_rustls::server::TlsStream<C>, Watched<tokio_rustls::client::TlsStream<U>>, Negotiated),
+        String,
+    > {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client)
             .await
             .map_err(|e| format!("reading the app's TLS ClientHello: {e}"))?;
@@ -295,10 +295,6 @@ impl Interceptor {
                 ));
             }
         };
-        if asked_for_client_cert.load(Ordering::Relaxed) {
-            // This connection may still work (optional client authentication); later ones pass through.
-            self.refuse(dest, &name, "the server asks for a client certificate, which doppel cannot present".into());
-        }
         let chosen = upstream.get_ref().1.alpn_protocol().map(|p| p.to_vec());
         let alpn: Vec<Vec<u8>> = chosen.iter().cloned().collect();
         let config = match &self.identity {
@@ -309,7 +305,14 @@ impl Interceptor {
         match start.into_stream(config).await {
             Ok(client) => {
                 let alpn = chosen.map(|p| String::from_utf8_lossy(&p).into_owned());
-                Ok((client, upstream, Negotiated { server_name: name, alpn }))
+                // Many servers ask for a client certificate and take none (MySQL, MariaDB); one that
+                // requires it rejects doppel's empty answer with an alert on the first read (TLS 1.3).
+                let on_alert = asked_for_client_cert.load(Ordering::Relaxed).then(|| Refusal {
+                    refused: self.refused.clone(),
+                    dest: dest.to_string(),
+                    name: name.clone(),
+                });
+                Ok((client, Watched { inner: upstream, on_alert }, Negotiated { server_name: name, alpn }))
             }
             Err(e) => {
                 let why = format!(
@@ -319,6 +322,85 @@ impl Interceptor {
                 Err(why)
             }
         }
+    }
+}
+
+/// Destinations doppel could not decrypt, shared with the streams that may still find out.
+type Refused = Arc<Mutex<HashMap<String, (String, String)>>>;
+
+fn refuse(refused: &Refused, dest: &str, name: &str, why: String) {
+    if let Ok(mut m) = refused.lock() {
+        m.insert(dest.to_string(), (name.to_string(), why));
+    }
+}
+
+/// Where to note that a server rejected doppel for want of a client certificate.
+struct Refusal {
+    refused: Refused,
+    dest: String,
+    name: String,
+}
+
+/// A server-side TLS stream that notes, if the server asked for a client certificate during the handshake
+/// and then ends the connection with an alert, that later connections to it must pass through encrypted.
+pub struct Watched<S> {
+    inner: S,
+    on_alert: Option<Refusal>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Err(e)) = &polled
+            && let Some(alert) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            && matches!(alert, rustls::Error::AlertReceived(_))
+            && let Some(r) = self.on_alert.take()
+        {
+            let why = format!("the server requires a client certificate, which doppel cannot present ({alert})");
+            tracing::warn!("{}: {why}; later connections pass through encrypted", r.dest);
+            refuse(&r.refused, &r.dest, &r.name, why);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
