@@ -58,10 +58,8 @@ impl Target {
     /// An `http://` or `https://` URL; https servers are verified against the system roots plus `trust`.
     /// `flag` names the option the URL came from, for error messages.
     pub fn parse(flag: &str, url: &str, trust: &crate::tls::UpstreamTrust) -> Result<Target> {
-        let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
-            (Some(rest), _) => (rest, false),
-            (_, Some(rest)) => (rest, true),
-            _ => return Err(Error::input(format!("{flag} {url}: expected http://HOST:PORT or https://HOST:PORT"))),
+        let Some((rest, https)) = split_scheme(url) else {
+            return Err(Error::input(format!("{flag} {url}: expected http://HOST:PORT or https://HOST:PORT")));
         };
         let host = rest.split('/').next().unwrap_or("").to_string();
         if host.is_empty() {
@@ -135,15 +133,25 @@ impl Target {
     }
 }
 
+/// `http://REST` or `https://REST`: the rest, and whether it is https.
+fn split_scheme(url: &str) -> Option<(&str, bool)> {
+    url.strip_prefix("http://").map(|r| (r, false)).or_else(|| url.strip_prefix("https://").map(|r| (r, true)))
+}
+
 /// Speaks TLS to the app's own port, as the recorded client did, with the server name it asked for. The
 /// app's certificate is accepted whatever it is: it is the app under test, not a server to be trusted.
 async fn tls_to_app(conn: TcpStream, name: &str, http2: bool) -> std::result::Result<Conn, String> {
     let name = if name.is_empty() { "localhost" } else { name };
     let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
         .map_err(|e| format!("the recorded TLS server name {name:?}: {e}"))?;
-    let alpn = if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() };
-    let config = crate::tls::ClientTrust::any().config(vec![alpn]);
-    let stream = tokio_rustls::TlsConnector::from(config)
+    // Built once: every test of a TLS port connects anew.
+    static CONFIGS: std::sync::OnceLock<[Arc<rustls::ClientConfig>; 2]> = std::sync::OnceLock::new();
+    let [http1_config, http2_config] = CONFIGS.get_or_init(|| {
+        let any = crate::tls::ClientTrust::any();
+        [any.config(vec![b"http/1.1".to_vec()]), any.config(vec![b"h2".to_vec()])]
+    });
+    let config = if http2 { http2_config } else { http1_config };
+    let stream = tokio_rustls::TlsConnector::from(config.clone())
         .connect(server_name, conn)
         .await
         .map_err(|e| format!("TLS with the app (as {name}) failed: {e}"))?;
@@ -666,14 +674,10 @@ fn ready_target(url: &str, ports: &[(u16, Option<String>)]) -> Result<(u16, Stri
         let (port, tls) = ports.first().cloned().ok_or_else(|| Error::input("--ready-url: no test port known"))?;
         return Ok((port, url.to_string(), tls));
     }
-    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
-        (Some(rest), _) => (rest, false),
-        (_, Some(rest)) => (rest, true),
-        _ => {
-            return Err(Error::input(format!(
-                "--ready-url {url}: expected /PATH, http://HOST:PORT/PATH or https://HOST:PORT/PATH"
-            )));
-        }
+    let Some((rest, https)) = split_scheme(url) else {
+        return Err(Error::input(format!(
+            "--ready-url {url}: expected /PATH, http://HOST:PORT/PATH or https://HOST:PORT/PATH"
+        )));
     };
     let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let (host, port) = match authority.rsplit_once(':') {

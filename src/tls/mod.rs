@@ -99,8 +99,8 @@ impl ClientTrust {
         let mut roots = RootCertStore::empty();
         let mut pinned = Vec::new();
         if !trust.insecure {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
+            for cert in native_roots() {
+                let _ = roots.add(cert.clone());
             }
         }
         for path in &trust.extra_roots {
@@ -175,11 +175,19 @@ impl rustls::client::ResolvesClientCert for NoteClientAuth {
     }
 }
 
+/// The system's root certificates, read once per process (several targets or interceptors share them).
+fn native_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
+}
+
 /// A certificate chain and key the user gives doppel to present (`--ingress-cert`, `--ingress-key`): the
 /// app's own, so that its clients see the certificate they already trust.
 pub struct Identity {
     chain: Vec<CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
+    /// One configuration per ALPN list, as for the CA's leaves: building one loads the key.
+    configs: Mutex<HashMap<Vec<Vec<u8>>, Arc<rustls::ServerConfig>>>,
 }
 
 impl Identity {
@@ -195,7 +203,7 @@ impl Identity {
         }
         let key_der = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
             .map_err(|e| named(key, format!("no usable PEM private key in it ({e:?})")))?;
-        let identity = Identity { chain, key: key_der };
+        let identity = Identity { chain, key: key_der, configs: Mutex::new(HashMap::new()) };
         identity
             .server_config(Vec::new())
             .map_err(|e| named(cert, format!("does not go with {}: {e}", key.display())))?;
@@ -203,12 +211,19 @@ impl Identity {
     }
 
     fn server_config(&self, alpn: Vec<Vec<u8>>) -> Result<Arc<rustls::ServerConfig>> {
+        if let Some(c) = self.configs.lock().ok().and_then(|m| m.get(&alpn).cloned()) {
+            return Ok(c);
+        }
         let mut config = rustls::ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| Error::input(e.to_string()))?;
-        config.alpn_protocols = alpn;
-        Ok(Arc::new(config))
+        config.alpn_protocols = alpn.clone();
+        let config = Arc::new(config);
+        if let Ok(mut m) = self.configs.lock() {
+            m.insert(alpn, config.clone());
+        }
+        Ok(config)
     }
 }
 
