@@ -344,16 +344,16 @@ fn spawn_ingress(listener: TcpListener, map: PortMap, inbound: Inbound) -> tokio
 async fn ingress(client: tokio::net::TcpStream, app: tokio::net::TcpStream, map: PortMap, inbound: Inbound) {
     let key = format!("port {}", map.exposed);
     let plain = |tls| ctx_for(&inbound.sink, Role::Ingress { port: map.app, tls }, &inbound.ids);
-    let Some(interceptor) = inbound.tls.filter(|t| !t.passes_through(&key)) else {
+    let interceptor = match inbound.tls.filter(|t| !t.passes_through(&key)) {
+        Some(t) => match crate::tls::first_word(&client, &app, Duration::from_secs(3600)).await {
+            crate::tls::FirstWord::Client(hello) if crate::tls::looks_like_client_hello(&hello) => Some(t),
+            _ => None,
+        },
+        None => None,
+    };
+    let Some(interceptor) = interceptor else {
         return proxy::run(client, app, plain(None), map.app, None).await;
     };
-    let first = crate::tls::first_word(&client, &app, Duration::from_secs(3600)).await;
-    let crate::tls::FirstWord::Client(bytes) = first else {
-        return proxy::run(client, app, plain(None), map.app, None).await;
-    };
-    if !crate::tls::looks_like_client_hello(&bytes) {
-        return proxy::run(client, app, plain(None), map.app, None).await;
-    }
     let ip = client.local_addr().ok().map(|a| a.ip().to_canonical());
     match interceptor.intercept(client, app, &key, ip).await {
         Ok((client, app, negotiated)) => {
