@@ -214,21 +214,15 @@ impl HttpObserver {
         };
         let started_at = format_time(time::OffsetDateTime::from(self.ctx.wall(p.started)));
         let record = match &self.ctx.role {
-            Role::Ingress { port, tls } => Record::Test(Box::new(TestCase {
-                version: FORMAT_VERSION,
-                name: String::new(),
-                kind: "http".into(),
-                recorded_at: started_at,
-                latency_ms: ms(response_at.saturating_duration_since(p.started)),
-                port: *port,
+            Role::Ingress { port, tls } => Record::Test(Box::new(TestCase::new(
+                "http",
+                started_at,
+                ms(response_at.saturating_duration_since(p.started)),
+                *port,
+                tls.clone(),
                 request,
                 response,
-                noise: Vec::new(),
-                volatile: Vec::new(),
-                chain: Default::default(),
-                tags: Vec::new(),
-                tls: tls.clone(),
-            })),
+            ))),
             Role::Egress { dest } => Record::Mock(Box::new(Mock {
                 version: FORMAT_VERSION,
                 id: self.ctx.sink.next_mock_id(),

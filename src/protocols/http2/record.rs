@@ -13,9 +13,7 @@ use super::frame::{self, Frame, FrameReader};
 use super::grpc;
 use super::hpack::{Decoder, Field};
 use crate::protocols::{Observer, RecordCtx, Role};
-use crate::store::{
-    FORMAT_VERSION, Header, HttpMock, HttpRequest, HttpResponse, Mock, Record, SpillBuffer, TestCase, format_time,
-};
+use crate::store::{Header, HttpMock, HttpRequest, HttpResponse, Mock, Record, SpillBuffer, TestCase, format_time};
 
 pub const VERSION: &str = "HTTP/2";
 
@@ -315,21 +313,15 @@ impl H2Observer {
         };
         let started_at = format_time(time::OffsetDateTime::from(self.ctx.wall(x.started)));
         let record = match &self.ctx.role {
-            Role::Ingress { port, tls } => Record::Test(Box::new(TestCase {
-                version: FORMAT_VERSION,
-                name: String::new(),
-                kind: super::KIND.into(),
-                recorded_at: started_at,
-                latency_ms: ms(response_at.saturating_duration_since(x.started)),
-                port: *port,
+            Role::Ingress { port, tls } => Record::Test(Box::new(TestCase::new(
+                super::KIND,
+                started_at,
+                ms(response_at.saturating_duration_since(x.started)),
+                *port,
+                tls.clone(),
                 request,
                 response,
-                noise: Vec::new(),
-                volatile: Vec::new(),
-                chain: Default::default(),
-                tags: Vec::new(),
-                tls: tls.clone(),
-            })),
+            ))),
             Role::Egress { dest } => {
                 let mut mock = Mock::new(
                     super::KIND,

@@ -316,6 +316,36 @@ pub struct Mock {
     pub mysql: Option<MysqlMock>,
 }
 
+impl TestCase {
+    /// A test as recorded: no name yet (the store gives it one), no noise, chain or tags yet (marked after
+    /// the recording).
+    pub fn new(
+        kind: &str,
+        recorded_at: String,
+        latency_ms: f64,
+        port: u16,
+        tls: Option<String>,
+        request: HttpRequest,
+        response: HttpResponse,
+    ) -> TestCase {
+        TestCase {
+            version: FORMAT_VERSION,
+            name: String::new(),
+            kind: kind.to_string(),
+            recorded_at,
+            latency_ms,
+            port,
+            request,
+            response,
+            noise: Vec::new(),
+            volatile: Vec::new(),
+            chain: Default::default(),
+            tags: Vec::new(),
+            tls,
+        }
+    }
+}
+
 impl Mock {
     /// A mock of `kind` with its envelope filled in; the caller sets the one protocol field.
     pub fn new(kind: &str, id: u64, dest: &str, connection: u64, started_at: String, duration_ms: f64) -> Mock {
