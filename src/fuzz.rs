@@ -8,11 +8,10 @@
 //! seeded from real recordings.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use crate::protocols::{self, Observer, Protocol, RecordCtx, Role};
-use crate::store::{FORMAT_VERSION, RecordSink, SetMeta, SetWriter, Store};
+use crate::store::RecordSink;
 
 /// Splits a framed conversation into (from_client, bytes) pieces; a truncated tail is one last piece.
 pub fn pieces(data: &[u8]) -> Vec<(bool, &[u8])> {
@@ -39,30 +38,14 @@ pub fn frame(out: &mut Vec<u8>, from_client: bool, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// Where the observers' records go while fuzzing: nowhere. Bodies that grow past the inline limit spill to
+/// a scratch directory of this process.
 fn sink() -> RecordSink {
-    // The writer lives for the whole process (kept here, not leaked): mocks that fuzz inputs happen to
-    // complete are written to a temporary directory and ignored.
-    static WRITER: OnceLock<Option<SetWriter>> = OnceLock::new();
-    let writer = WRITER.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("doppel-fuzz-{}", std::process::id()));
-        let meta = SetMeta {
-            version: FORMAT_VERSION,
-            created_at: String::new(),
-            command: vec![],
-            app_ports: vec![],
-            capture: "fuzz".into(),
-            deps: vec![],
-        };
-        Store::new(&dir).create_set(None, &meta).ok()
-    });
-    match writer {
-        Some(w) => w.sink(),
-        None => std::process::abort(),
-    }
+    RecordSink::discard(std::env::temp_dir().join(format!("doppel-fuzz-{}", std::process::id())))
 }
 
 /// Feeds a framed conversation to the observer of `protocol`, as an outbound connection, then closes it.
-pub fn observe(protocol: &Arc<dyn Protocol>, data: &[u8]) {
+pub(crate) fn observe<P: Protocol + ?Sized>(protocol: &P, data: &[u8]) {
     let ctx = RecordCtx {
         sink: sink(),
         role: Role::Egress { dest: "127.0.0.1:9".into() },
@@ -82,39 +65,33 @@ pub fn observe(protocol: &Arc<dyn Protocol>, data: &[u8]) {
     obs.close(now);
 }
 
-/// The registered protocol called `name` (`http`, `http2`, `postgres`, `mysql`, `redis`).
-pub fn protocol(name: &str) -> Option<Arc<dyn Protocol>> {
-    protocols::registry().into_iter().find(|p| p.name() == name)
+/// Every protocol of the registry on the same input: its decoders (`Protocol::fuzz`), by default its
+/// observer over the input as a framed conversation.
+pub fn protocols(data: &[u8]) {
+    for p in protocols::registry() {
+        p.fuzz(data);
+    }
+}
+
+/// The names of the registered protocols, for the fuzz run's report.
+pub fn protocol_names() -> Vec<&'static str> {
+    protocols::registry().iter().map(|p| p.name()).collect()
 }
 
 /// Detection over the first bytes of both directions, for every protocol.
 pub fn detect(data: &[u8]) {
     let split = data.first().map(|b| *b as usize).unwrap_or(0).min(data.len());
     let (client, server) = data.split_at(split);
-    let registry = protocols::registry();
-    let _ = protocols::detect(&registry, client, server, 0, false);
-    let _ = protocols::detect(&registry, client, &[], 5432, true);
+    let _ = protocols::detect::decide(client, server, 0, false);
+    let _ = protocols::detect::decide(client, &[], 5432, true);
+    let _ = protocols::detect::decide(client, &[], 53, true);
 }
 
-/// The HTTP/1 framing parser in both directions, fed in two pieces.
-pub fn http1(data: &[u8]) {
-    use crate::protocols::http::parse::{Parser, Side};
-    let split = data.first().map(|b| *b as usize).unwrap_or(0).min(data.len());
-    for side in [Side::Request, Side::Response] {
-        let mut p = Parser::new(side);
-        p.expect_response_to("GET");
-        let mut out = Vec::new();
-        if p.feed(&data[..split], &mut out).is_ok() && p.feed(&data[split..], &mut out).is_ok() {
-            let _ = p.finish(&mut out);
-        }
-    }
-}
+/// A fuzz target: its name (its corpus folder under `fuzz/corpus/`) and its entry point.
+pub type Target = (&'static str, fn(&[u8]));
 
-/// A DNS message as a query and as a response.
-pub fn dns(data: &[u8]) {
-    let _ = protocols::dns::question(data);
-    let _ = protocols::dns::describe(data);
-}
+/// Every fuzz target: what `fuzz/fuzz_targets/` and the stable smoke run in the test suite call.
+pub const TARGETS: &[Target] = &[("protocols", protocols), ("detect", detect), ("store_files", store_files)];
 
 /// The text of a test file and of a mocks file.
 pub fn store_files(data: &[u8]) {

@@ -1,23 +1,26 @@
 //! doppel: record a service's real traffic as tests and mocks, replay it hermetically, report regressions.
 //!
 //! The flow runs one way: `capture` brings connections to doppel, `protocols` turn bytes into exchanges,
-//! `store` writes them; `replay` serves mocks and sends recorded requests, `diff` compares, `report` tells.
-//! `load` sends the recorded requests to a deployment under load; `shadow` compares two deployments.
+//! `store` writes them; `harness` runs the app with its dependencies real (record) or mocked (replay);
+//! `replay` sends recorded requests, `diff` compares, `report` tells. `load` sends the recorded requests to
+//! a deployment under load; `shadow` compares two deployments. Only `cli` (for the binary) and `fuzz`
+//! (for the fuzz targets and their smoke run) are public.
 
-pub mod capture;
-pub mod chain;
+mod capture;
+mod chain;
 pub mod cli;
-pub mod dedup;
-pub mod demo;
-pub mod diff;
-pub mod error;
+mod dedup;
+mod demo;
+mod diff;
+mod error;
 pub mod fuzz;
-pub mod load;
-pub mod noise;
-pub mod protocols;
-pub mod record;
-pub mod replay;
-pub mod report;
-pub mod shadow;
-pub mod store;
-pub mod tls;
+mod harness;
+mod load;
+mod noise;
+mod protocols;
+mod record;
+mod replay;
+mod report;
+mod shadow;
+mod store;
+mod tls;

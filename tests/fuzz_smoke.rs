@@ -6,8 +6,6 @@ use std::path::PathBuf;
 
 use proptest::prelude::*;
 
-const PROTOCOLS: [&str; 5] = ["http", "http2", "postgres", "mysql", "redis"];
-
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -19,30 +17,11 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
     files.into_iter().map(|f| std::fs::read(f).unwrap()).collect()
 }
 
-fn run(target: &str, data: &[u8]) {
-    match target {
-        "http1" => doppel::fuzz::http1(data),
-        "dns" => doppel::fuzz::dns(data),
-        "store_files" => doppel::fuzz::store_files(data),
-        "detect" => doppel::fuzz::detect(data),
-        "observe" => {
-            if let Some((&pick, rest)) = data.split_first()
-                && let Some(p) = doppel::fuzz::protocol(PROTOCOLS[pick as usize % PROTOCOLS.len()])
-            {
-                doppel::fuzz::observe(&p, rest);
-            }
-        }
-        other => panic!("unknown target {other}"),
-    }
-}
-
-const TARGETS: [&str; 5] = ["http1", "observe", "dns", "store_files", "detect"];
-
 #[test]
 fn every_seed_and_every_past_crash() {
-    for t in TARGETS {
+    for (t, f) in doppel::fuzz::TARGETS {
         for seed in corpus(t) {
-            run(t, &seed);
+            f(&seed);
         }
     }
 }
@@ -74,16 +53,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn mutated_seeds_never_panic(target in 0usize..TARGETS.len(), pick in any::<usize>(),
+    fn mutated_seeds_never_panic(target in 0usize..doppel::fuzz::TARGETS.len(), pick in any::<usize>(),
                                  edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8)) {
-        let t = TARGETS[target];
+        let (t, f) = doppel::fuzz::TARGETS[target];
         let seeds = corpus(t);
-        let input = mutate(&seeds[pick % seeds.len()], &edits);
-        run(t, &input);
+        f(&mutate(&seeds[pick % seeds.len()], &edits));
     }
 
     #[test]
-    fn random_bytes_never_panic(target in 0usize..TARGETS.len(), data in proptest::collection::vec(any::<u8>(), 0..2048)) {
-        run(TARGETS[target], &data);
+    fn random_bytes_never_panic(target in 0usize..doppel::fuzz::TARGETS.len(), data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        (doppel::fuzz::TARGETS[target].1)(&data);
     }
 }

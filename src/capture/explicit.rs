@@ -123,10 +123,8 @@ impl Capture for Explicit {
         "explicit"
     }
 
-    fn start(&self, cmd: &AppCommand) -> impl std::future::Future<Output = Result<Session>> + Send {
-        let this = self.clone();
-        let cmd = cmd.clone();
-        async move { this.start_inner(cmd).await }
+    fn start<'a>(&'a self, cmd: &'a AppCommand) -> BoxFuture<'a, Result<Session>> {
+        Box::pin(self.clone().start_inner(cmd.clone()))
     }
 }
 
@@ -152,8 +150,8 @@ impl Explicit {
             let dep = dep.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
-                    let e = Egress { stream, dest: dep.target.clone(), port: dep.port(), dep: Some(dep.name.clone()) };
+                    let stream = super::accept(&listener).await;
+                    let e = Egress { stream, dest: dep.target.clone(), port: dep.port() };
                     if tx.send(e).await.is_err() {
                         break;
                     }
@@ -189,7 +187,7 @@ impl Explicit {
         });
         Ok(Session {
             egress: egress_rx,
-            dns: Vec::new(),
+            datagrams: Vec::new(),
             app: AppHandle::new(pid, exit_rx, stderr),
             link: Arc::new(ExplicitLink { pid, ports: self.app_ports.clone() }),
             guard: Box::new(super::TaskGuard(tasks)),

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::Result;
@@ -34,8 +34,6 @@ pub struct Egress {
     /// Where the app meant to connect: `ip:port` (the original destination) or the declared `host:port`.
     pub dest: String,
     pub port: u16,
-    /// The dependency's name in explicit mode.
-    pub dep: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,20 +61,38 @@ pub trait AppLink: Send + Sync {
 }
 
 /// A started app under capture.
-pub struct Session {
+pub(crate) struct Session {
     pub egress: mpsc::Receiver<Egress>,
-    /// Sockets that receive the app's DNS queries (sandbox only).
-    pub dns: Vec<UdpSocket>,
+    /// Sockets that receive the app's datagrams to a UDP port (sandbox only: DNS, port 53).
+    pub datagrams: Vec<(u16, UdpSocket)>,
     pub app: AppHandle,
     pub link: Arc<dyn AppLink>,
     /// Keeps mechanism-specific resources alive for the session's lifetime.
     pub guard: Box<dyn Send + Sync>,
 }
 
-pub trait Capture {
+/// A way of running the app so that doppel sees its traffic.
+pub(crate) trait Capture: Send + Sync {
     /// A short name for summaries: `sandbox` or `explicit`.
     fn name(&self) -> &'static str;
-    fn start(&self, cmd: &AppCommand) -> impl Future<Output = Result<Session>> + Send;
+    fn start<'a>(&'a self, cmd: &'a AppCommand) -> BoxFuture<'a, Result<Session>>;
+}
+
+/// The next connection on `listener`. When the process is out of descriptors or memory (EMFILE, ENFILE,
+/// ENOBUFS, ENOMEM) accept fails until a connection closes: wait a moment then instead of retrying at full
+/// speed, which would take a whole core while the app's connections wait. Other errors concern the one
+/// connection that failed.
+pub(crate) async fn accept(listener: &TcpListener) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                tracing::warn!("cannot accept a connection ({e}); retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => tracing::debug!("accept: {e}"),
+        }
+    }
 }
 
 /// Background tasks of a session (accept loops), stopped when the session is dropped.

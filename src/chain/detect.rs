@@ -19,7 +19,8 @@ use serde_json::Value;
 use super::{Reference, Source, set_cookie_value, template};
 use crate::diff::{FRAMING_HEADERS, Noise, Seg, render_path};
 use crate::noise::shape::{self, Shape};
-use crate::store::{Body, Header, TestCase};
+use crate::protocols::http::{Header, HttpRequest};
+use crate::store::{Body, TestCase};
 
 /// Shortest string that can be chained.
 pub const MIN_CHARS: usize = 8;
@@ -67,21 +68,21 @@ pub fn detect(tests: &mut [TestCase]) -> Detected {
     let mut seen: HashSet<String> = HashSet::new();
     let mut detected = Detected::default();
     for test in tests.iter_mut() {
-        // What the client knew when it sent this request (before any rewriting).
-        remember_request(test, &mut seen);
-        let original_response = test.response.clone();
         let recorded_ms = crate::store::parse_time_ms(&test.recorded_at);
+        let name = test.name.clone();
+        let Some((req, resp)) = test.http_mut() else { continue };
+        // What the client knew when it sent this request (before any rewriting).
+        remember_request(req, &mut seen);
+        let original_response = resp.clone();
 
         let mut used: BTreeMap<String, Value> = BTreeMap::new();
         let mut count = 0;
-        let req = &mut test.request;
         if let Some(t) = template_text(&req.target, &sources, false, &mut used) {
             req.target = t;
             count += 1;
         }
         template_headers(&mut req.headers, true, &sources, &mut used, &mut count);
         template_body(&mut req.body, &sources, false, &mut used, &mut count);
-        let resp = &mut test.response;
         template_headers(&mut resp.headers, false, &sources, &mut used, &mut count);
         template_body(&mut resp.body, &sources, true, &mut used, &mut count);
         if !used.is_empty() {
@@ -97,7 +98,7 @@ pub fn detect(tests: &mut [TestCase]) -> Detected {
             if !chainable(&value) || seen.contains(&text) || sources.contains_key(&text) {
                 continue;
             }
-            let name = Reference { test: test.name.clone(), source }.name();
+            let name = Reference { test: name.clone(), source }.name();
             let volatile = Shape::of_json(&value, around).is_some();
             sources.insert(text, Known { name, value, volatile });
         }
@@ -166,7 +167,7 @@ fn leaves(value: &Value, path: &mut Vec<Seg>, f: &mut dyn FnMut(&[Seg], &Value))
 }
 
 /// Adds every whole value and token of a request to what the client knew.
-fn remember_request(test: &TestCase, seen: &mut HashSet<String>) {
+fn remember_request(request: &HttpRequest, seen: &mut HashSet<String>) {
     let mut add = |text: &str| {
         seen.insert(text.to_string());
         for (token, is_token) in shape::tokens(text) {
@@ -175,11 +176,11 @@ fn remember_request(test: &TestCase, seen: &mut HashSet<String>) {
             }
         }
     };
-    add(&test.request.target);
-    for h in &test.request.headers {
+    add(&request.target);
+    for h in &request.headers {
         add(&h.value_str());
     }
-    if let Some(b) = &test.request.body {
+    if let Some(b) = &request.body {
         if let Some(json) = &b.json {
             leaves(json, &mut Vec::new(), &mut |_, v| add(&super::text_of(v)));
         }
@@ -299,7 +300,7 @@ fn template_json(
 mod tests {
     use super::*;
     use crate::chain::{Bindings, render_request, render_response};
-    use crate::store::{FORMAT_VERSION, HttpRequest, HttpResponse};
+    use crate::protocols::http::{HttpRequest, HttpResponse};
 
     fn test(
         name: &str,
@@ -310,14 +311,13 @@ mod tests {
         resp: Value,
     ) -> TestCase {
         let body = |v: Option<Value>| v.map(|j| Body { json: Some(j), ..Body::default() });
-        TestCase {
-            version: FORMAT_VERSION,
-            name: name.into(),
-            kind: "http".into(),
-            recorded_at: "2026-11-27T10:00:00.000Z".into(),
-            latency_ms: 1.0,
-            port: 8080,
-            request: HttpRequest {
+        let mut t = TestCase::new_http(
+            "http",
+            "2026-11-27T10:00:00.000Z".into(),
+            1.0,
+            8080,
+            None,
+            HttpRequest {
                 method: method.into(),
                 target: target.into(),
                 version: "HTTP/1.1".into(),
@@ -326,7 +326,7 @@ mod tests {
                 messages: vec![],
                 trailers: vec![],
             },
-            response: HttpResponse {
+            HttpResponse {
                 status: 200,
                 reason: String::new(),
                 version: "HTTP/1.1".into(),
@@ -335,12 +335,9 @@ mod tests {
                 messages: vec![],
                 trailers: vec![],
             },
-            noise: vec![],
-            volatile: vec![],
-            chain: BTreeMap::new(),
-            tags: vec![],
-            tls: None,
-        }
+        );
+        t.name = name.into();
+        t
     }
 
     const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbm4ifQ.c2lnbmF0dXJlMTIz";
@@ -377,40 +374,42 @@ mod tests {
         let d = detect(&mut tests);
         assert_eq!(d.tests, 2);
         let users = &tests[1];
-        assert_eq!(users.request.headers[0].value_str(), "Bearer {{ chain.post-api-login.body.token }}");
+        assert_eq!(users.http().unwrap().0.headers[0].value_str(), "Bearer {{ chain.post-api-login.body.token }}");
         assert_eq!(users.chain.keys().collect::<Vec<_>>(), vec!["post-api-login.body.token"]);
         // The user name was sent by the client first: it is not a chain.
         assert!(!users.chain.contains_key("post-api-login.body.user"));
         let get = &tests[2];
-        assert_eq!(get.request.target, "/api/users/{{ chain.post-api-users.body.id }}?n=1");
-        let body = get.request.body.as_ref().and_then(|b| b.json.clone()).unwrap();
+        let (request, response) = get.http().unwrap();
+        assert_eq!(request.target, "/api/users/{{ chain.post-api-users.body.id }}?n=1");
+        let body = request.body.as_ref().and_then(|b| b.json.clone()).unwrap();
         assert_eq!(body, serde_json::json!({"seq": "{{ chain.post-api-users.body.seq }}", "flag": true}));
         // In the expected response only the volatile-looking value is templated.
-        let resp = get.response.body.as_ref().and_then(|b| b.json.clone()).unwrap();
+        let resp = response.body.as_ref().and_then(|b| b.json.clone()).unwrap();
         assert_eq!(resp, serde_json::json!({"id": "{{ chain.post-api-users.body.id }}", "seq": 1234567}));
         assert_eq!(get.chain.get("post-api-users.body.id"), Some(&Value::String(UID.into())));
 
         // Rendering with no live values gives back exactly what was recorded.
         let plain = Bindings::default();
-        let r = render_request(get, &plain);
+        let r = render_request(get, request, &plain);
         assert_eq!(r.target, format!("/api/users/{UID}?n=1"));
         assert_eq!(r.body.and_then(|b| b.json), Some(serde_json::json!({"seq": 1234567, "flag": true})));
         // With live values, the new ones go in.
         let mut live = Bindings::default();
         live.bind("post-api-users.body.id".into(), Value::String(UID.into()), Value::String("new-uuid-0001".into()));
         live.bind("post-api-users.body.seq".into(), serde_json::json!(1234567), serde_json::json!(7654321));
-        let r = render_request(get, &live);
+        let r = render_request(get, request, &live);
         assert_eq!(r.target, "/api/users/new-uuid-0001?n=1");
         assert_eq!(r.body.and_then(|b| b.json), Some(serde_json::json!({"seq": 7654321, "flag": true})));
-        let e = render_response(get, &live);
+        let e = render_response(get, response, &live);
         assert_eq!(e.body.and_then(|b| b.json), Some(serde_json::json!({"id": "new-uuid-0001", "seq": 1234567})));
     }
 
     #[test]
     fn cookies_and_locations_are_sources() {
         let mut login = test("post-login", "POST", "/login", &[], None, serde_json::json!({}));
-        login.response.headers.push(Header::new("Set-Cookie", "sid=s3cr3t-Abc123xyz; Path=/; HttpOnly"));
-        login.response.headers.push(Header::new("Location", "/api/things/77aa88bb99"));
+        let (_, response) = login.http_mut().unwrap();
+        response.headers.push(Header::new("Set-Cookie", "sid=s3cr3t-Abc123xyz; Path=/; HttpOnly"));
+        response.headers.push(Header::new("Location", "/api/things/77aa88bb99"));
         let mut tests = vec![
             login,
             test(
@@ -423,7 +422,8 @@ mod tests {
             ),
         ];
         detect(&mut tests);
-        assert_eq!(tests[1].request.headers[0].value_str(), "theme=dark; sid={{ chain.post-login.cookie.sid }}");
-        assert_eq!(tests[1].request.target, "{{ chain.post-login.header.location }}");
+        let (request, _) = tests[1].http().unwrap();
+        assert_eq!(request.headers[0].value_str(), "theme=dark; sid={{ chain.post-login.cookie.sid }}");
+        assert_eq!(request.target, "{{ chain.post-login.header.location }}");
     }
 }

@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
-use crate::store::{Body, Header, HeaderList, HttpRequest, HttpResponse, TestCase};
+use crate::noise::learn::Observation;
+use crate::protocols::http::{Header, HeaderList, HttpRequest, HttpResponse};
+use crate::store::{Body, TestCase};
 
 const OPEN: &str = "{{";
 const CLOSE: &str = "}}";
@@ -107,6 +109,49 @@ impl Bindings {
         self.values.insert(name, (recorded, live));
     }
 
+    /// Binds the live value of each chain name in `produces` (with its recorded value) from a response's
+    /// headers and body, for the requests after it that use them.
+    pub fn bind_from(&mut self, produces: &[(String, Value)], headers: &[Header], body: &[u8]) {
+        if produces.is_empty() {
+            return;
+        }
+        let json = serde_json::from_slice::<Value>(body).ok();
+        for (name, recorded) in produces {
+            if let Some(r) = Reference::parse(name)
+                && let Some(live) = r.extract(headers, json.as_ref())
+            {
+                self.bind(name.clone(), recorded.clone(), live);
+            }
+        }
+    }
+
+    /// Puts chained values the app produced in this run back to their recorded form, so two runs compare
+    /// equal where they only differ by the ids each run created.
+    pub fn normalize(&self, raw: &Observation) -> Observation {
+        if self.is_empty() {
+            return raw.clone();
+        }
+        let headers = |hs: &[Header]| -> Vec<Header> {
+            hs.iter()
+                .map(|h| match std::str::from_utf8(&h.value) {
+                    Ok(v) => Header::new(h.name.clone(), self.unrender_text(v)),
+                    Err(_) => h.clone(),
+                })
+                .collect()
+        };
+        let body = match serde_json::from_slice::<Value>(&raw.body) {
+            Ok(mut v) => {
+                self.unrender_json(&mut v);
+                serde_json::to_vec(&v).unwrap_or_else(|_| raw.body.clone())
+            }
+            Err(_) => match std::str::from_utf8(&raw.body) {
+                Ok(t) => self.unrender_text(t).into_bytes(),
+                Err(_) => raw.body.clone(),
+            },
+        };
+        Observation { status: raw.status, headers: headers(&raw.headers), trailers: headers(&raw.trailers), body }
+    }
+
     pub fn live(&self, name: &str) -> Option<&Value> {
         self.values.get(name).map(|(_, live)| live)
     }
@@ -160,11 +205,6 @@ pub fn text_of(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
-}
-
-/// The names a test's templates use (the keys of its `chain:` map).
-pub fn names(test: &TestCase) -> impl Iterator<Item = &String> {
-    test.chain.keys()
 }
 
 /// Replaces every `{{ chain.NAME }}` in `text` with `lookup(NAME)` as text; unknown names stay as written.
@@ -251,9 +291,8 @@ fn lookup_for<'a>(test: &'a TestCase, bindings: &'a Bindings) -> impl Fn(&str) -
     move |name: &str| bindings.live(name).cloned().or_else(|| test.chain.get(name).cloned())
 }
 
-/// The request to send: templates filled in, Content-Length kept true to the new body.
-pub fn render_request(test: &TestCase, bindings: &Bindings) -> HttpRequest {
-    let req = &test.request;
+/// The request of HTTP test `test` to send: templates filled in, Content-Length kept true to the new body.
+pub fn render_request(test: &TestCase, req: &HttpRequest, bindings: &Bindings) -> HttpRequest {
     if test.chain.is_empty() {
         return req.clone();
     }
@@ -279,9 +318,9 @@ pub fn render_request(test: &TestCase, bindings: &Bindings) -> HttpRequest {
     }
 }
 
-/// The response to expect: templates filled in with the values the app produced this time.
-pub fn render_response(test: &TestCase, bindings: &Bindings) -> HttpResponse {
-    let resp = &test.response;
+/// The response of HTTP test `test` to expect: templates filled in with the values the app produced this
+/// time.
+pub fn render_response(test: &TestCase, resp: &HttpResponse, bindings: &Bindings) -> HttpResponse {
     if test.chain.is_empty() {
         return resp.clone();
     }

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::capture::explicit::{DepSpec, Explicit};
 use crate::capture::sandbox::Sandbox;
-use crate::capture::{AppCommand, AppExit};
+use crate::capture::{AppCommand, AppExit, Capture};
 use crate::error::{Error, Result};
 use crate::record::{self, PortMap, RecordOptions};
 use crate::replay::{self, ReplayOptions, Target};
@@ -415,6 +415,14 @@ fn store_for(path: &Option<PathBuf>, config: &Config) -> Store {
     )
 }
 
+/// The capture mechanism: explicit mode when asked for, else the sandbox (with the TLS trust mounts).
+fn capture_of(explicit: Option<Explicit>, tls: &Option<TlsSetup>) -> Box<dyn Capture> {
+    match explicit {
+        Some(e) => Box::new(e),
+        None => Box::new(TlsSetup::sandbox(tls)),
+    }
+}
+
 fn explicit_of(c: &CaptureArgs, ports: Vec<u16>) -> Result<Option<Explicit>> {
     if !c.no_sandbox && c.deps.is_empty() {
         return Ok(None);
@@ -424,6 +432,10 @@ fn explicit_of(c: &CaptureArgs, ports: Vec<u16>) -> Result<Option<Explicit>> {
 }
 
 pub fn main() -> i32 {
+    // The sandbox helper must start before any thread exists: unshare(CLONE_NEWUSER) refuses threaded callers.
+    if std::env::args().nth(1).as_deref() == Some("__sandbox") {
+        crate::capture::sandbox::helper::main();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -535,10 +547,8 @@ async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32
             tags: args.tags,
         },
     };
-    let outcome = match &explicit {
-        Some(e) => record::record(e, opts).await?,
-        None => record::record(&TlsSetup::sandbox(&tls), opts).await?,
-    };
+    let capture = capture_of(explicit, &tls);
+    let outcome = record::record(capture.as_ref(), opts).await?;
     print_record_summary(&outcome);
     if outcome.summary.failed > 0 {
         return Ok(2);
@@ -650,18 +660,13 @@ async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
         learn_runs: args.learn_noise.then_some(args.runs),
         secondary,
     };
+    let capture = capture_of(explicit, &tls);
     if args.rerecord {
         let rerecord = replay::rerecord::Rerecord { yes: args.yes, tls: tls.as_ref().map(|t| t.ca.clone()) };
-        return match &explicit {
-            Some(e) => replay::rerecord::run(e, &opts, &rerecord).await,
-            None => replay::rerecord::run(&TlsSetup::sandbox(&tls), &opts, &rerecord).await,
-        };
+        return replay::rerecord::run(capture.as_ref(), &opts, &rerecord).await;
     }
-    let report = match &explicit {
-        Some(e) => replay::run(Some(e), &opts).await?,
-        None if opts.target.is_some() => replay::run::<Sandbox>(None, &opts).await?,
-        None => replay::run(Some(&TlsSetup::sandbox(&tls)), &opts).await?,
-    };
+    let capture = if opts.target.is_some() { None } else { Some(capture.as_ref()) };
+    let report = replay::run(capture, &opts).await?;
     println!("{}", report::summary_line(&report));
     Ok(if report.failed > 0 { 1 } else { 0 })
 }

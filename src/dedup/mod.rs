@@ -14,12 +14,12 @@ use crate::chain::Reference;
 use crate::diff::FRAMING_HEADERS;
 use crate::error::Result;
 use crate::noise::shape::Shape;
-use crate::store::{Body, LoadedSet, Store, TestCase};
+use crate::protocols::http::{HttpRequest, HttpResponse};
+use crate::store::{Body, LoadedSet, Store};
 
 /// One group of tests of the same shape.
 #[derive(Debug, Clone)]
 pub struct Group {
-    pub shape: String,
     /// `METHOD /route -> status`, for the report.
     pub label: String,
     pub kept: Vec<String>,
@@ -34,11 +34,11 @@ pub fn plan(set: &LoadedSet, keep: usize) -> Vec<Group> {
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut members: Vec<Vec<usize>> = Vec::new();
     for (i, (_, test)) in set.tests.iter().enumerate() {
-        let shape = shape_of(test);
-        let g = *index.entry(shape.clone()).or_insert_with(|| {
+        let Some((request, response)) = test.http() else { continue };
+        let shape = shape_of(request, response);
+        let g = *index.entry(shape).or_insert_with(|| {
             groups.push(Group {
-                label: format!("{} {} -> {}", test.request.method, route(&test.request.target), test.response.status),
-                shape,
+                label: format!("{} {} -> {}", request.method, route(&request.target), response.status),
                 kept: Vec::new(),
                 removed: Vec::new(),
                 kept_for_chain: Vec::new(),
@@ -92,9 +92,8 @@ pub fn apply(groups: &[Group]) -> Result<usize> {
 }
 
 /// The shape of a test as one line (see the module documentation).
-pub fn shape_of(test: &TestCase) -> String {
-    let mut headers: Vec<String> = test
-        .request
+pub fn shape_of(request: &HttpRequest, response: &HttpResponse) -> String {
+    let mut headers: Vec<String> = request
         .headers
         .iter()
         .map(|h| h.name.to_ascii_lowercase())
@@ -104,12 +103,12 @@ pub fn shape_of(test: &TestCase) -> String {
     headers.dedup();
     format!(
         "{} {} | headers {} | request {} | status {} | response {}",
-        test.request.method,
-        route(&test.request.target),
+        request.method,
+        route(&request.target),
         headers.join(","),
-        body_schema(&test.request.body),
-        test.response.status,
-        body_schema(&test.response.body)
+        body_schema(&request.body),
+        response.status,
+        body_schema(&response.body)
     )
 }
 

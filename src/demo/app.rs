@@ -115,7 +115,7 @@ pub async fn main() -> Result<i32> {
         .map_err(|e| Error::env(format!("demo app: cannot listen on 127.0.0.1:{port}: {e}")))?;
     eprintln!("demo app: listening on 127.0.0.1:{port}");
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = crate::capture::accept(&listener).await;
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), hyper::service::service_fn(handle))

@@ -36,7 +36,7 @@ async fn rates(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byte
 /// Serves the rates API on `listener` until the task is dropped.
 pub async fn serve_rates(listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = crate::capture::accept(&listener).await;
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), hyper::service::service_fn(rates))
@@ -49,7 +49,7 @@ pub async fn serve_rates(listener: TcpListener) {
 pub async fn serve_ledger(listener: TcpListener) {
     let next = Arc::new(AtomicU64::new(1001));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = crate::capture::accept(&listener).await;
         let next = next.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();

@@ -18,10 +18,11 @@ use crate::capture::{AppCommand, Capture};
 use crate::cli::DemoArgs;
 use crate::error::{Error, Kind, Result};
 use crate::protocols::http::client;
+use crate::protocols::http::{Header, HttpRequest};
 use crate::record::{self, PortMap, RecordOptions};
 use crate::replay::{self, ReplayOptions};
 use crate::report::RunReport;
-use crate::store::{Config, Header, HttpRequest, SpillBuffer, Store};
+use crate::store::{Config, SpillBuffer, Store};
 
 async fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").await.map_err(|e| Error::env(format!("no free port: {e}")))?;

@@ -11,7 +11,7 @@ use serde_json::Value;
 use serde_json_path::{NormalizedPath, PathElement};
 
 use super::noise::Noise;
-use super::{Change, Comparison, Difference, render_json};
+use super::{Change, Difference, render_json};
 
 /// One step of a path into a JSON document.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -109,9 +109,10 @@ fn is_identifier(key: &str) -> bool {
 
 /// Structural JSON diff; paths in normalized JSONPath form: $.a.b, $.items[3], $['odd key'].
 /// Locations are prefixed with "body " like those of [`super::compare`].
-pub fn json_diff(expected: &Value, actual: &Value, noise: &Noise) -> Comparison {
+#[cfg(test)]
+pub fn json_diff(expected: &Value, actual: &Value, noise: &Noise) -> super::Comparison {
     let (differences, applied) = diff_values(expected, actual, noise);
-    Comparison { differences, applied_noise: noise.labels(&applied) }
+    super::Comparison { differences, applied_noise: noise.labels(&applied) }
 }
 
 /// The differences and the ids of the rules that suppressed one.

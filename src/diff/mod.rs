@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::protocols::http::Header;
 use crate::store::body::is_json_type;
-use crate::store::format::Header;
 
+#[cfg(test)]
 pub use json::json_diff;
 pub(crate) use json::{Seg, render_path};
 pub use noise::Noise;
@@ -79,6 +80,7 @@ pub struct Comparison {
 
 impl Comparison {
     /// Whether the responses matched (once noise is ignored).
+    #[cfg(test)]
     pub fn is_match(&self) -> bool {
         self.differences.is_empty()
     }

@@ -183,6 +183,7 @@ impl Noise {
     }
 
     /// Whether a header (or trailer) of this name is not compared.
+    #[cfg(test)]
     pub fn ignores_header(&self, name: &str) -> bool {
         self.header_rule(name).is_some()
     }

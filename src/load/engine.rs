@@ -325,15 +325,14 @@ async fn connection(
 }
 
 /// Records the chained values a response produced, for the requests that use them.
-fn bind(produces: &[(String, serde_json::Value)], headers: &[crate::store::Header], body: &[u8], shared: &Shared) {
-    let json = serde_json::from_slice::<serde_json::Value>(body).ok();
-    let Ok(mut bindings) = shared.bindings.lock() else { return };
-    for (name, recorded) in produces {
-        if let Some(r) = crate::chain::Reference::parse(name)
-            && let Some(live) = r.extract(headers, json.as_ref())
-        {
-            bindings.bind(name.clone(), recorded.clone(), live);
-        }
+fn bind(
+    produces: &[(String, serde_json::Value)],
+    headers: &[crate::protocols::http::Header],
+    body: &[u8],
+    shared: &Shared,
+) {
+    if let Ok(mut bindings) = shared.bindings.lock() {
+        bindings.bind_from(produces, headers, body);
     }
 }
 
@@ -373,7 +372,8 @@ async fn send_once(
     let rendered = match &request.templated {
         Some(t) => {
             let bindings = shared.bindings.lock().map(|b| b.clone()).unwrap_or_default();
-            let req = cfg.target.request_for(&crate::chain::render_request(&t.test, &bindings));
+            let (recorded, _) = t.test.http().ok_or(ErrorClass::Io)?;
+            let req = cfg.target.request_for(&crate::chain::render_request(&t.test, recorded, &bindings));
             let req = crate::protocols::http2::as_http1(req);
             Some(Bytes::from(client::encode_request(&req, &t.set_dir).await.map_err(|_| ErrorClass::Io)?))
         }
@@ -414,13 +414,12 @@ async fn send_once(
                 {
                     bind(&request.produces, &head.headers, bytes, shared);
                 }
-                let compared = crate::replay::compare_response(
-                    &check.set_dir,
-                    &check.test,
-                    &check.test.response,
-                    &response,
-                    &check.noise,
-                );
+                let compared = match check.test.http() {
+                    Some((_, expected)) => {
+                        crate::replay::compare_response(&check.set_dir, &check.test, expected, &response, &check.noise)
+                    }
+                    None => Err(format!("a {} test is not an HTTP request", check.test.kind)),
+                };
                 response.body.discard();
                 Ok((head, Some(compared)))
             }

@@ -19,8 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use endpoint::endpoint_of;
-pub use gate::{Gate, format_ms};
-pub use report::{LoadReport, render_template, to_value};
+pub use gate::Gate;
+pub use report::{render_template, to_value};
 pub use schedule::{Pace, Schedule, parse_duration};
 
 use crate::error::{Error, Result};
@@ -158,15 +158,16 @@ impl Plan {
             let first = times.iter().flatten().copied().fold(f64::INFINITY, f64::min);
             let mut previous = 0.0;
             for (i, (file, test)) in set.tests.iter().enumerate() {
+                let Some((recorded_request, recorded_response)) = test.http() else { continue };
                 // A test without a readable time keeps its place right after the one before it.
                 let offset =
                     times[i].filter(|_| first.is_finite()).map_or(previous, |t| ((t - first) / 1000.0).max(previous));
                 previous = offset;
-                let request = crate::protocols::http2::as_http1(opts.target.request_for(&test.request));
+                let request = crate::protocols::http2::as_http1(opts.target.request_for(recorded_request));
                 let bytes = client::encode_request(&request, &set.dir)
                     .await
                     .map_err(|e| Error::input(format!("{}: {e}", file.display())))?;
-                let name = endpoint_of(&test.request.method, &test.request.target);
+                let name = endpoint_of(&recorded_request.method, &recorded_request.target);
                 let endpoint = match plan.endpoints.iter().position(|e| *e == name) {
                     Some(i) => i,
                     None => {
@@ -188,7 +189,7 @@ impl Plan {
                     method: request.method.clone(),
                     endpoint: endpoint as u32,
                     closes: wire::wants_close(&request.version, &request.headers),
-                    recorded_status: test.response.status,
+                    recorded_status: recorded_response.status,
                     check: noises.as_ref().map(|n| engine::Check {
                         set_dir: set.dir.clone(),
                         test: test.clone(),

@@ -155,14 +155,7 @@ pub async fn main(port: u16, forward_to: Option<String>, tls: Option<(String, St
     let addr = listener.local_addr().map_err(|e| Error::env(e.to_string()))?;
     println!("doppel http target ready on http://{addr}");
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(_) => {
-                // Out of file descriptors for a moment: keep serving the connections already open.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+        let stream = crate::capture::accept(&listener).await;
         let _ = stream.set_nodelay(true);
         let upstream = upstream.clone();
         let acceptor = acceptor.clone();

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::diff::{self, Actual, Change, Expected, Noise};
-use crate::store::{Header, Learned, NoiseRule};
+use crate::protocols::http::Header;
+use crate::store::{Learned, NoiseRule};
 
 /// One answer of the app to a test's request, with values chained from earlier answers put back to their
 /// recorded form (so that an id the app generated anew is not mistaken for noise where it was reused).

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::shape::Shape;
 use crate::diff::{FRAMING_HEADERS, Noise, Seg, render_path};
-use crate::store::{HttpResponse, NoiseRule};
+use crate::protocols::http::HttpResponse;
+use crate::store::NoiseRule;
 
 /// The volatile rules for a recorded response. `recorded_ms` is when it was recorded (ms since the epoch).
 pub fn detect(response: &HttpResponse, recorded_ms: Option<f64>) -> Vec<NoiseRule> {
@@ -134,7 +135,8 @@ fn wildcard_path(path: &[Seg]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Body, Header};
+    use crate::protocols::http::Header;
+    use crate::store::Body;
 
     #[test]
     fn flags_volatile_fields_with_their_shape_and_leaves_the_rest() {

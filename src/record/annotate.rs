@@ -53,7 +53,10 @@ pub fn annotate(tests: &mut [TestCase], opts: &Annotate) -> Annotated {
     }
     for t in tests.iter_mut() {
         if opts.volatile {
-            t.volatile = volatile::detect(&t.response, parse_time_ms(&t.recorded_at));
+            t.volatile = match t.http() {
+                Some((_, response)) => volatile::detect(response, parse_time_ms(&t.recorded_at)),
+                None => Vec::new(),
+            };
             if !t.volatile.is_empty() {
                 out.volatile_fields += t.volatile.len();
                 out.volatile_tests += 1;

@@ -15,9 +15,10 @@ use tokio::sync::mpsc;
 
 use crate::capture::{AppCommand, AppExit, AppLink, Capture, Egress};
 use crate::error::{Error, Result};
-use crate::protocols::{self, RecordCtx, Role};
+use crate::harness::{Dependencies, Harness};
+use crate::protocols::{RecordCtx, Role};
 use crate::store::{FORMAT_VERSION, RecordSink, SetMeta, Store, WriteSummary, now_rfc3339};
-pub use proxy::Tracker;
+pub(crate) use proxy::Tracker;
 
 /// An app port and the host port it is exposed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +75,7 @@ pub struct RecordOutcome {
     pub annotated: annotate::Annotated,
 }
 
-pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<RecordOutcome> {
+pub(crate) async fn record(capture: &dyn Capture, opts: RecordOptions) -> Result<RecordOutcome> {
     let meta = SetMeta {
         version: FORMAT_VERSION,
         created_at: now_rfc3339(),
@@ -90,16 +91,19 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
     }
     let writer = opts.store.create_set(opts.test_set.as_deref(), &meta)?;
     let sink = writer.sink();
-    let tracker = Tracker::default();
-    let conn_ids = Arc::new(AtomicU64::new(1));
-    let mut session = match capture.start(&opts.command).await {
-        Ok(s) => s,
+    let ids = Arc::new(AtomicU64::new(1));
+    let deps = Dependencies::Real {
+        sink: sink.clone(),
+        tls: opts.tls.clone(),
+        dns_upstream: opts.dns_upstream,
+        ids: ids.clone(),
+    };
+    let mut harness = match Harness::start(capture, &opts.command, deps).await {
+        Ok(h) => h,
         Err(e) => {
             // Nothing was recorded: leave no empty test set behind.
             drop(sink);
-            let dir = writer.dir.clone();
-            let _ = writer.finish();
-            let _ = std::fs::remove_dir_all(&dir);
+            opts.store.discard_set(writer)?;
             return Err(e);
         }
     };
@@ -113,83 +117,23 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
         );
     }
 
-    // Outbound connections: forward to the real destination, observe.
-    let egress_task = {
-        let sink = sink.clone();
-        let tracker = tracker.clone();
-        let ids = conn_ids.clone();
-        let mut rx = std::mem::replace(&mut session.egress, mpsc::channel(1).1);
-        let tls = opts.tls.clone();
-        tokio::spawn(async move {
-            while let Some(e) = rx.recv().await {
-                let ctx = ctx_for(&sink, Role::Egress { dest: e.dest.clone() }, &ids);
-                tracker.spawn(egress(e, ctx, tls.clone()));
-            }
-        })
-    };
-    let mut dns_tasks = Vec::new();
-    let upstream = opts.dns_upstream.or_else(protocols::dns::system_resolver);
-    for sock in std::mem::take(&mut session.dns) {
-        dns_tasks.push(tokio::spawn(protocols::dns::record(sock, upstream, sink.clone())));
-    }
-
     // Inbound: named ports now, others as the app opens them.
     let inbound = Inbound {
-        link: session.link.clone(),
+        link: harness.link.clone(),
         sink: sink.clone(),
-        tracker: tracker.clone(),
-        ids: conn_ids.clone(),
+        tracker: harness.tracker.clone(),
+        ids: ids.clone(),
         tls: opts.ingress_tls.clone(),
     };
     let exposed = Arc::new(std::sync::Mutex::new(Vec::<PortMap>::new()));
-    let mut ingress_tasks = Vec::new();
     for (p, l) in listeners {
-        ingress_tasks.push(spawn_ingress(l, p, inbound.clone()));
-        if let Ok(mut e) = exposed.lock() {
-            e.push(p);
-        }
+        harness.attach(spawn_ingress(l, p, inbound.clone()));
+        lock(&exposed).push(p);
     }
-    let auto_detect = opts.ports.is_empty();
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<Error>(1);
-    let watcher = if auto_detect {
-        let link = session.link.clone();
-        let inbound = inbound.clone();
-        let exposed = exposed.clone();
-        let quiet = opts.quiet;
-        Some(tokio::spawn(async move {
-            let mut seen = BTreeSet::new();
-            let mut tasks = Vec::new();
-            let started = Instant::now();
-            loop {
-                for port in link.listening_ports() {
-                    if !seen.insert(port) {
-                        continue;
-                    }
-                    let map = PortMap { exposed: port, app: port };
-                    match bind_exposed(port).await {
-                        Ok(l) => {
-                            if !quiet {
-                                eprintln!("doppel: the app listens on port {port}; exposed on this machine at :{port}");
-                            }
-                            tasks.push(spawn_ingress(l, map, inbound.clone()));
-                            if let Ok(mut e) = exposed.lock() {
-                                e.push(map);
-                            }
-                        }
-                        Err(e) => {
-                            let _ = fatal_tx.send(e).await;
-                            return;
-                        }
-                    }
-                }
-                // Apps open their ports at start-up: look often then, rarely after (reading /proc costs CPU).
-                let every = if started.elapsed() < Duration::from_secs(10) { 50 } else { 1000 };
-                tokio::time::sleep(Duration::from_millis(every)).await;
-            }
-        }))
-    } else {
-        None
-    };
+    if opts.ports.is_empty() {
+        harness.attach(watch_ports(inbound.clone(), exposed.clone(), fatal_tx, opts.quiet));
+    }
 
     // Run until asked to stop, or the app stops.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -199,29 +143,24 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = sigterm.recv() => {}
-        _ = session.app.wait() => { by_itself = true; }
+        _ = harness.app.wait() => { by_itself = true; }
         e = fatal_rx.recv() => { fatal = e; }
         _ = async { match &opts.stop { Some(n) => n.notified().await, None => std::future::pending().await } } => {}
     }
     if !opts.quiet && !by_itself {
         eprintln!("doppel: stopping the app");
     }
-    let exit = session.app.stop(opts.grace).await;
-    if let Some(w) = watcher {
-        w.abort();
-    }
-    for t in ingress_tasks.into_iter().chain(dns_tasks) {
-        t.abort();
-    }
-    egress_task.abort();
-    // The app is gone, so its connections are closing; give the proxies a moment to write what completed,
-    // then drop what is still open (idle keep-alive connections): those exchanges were in flight.
-    tracker.finish(Duration::from_secs(3)).await;
+    let exit = harness.stop(opts.grace).await;
     drop(sink);
-    drop(session);
+    drop(inbound);
     let summary = writer.finish();
-    let exposed_now = exposed.lock().map(|e| e.clone()).unwrap_or_default();
-    update_meta_ports(&opts.store, &set_name, &exposed_now);
+    let exposed_now = lock(&exposed).clone();
+    let mut ports: Vec<u16> = exposed_now.iter().map(|p| p.app).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    if let Err(e) = opts.store.set_app_ports(&set_name, ports) {
+        eprintln!("doppel: warning: {e}");
+    }
     if let Some(e) = fatal {
         return Err(e);
     }
@@ -249,20 +188,56 @@ pub async fn record<C: Capture>(capture: &C, opts: RecordOptions) -> Result<Reco
     })
 }
 
-fn update_meta_ports(store: &Store, set: &str, ports: &[PortMap]) {
-    let path = store.root().join(set).join("set.yaml");
-    if let Ok(text) = std::fs::read_to_string(&path)
-        && let Ok(mut meta) = crate::store::parse_yaml::<SetMeta>(&text, &path, 1)
-    {
-        meta.app_ports = ports.iter().map(|p| p.app).collect();
-        meta.app_ports.sort_unstable();
-        meta.app_ports.dedup();
-        if let Ok(y) = crate::store::to_yaml(&meta) {
-            let tmp = path.with_extension("tmp");
-            if std::fs::write(&tmp, y).is_ok() {
-                let _ = std::fs::rename(&tmp, &path);
+/// A lock that outlives a panic elsewhere: the data behind it stays usable.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Exposes every port the app starts listening on (when none was named with --port), at the same number.
+fn watch_ports(
+    inbound: Inbound,
+    exposed: Arc<std::sync::Mutex<Vec<PortMap>>>,
+    fatal: mpsc::Sender<Error>,
+    quiet: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seen = BTreeSet::new();
+        let mut tasks = Vec::new();
+        let started = Instant::now();
+        loop {
+            for port in inbound.link.listening_ports() {
+                if !seen.insert(port) {
+                    continue;
+                }
+                let map = PortMap { exposed: port, app: port };
+                match bind_exposed(port).await {
+                    Ok(l) => {
+                        if !quiet {
+                            eprintln!("doppel: the app listens on port {port}; exposed on this machine at :{port}");
+                        }
+                        tasks.push(AbortOnDrop(spawn_ingress(l, map, inbound.clone())));
+                        lock(&exposed).push(map);
+                    }
+                    Err(e) => {
+                        let _ = fatal.send(e).await;
+                        return;
+                    }
+                }
             }
+            // Apps open their ports at start-up: look often then, rarely after (reading /proc costs CPU).
+            let every = if started.elapsed() < Duration::from_secs(10) { 50 } else { 1000 };
+            tokio::time::sleep(Duration::from_millis(every)).await;
         }
+    })
+}
+
+/// A task that stops when its handle is dropped (the accept loops of ports found by `watch_ports` stop
+/// with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -322,7 +297,7 @@ struct Inbound {
 fn spawn_ingress(listener: TcpListener, map: PortMap, inbound: Inbound) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let Ok((client, _)) = listener.accept().await else { continue };
+            let client = crate::capture::accept(&listener).await;
             let _ = client.set_nodelay(true);
             let inbound = inbound.clone();
             inbound.tracker.clone().spawn(async move {
@@ -364,7 +339,23 @@ async fn ingress(client: tokio::net::TcpStream, app: tokio::net::TcpStream, map:
     }
 }
 
-pub(crate) async fn egress(e: Egress, ctx: RecordCtx, tls: Option<Arc<crate::tls::Interceptor>>) {
+/// Forwards each outbound connection of the app to its real destination, recording it.
+pub(crate) fn forward_egress(
+    mut rx: mpsc::Receiver<Egress>,
+    sink: RecordSink,
+    tls: Option<Arc<crate::tls::Interceptor>>,
+    tracker: Tracker,
+    ids: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            let ctx = ctx_for(&sink, Role::Egress { dest: e.dest.clone() }, &ids);
+            tracker.spawn(egress(e, ctx, tls.clone()));
+        }
+    })
+}
+
+async fn egress(e: Egress, ctx: RecordCtx, tls: Option<Arc<crate::tls::Interceptor>>) {
     let connect = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(e.dest.as_str())).await;
     let upstream = match connect {
         Ok(Ok(upstream)) => upstream,
@@ -402,21 +393,6 @@ fn refuse(e: Egress, ctx: RecordCtx, error: String) {
     tracing::info!("{} is unreachable: {error}", e.dest);
     let _ = socket2::SockRef::from(&e.stream).set_linger(Some(Duration::ZERO));
     drop(e.stream);
-    let mock = crate::store::Mock {
-        version: FORMAT_VERSION,
-        id: ctx.sink.next_mock_id(),
-        kind: "tcp".into(),
-        dest: e.dest,
-        connection: ctx.connection,
-        started_at: crate::store::format_time(time::OffsetDateTime::from(ctx.opened_at)),
-        duration_ms: 0.0,
-        tcp: Some(crate::store::TcpMock {
-            chunks: Vec::new(),
-            note: None,
-            closed_by: None,
-            connect_error: Some(error),
-        }),
-        ..crate::store::Mock::default()
-    };
+    let mock = crate::protocols::tcp::refused(&ctx, &e.dest, error);
     ctx.sink.submit(crate::store::Record::Mock(Box::new(mock)));
 }

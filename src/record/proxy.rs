@@ -1,6 +1,9 @@
-//! The recording proxy: bytes are forwarded as they arrive, and a copy goes to the protocol observer. The
-//! observer is chosen from the first bytes; if it cannot follow the traffic, the connection carries on as
-//! opaque bytes. The app's traffic never waits on parsing beyond a copy, and a parser never breaks it.
+//! The recording proxy: bytes are forwarded as they arrive, and the protocol observer sees each piece
+//! first. The observer is chosen from the first bytes (`protocols::detect`); if it cannot follow the
+//! traffic, the connection carries on as opaque bytes, and a parser never breaks it. Observing happens on
+//! the forwarding path, under the connection's lock, before each piece is written on: a request is always
+//! seen before its response, and the traffic waits for the parse of each piece (a copy and a decode, no I/O:
+//! the store writes on its own thread).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,8 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use crate::protocols::detect::Detector;
 use crate::protocols::tcp::TcpObserver;
-use crate::protocols::{self, Observer, Protocol, RecordCtx, Stream};
+use crate::protocols::{Observer, RecordCtx, Stream};
 
 /// Keeps track of running proxies, so that stopping can wait for the last exchanges to be written, then
 /// abort what is left (idle keep-alive connections, streams that never end).
@@ -75,8 +79,7 @@ impl Tracker {
 enum Slot {
     /// Protocol not known yet: bytes seen so far, in order.
     Detecting {
-        client: Vec<u8>,
-        server: Vec<u8>,
+        detector: Detector,
         seen: Vec<(bool, Vec<u8>, Instant)>,
     },
     Active(Box<dyn Observer>),
@@ -92,14 +95,9 @@ struct Watch {
     /// protocol it was detected as.
     raw: Option<(Vec<u8>, &'static str)>,
     ctx: RecordCtx,
-    port: u16,
-    protocols: Vec<Arc<dyn Protocol>>,
     /// Bytes seen per direction, for the note when parsing gives up.
     offsets: [u64; 2],
 }
-
-/// Detection gives up after this many bytes and records the connection as opaque.
-const DETECT_LIMIT: usize = 64;
 
 /// Raw dumps (`DOPPEL_RAW_DIR`) keep at most this much of a connection.
 const RAW_LIMIT: usize = 256 * 1024;
@@ -113,17 +111,9 @@ impl Watch {
         {
             crate::fuzz::frame(raw, from_client, data);
         }
-        if let Slot::Detecting { client, server, seen } = &mut self.slot {
-            if from_client {
-                client.extend_from_slice(data)
-            } else {
-                server.extend_from_slice(data)
-            }
+        if let Slot::Detecting { detector, seen } = &mut self.slot {
             seen.push((from_client, data.to_vec(), at));
-            let done = data.is_empty() || client.len() + server.len() > DETECT_LIMIT;
-            let Some(protocol) = protocols::detect(&self.protocols, client, server, self.port, done) else {
-                return;
-            };
+            let Some(protocol) = detector.feed(from_client, data) else { return };
             let seen = std::mem::take(seen);
             if let Some((_, name)) = &mut self.raw {
                 *name = protocol.name();
@@ -192,13 +182,11 @@ pub async fn run<C: Stream + 'static, S: Stream + 'static>(
         crate::protocols::Role::Ingress { .. } => String::new(),
     };
     let watch = Arc::new(Mutex::new(Watch {
-        slot: Slot::Detecting { client: Vec::new(), server: Vec::new(), seen: Vec::new() },
+        slot: Slot::Detecting { detector: Detector::new(port), seen: Vec::new() },
         upgrade: false,
         boundary: None,
         raw: std::env::var_os("DOPPEL_RAW_DIR").map(|_| (Vec::new(), "tcp")),
         ctx,
-        port,
-        protocols: protocols::registry(),
         offsets: [0, 0],
     }));
     if let Some((client, server, early)) = pump_both(client, server, &watch).await {

@@ -8,19 +8,21 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
-
-use super::{Plan, ReplayOptions, Rules, bind, load_sets, send_to_app, wait_ready};
+use super::judge::compare_response;
+use super::ready::{app_ports, wait_ready};
+use super::target::send_to_app;
+use super::{Plan, ReplayOptions, Rules, bind, load_sets};
 use crate::capture::Capture;
 use crate::chain::{self, Bindings};
 use crate::diff;
 use crate::error::{Error, Result};
+use crate::harness::{Dependencies, Harness};
+use crate::protocols::Mock;
+use crate::protocols::http::HttpResponse;
 use crate::protocols::http::client::Response;
-use crate::protocols::{self, Role};
 use crate::record::annotate::{self, Annotate};
-use crate::record::{self, Tracker};
 use crate::report;
-use crate::store::{self, HttpResponse, LoadedSet, Mock, SetMeta, Store, TestCase};
+use crate::store::{self, LoadedSet, RecordSink, SetMeta, Store, TestCase};
 
 pub struct Rerecord {
     /// Write without asking.
@@ -48,7 +50,7 @@ struct SetRefresh {
 }
 
 /// Returns the exit code: 0 written or nothing to change, 1 changes left unwritten.
-pub async fn run<C: Capture>(capture: &C, opts: &ReplayOptions, rr: &Rerecord) -> Result<i32> {
+pub(crate) async fn run(capture: &dyn Capture, opts: &ReplayOptions, rr: &Rerecord) -> Result<i32> {
     let sets = load_sets(opts)?;
     let tmp = std::env::temp_dir().join(format!("doppel-rerecord-{}", std::process::id()));
     let mut refreshed = Vec::new();
@@ -106,8 +108,8 @@ fn confirm(yes: bool, changed: &[&SetRefresh]) -> Result<bool> {
     Ok(ok)
 }
 
-async fn refresh_set<C: Capture>(
-    capture: &C,
+async fn refresh_set(
+    capture: &dyn Capture,
     set: LoadedSet,
     rules: &[Rules],
     plan: &Plan,
@@ -128,83 +130,19 @@ async fn refresh_set<C: Capture>(
     let writer = scratch.create_set(Some(&set.name), &meta)?;
     let tmp_dir = writer.dir.clone();
     let sink = writer.sink();
-    let tracker = Tracker::default();
-    let ids = Arc::new(AtomicU64::new(1));
-    let interceptor = match &rr.tls {
+    let tls = match &rr.tls {
         Some(ca) => Some(Arc::new(crate::tls::Interceptor::new(ca.clone(), &Default::default())?)),
         None => None,
     };
-    let mut session = capture.start(&command).await?;
-    let egress_task = {
-        let (sink, tracker, ids) = (sink.clone(), tracker.clone(), ids.clone());
-        let mut rx = std::mem::replace(&mut session.egress, mpsc::channel(1).1);
-        tokio::spawn(async move {
-            while let Some(e) = rx.recv().await {
-                let ctx = record::ctx_for(&sink, Role::Egress { dest: e.dest.clone() }, &ids);
-                tracker.spawn(record::egress(e, ctx, interceptor.clone()));
-            }
-        })
+    let deps = Dependencies::Real { sink: sink.clone(), tls, dns_upstream: None, ids: Arc::new(AtomicU64::new(1)) };
+    let harness = Harness::start(capture, &command, deps).await?;
+    let ready = wait_ready(&harness.app, harness.link.as_ref(), &app_ports(&set, plan), opts).await;
+    let fresh = match &ready {
+        Ok(()) => resend(&harness, &set, rules, plan, opts, &sink).await,
+        Err(_) => Vec::new(),
     };
-    let upstream = protocols::dns::system_resolver();
-    let dns_tasks: Vec<_> = std::mem::take(&mut session.dns)
-        .into_iter()
-        .map(|s| tokio::spawn(protocols::dns::record(s, upstream, sink.clone())))
-        .collect();
-    let ports = super::app_ports(&set, plan);
-    let ready = wait_ready(&session, &ports, opts).await;
-    let mut fresh = Vec::new();
-    if ready.is_ok() {
-        let mut bindings = Bindings::default();
-        for &i in &plan.tests {
-            let (_, test) = &set.tests[i];
-            let sent_at = SystemTime::now();
-            let began = Instant::now();
-            let request = chain::render_request(test, &bindings);
-            // Large answers spill straight into the scratch set's bodies/, beside the new mocks.
-            let outcome = send_to_app(session.link.as_ref(), test, &request, &set, opts, sink.spill_buffer()).await;
-            let resp = match outcome {
-                Ok(r) => r,
-                Err(e) => {
-                    println!("  {} {}  {}", console::style("NO ANSWER").red().bold(), test.name, e);
-                    fresh.push(Fresh { index: i, test: test.clone(), differences: Vec::new(), error: Some(e) });
-                    continue;
-                }
-            };
-            if opts.chain {
-                bind(plan, test, &resp, &mut bindings);
-            }
-            let expected = chain::render_response(test, &bindings);
-            let differences = compare(&set, test, &expected, &resp, &rules[i]);
-            let latency = resp.elapsed.as_secs_f64() * 1000.0;
-            let (head, trailers) = (resp.head.clone(), resp.trailers.clone());
-            let mut updated = test.clone();
-            updated.recorded_at = store::format_time(time::OffsetDateTime::from(sent_at));
-            updated.latency_ms = (latency * 1000.0).round() / 1000.0;
-            updated.request = request;
-            updated.response = HttpResponse {
-                status: head.status,
-                reason: head.reason,
-                version: head.version,
-                headers: head.headers,
-                body: resp.body.into_body(),
-                messages: Vec::new(),
-                trailers,
-            };
-            // Re-derived from the new answers when written.
-            updated.chain.clear();
-            updated.volatile.clear();
-            print_change(test, &differences, began.elapsed());
-            fresh.push(Fresh { index: i, test: updated, differences, error: None });
-        }
-    }
-    session.app.stop(opts.grace).await;
-    egress_task.abort();
-    for t in dns_tasks {
-        t.abort();
-    }
-    tracker.finish(Duration::from_secs(3)).await;
+    harness.stop(opts.grace).await;
     drop(sink);
-    drop(session);
     let summary = writer.finish();
     ready?;
     let new_mocks: usize = summary.mocks_by_kind.values().sum();
@@ -220,6 +158,77 @@ async fn refresh_set<C: Capture>(
     Ok(SetRefresh { old_mocks: set.mocks.len(), set, tmp_dir, fresh, all_tests, mocks_changed })
 }
 
+/// Sends each planned test's request to the app running against its real dependencies, and keeps its new
+/// answer.
+async fn resend(
+    harness: &Harness,
+    set: &LoadedSet,
+    rules: &[Rules],
+    plan: &Plan,
+    opts: &ReplayOptions,
+    sink: &RecordSink,
+) -> Vec<Fresh> {
+    let mut fresh = Vec::new();
+    let mut bindings = Bindings::default();
+    for &i in &plan.tests {
+        let (_, test) = &set.tests[i];
+        let Some((recorded_request, recorded_response)) = test.http() else {
+            let e = format!("a {} test cannot be re-recorded by this doppel", test.kind);
+            println!("  {} {}  {}", console::style("NO ANSWER").red().bold(), test.name, e);
+            fresh.push(Fresh { index: i, test: test.clone(), differences: Vec::new(), error: Some(e) });
+            continue;
+        };
+        let sent_at = SystemTime::now();
+        let began = Instant::now();
+        let request = chain::render_request(test, recorded_request, &bindings);
+        // Large answers spill straight into the scratch set's bodies/, beside the new mocks.
+        let outcome = send_to_app(harness.link.as_ref(), test, &request, set, opts, sink.spill_buffer()).await;
+        let resp = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                println!("  {} {}  {}", console::style("NO ANSWER").red().bold(), test.name, e);
+                fresh.push(Fresh { index: i, test: test.clone(), differences: Vec::new(), error: Some(e) });
+                continue;
+            }
+        };
+        if opts.chain {
+            bind(plan, test, &resp, &mut bindings);
+        }
+        let expected = chain::render_response(test, recorded_response, &bindings);
+        let differences = compare(set, test, &expected, &resp, &rules[i]);
+        let mut updated = test.clone();
+        updated.recorded_at = store::format_time(time::OffsetDateTime::from(sent_at));
+        updated.latency_ms = (resp.elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        if let Some((q, r)) = updated.http_mut() {
+            *q = request;
+            *r = as_recorded(&recorded_request.target, resp);
+        }
+        // Re-derived from the new answers when written.
+        updated.chain.clear();
+        updated.volatile.clear();
+        print_change(test, &differences, began.elapsed());
+        fresh.push(Fresh { index: i, test: updated, differences, error: None });
+    }
+    fresh
+}
+
+/// A live answer in the form `doppel record` writes it: a gRPC body as its decoded messages, as the
+/// recorder keeps them (a body left undecoded would differ from the recording at the next replay).
+fn as_recorded(path: &str, resp: Response) -> HttpResponse {
+    let grpc = crate::protocols::http2::grpc::is_grpc(&resp.head.headers);
+    let (body, messages) = crate::protocols::http2::body_or_messages(resp.body, grpc, path, false);
+    let head = resp.head;
+    HttpResponse {
+        status: head.status,
+        reason: head.reason,
+        version: head.version,
+        headers: head.headers,
+        body,
+        messages,
+        trailers: resp.trailers,
+    }
+}
+
 /// How the new answer differs from the expected one, under the test's rules.
 fn compare(
     set: &LoadedSet,
@@ -228,7 +237,7 @@ fn compare(
     resp: &Response,
     rules: &Rules,
 ) -> Vec<diff::Difference> {
-    match super::compare_response(&set.dir, test, expected, resp, &rules.noise) {
+    match compare_response(&set.dir, test, expected, resp, &rules.noise) {
         Ok(c) => c.differences,
         Err(e) => vec![diff::Difference {
             location: "body".into(),

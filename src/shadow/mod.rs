@@ -12,11 +12,12 @@ use std::time::Duration;
 use crate::diff::{Change, Difference, Noise};
 use crate::error::{Error, Result};
 use crate::load::endpoint_of;
+use crate::protocols::http::HttpRequest;
 use crate::protocols::http::client;
 use crate::replay::{self, Side, Target};
-use crate::store::{self, Config, HttpRequest, Store, TestCase};
+use crate::store::{self, Config, Store, TestCase};
 
-pub use report::{DiffReport, EndpointDiff, Example, FieldDiff, FieldKind};
+pub use report::{DiffReport, EndpointDiff, Example};
 
 pub struct DiffOptions {
     pub store: Store,
@@ -116,8 +117,10 @@ pub async fn run(opts: DiffOptions) -> Result<i32> {
         absolute_threshold: opts.absolute_threshold,
         ..DiffReport::default()
     };
-    let writes = sets.iter().flat_map(|(s, _)| &s.tests).filter(|(_, t)| is_write(&t.request.method)).count();
-    let total = sets.iter().map(|(s, _)| s.tests.len()).sum::<usize>();
+    // Only HTTP tests can be sent to a deployment.
+    let requests = || sets.iter().flat_map(|(s, _)| &s.tests).filter_map(|(_, t)| t.http());
+    let writes = requests().filter(|(q, _)| is_write(&q.method)).count();
+    let total = requests().count();
     if total == 0 {
         return Err(Error::input(format!("the test sets {} have no tests", names.join(", "))));
     }
@@ -139,8 +142,9 @@ pub async fn run(opts: DiffOptions) -> Result<i32> {
     let mut endpoints: BTreeMap<String, EndpointDiff> = BTreeMap::new();
     for (set, noises) in &sets {
         for (i, (_, test)) in set.tests.iter().enumerate() {
-            let endpoint = endpoint_of(&test.request.method, &test.request.target);
-            if !opts.allow_writes && is_write(&test.request.method) {
+            let Some((request, _)) = test.http() else { continue };
+            let endpoint = endpoint_of(&request.method, &request.target);
+            if !opts.allow_writes && is_write(&request.method) {
                 *report.skipped_writes.entry(endpoint).or_default() += 1;
                 continue;
             }
@@ -198,8 +202,9 @@ async fn compare_one(
     endpoint: &mut EndpointDiff,
     report: &mut DiffReport,
 ) {
+    let Some((recorded, _)) = test.http() else { return };
     let send = |target: &Target| {
-        let request: HttpRequest = target.request_for(&test.request);
+        let request: HttpRequest = target.request_for(recorded);
         let target = target.clone();
         async move { target.send(&request, set_dir, tmp, opts.timeout).await }
     };
@@ -210,7 +215,7 @@ async fn compare_one(
         }
     };
     let (primary, candidate, secondary) = tokio::join!(send(&opts.primary), send(&opts.candidate), secondary);
-    let request_text = report::render_request(test);
+    let request_text = report::render_request(recorded);
     let primary = match primary {
         Ok(p) => p,
         Err(e) => {

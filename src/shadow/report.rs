@@ -231,8 +231,7 @@ pub fn preview(bytes: &[u8]) -> String {
 }
 
 /// The recorded request as text for reports.
-pub fn render_request(test: &TestCase) -> String {
-    let r = &test.request;
+pub fn render_request(r: &crate::protocols::http::HttpRequest) -> String {
     let mut out = format!("{} {} {}\n", r.method, r.target, r.version);
     for h in &r.headers {
         out.push_str(&format!("{}: {}\n", h.name, h.value_str()));

@@ -37,6 +37,7 @@ pub use format::*;
 pub use spill::SpillBuffer;
 
 use crate::error::{Error, Result};
+use crate::protocols::Mock;
 
 /// Parses YAML the way every doppel file is parsed: strict booleans, errors with line and column.
 pub fn parse_yaml<T: DeserializeOwned>(text: &str, file: &Path, first_line: usize) -> Result<T> {
@@ -56,13 +57,17 @@ pub fn to_yaml<T: Serialize>(value: &T) -> Result<String> {
     serde_saphyr::to_string(value).map_err(|e| Error::internal(format!("cannot write YAML: {e}")))
 }
 
+/// What every file says about itself before its protocol's part is read.
 #[derive(serde::Deserialize)]
-struct VersionOnly {
+struct Preamble {
     version: Option<u32>,
+    #[serde(default)]
+    kind: String,
 }
 
-fn check_version(text: &str, file: &Path, first_line: usize) -> Result<()> {
-    let v: VersionOnly = parse_yaml(text, file, first_line)?;
+/// Reads the version (checked first, so a newer format gets a clear message) and the kind of a document.
+fn preamble(text: &str, file: &Path, first_line: usize) -> Result<String> {
+    let v: Preamble = parse_yaml(text, file, first_line)?;
     match v.version {
         Some(FORMAT_VERSION) => Ok(()),
         Some(n) => Err(Error::input(format!(
@@ -72,6 +77,11 @@ fn check_version(text: &str, file: &Path, first_line: usize) -> Result<()> {
         ))),
         None => Err(Error::input(format!("{}:{first_line}: missing `version` field", file.display()))),
     }
+    .map(|()| v.kind)
+}
+
+fn check_version(text: &str, file: &Path, first_line: usize) -> Result<()> {
+    preamble(text, file, first_line).map(|_| ())
 }
 
 /// Reads a versioned YAML file: version checked first, so a newer format gets a clear message.
@@ -174,6 +184,23 @@ impl Store {
             .map_err(|e| Error::input(format!("cannot create {}: {e}", dir.join("tests").display())))?;
         write_atomic(&dir.join("set.yaml"), to_yaml(meta)?.as_bytes())?;
         SetWriter::start(name, dir)
+    }
+
+    /// Removes a set whose recording failed before anything was recorded, so `doppel test` never runs it.
+    pub fn discard_set(&self, writer: SetWriter) -> Result<()> {
+        let dir = writer.dir.clone();
+        let _ = writer.finish();
+        fs::remove_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot remove the empty test set {}: {e}", dir.display())))
+    }
+
+    /// Writes the app ports a recording exposed into its `set.yaml`.
+    pub fn set_app_ports(&self, set: &str, ports: Vec<u16>) -> Result<()> {
+        let path = self.root.join(set).join("set.yaml");
+        let mut meta: SetMeta = read_versioned(&path)?;
+        meta.app_ports = ports;
+        write_atomic(&path, to_yaml(&meta)?.as_bytes())
+            .map_err(|e| Error::io(format!("the app ports were not written to {}: {e}", path.display())))
     }
 
     pub fn load_set(&self, name: &str) -> Result<LoadedSet> {
@@ -340,13 +367,15 @@ pub fn body_bytes(dir: &Path, body: &Option<Body>) -> Result<Vec<u8>> {
 
 /// Parses and checks the text of one test file (`path` names it in errors).
 pub fn parse_test(text: &str, path: &Path) -> Result<TestCase> {
-    check_version(text, path, 1)?;
-    let t: TestCase = parse_yaml(text, path, 1)?;
-    if t.kind != "http" && t.kind != "http2" {
-        return Err(Error::input(format!("{}: unknown test kind {:?}", path.display(), t.kind)));
+    let kind = preamble(text, path, 1)?;
+    if !crate::protocols::TEST_KINDS.contains(&kind.as_str()) {
+        return Err(Error::input(format!("{}: unknown test kind {kind:?}", path.display())));
     }
-    for b in [&t.request.body, &t.response.body].into_iter().flatten() {
-        b.validate().map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+    let t: TestCase = format::with_kind(&kind, || parse_yaml(text, path, 1))?;
+    if let Some((request, response)) = t.http() {
+        for b in [&request.body, &response.body].into_iter().flatten() {
+            b.validate().map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+        }
     }
     Ok(t)
 }
@@ -481,6 +510,77 @@ impl RecordSink {
     }
 }
 
+impl RecordSink {
+    /// A sink whose records go nowhere (fuzzing): bodies that spill go to a scratch directory under `dir`.
+    pub(crate) fn discard(dir: PathBuf) -> RecordSink {
+        let (tx, _) = mpsc::channel();
+        RecordSink { tx, dir, next_mock_id: Arc::new(1.into()), next_blob: Arc::new(1.into()) }
+    }
+}
+
+/// Records kept in memory, for observer tests: what an observer submitted, read back the way the store
+/// would read it from disk (each record written as YAML and parsed again), with spilled bodies in a
+/// temporary directory.
+#[cfg(test)]
+pub(crate) struct MemorySink {
+    rx: mpsc::Receiver<ToWriter>,
+    sink: RecordSink,
+    /// Where spilled bodies go, removed with the sink.
+    _bodies: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl MemorySink {
+    pub(crate) fn new() -> MemorySink {
+        let dir = tempfile::tempdir().expect("a temporary directory for test bodies");
+        let (tx, rx) = mpsc::channel();
+        let sink = RecordSink {
+            tx,
+            dir: dir.path().to_path_buf(),
+            next_mock_id: Arc::new(1.into()),
+            next_blob: Arc::new(1.into()),
+        };
+        MemorySink { rx, sink, _bodies: dir }
+    }
+
+    /// The context of connection 1 in `role`, opened now.
+    pub(crate) fn ctx(&self, role: crate::protocols::Role) -> crate::protocols::RecordCtx {
+        crate::protocols::RecordCtx {
+            sink: self.sink.clone(),
+            role,
+            connection: 1,
+            opened_at: std::time::SystemTime::now(),
+            opened: std::time::Instant::now(),
+        }
+    }
+
+    fn records(&self) -> Vec<Record> {
+        self.rx.try_iter().filter_map(|m| if let ToWriter::Record(r) = m { Some(r) } else { None }).collect()
+    }
+
+    /// The mocks submitted since the last call, each through YAML and back.
+    pub(crate) fn mocks(&self) -> Vec<Mock> {
+        let mut text = String::new();
+        for r in self.records() {
+            if let Record::Mock(m) = r {
+                text.push_str(&format!("---\n{}...\n", to_yaml(&m).expect("a mock serializes")));
+            }
+        }
+        parse_mocks(&text, Path::new("memory/mocks.yaml")).expect("written mocks parse again").0
+    }
+
+    /// The tests submitted since the last call, each through YAML and back.
+    pub(crate) fn tests(&self) -> Vec<TestCase> {
+        self.records()
+            .into_iter()
+            .filter_map(|r| if let Record::Test(t) = r { Some(t) } else { None })
+            .map(|t| {
+                parse_test(&to_yaml(&t).expect("a test serializes"), Path::new("memory/test.yaml")).expect("parses")
+            })
+            .collect()
+    }
+}
+
 impl SetWriter {
     fn start(name: String, dir: PathBuf) -> Result<SetWriter> {
         let (tx, rx) = mpsc::channel::<ToWriter>();
@@ -519,10 +619,6 @@ impl SetWriter {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.summary.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
-    pub fn summary(&self) -> WriteSummary {
         self.summary.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
@@ -620,7 +716,10 @@ fn writer_loop(rx: mpsc::Receiver<ToWriter>, dir: &Path, summary: &Mutex<WriteSu
             };
             match record {
                 Record::Test(mut test) => {
-                    let base = slug(&test.request.method, &test.request.target);
+                    let base = match test.http() {
+                        Some((request, _)) => slug(&request.method, &request.target),
+                        None => slug(&test.kind, "/"),
+                    };
                     let counter = next_suffix.entry(base.clone()).or_insert(1);
                     let name = loop {
                         let candidate = if *counter == 1 { base.clone() } else { format!("{base}-{counter}") };

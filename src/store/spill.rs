@@ -26,10 +26,6 @@ impl SpillBuffer {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     pub fn push(&mut self, data: &[u8]) -> io::Result<()> {
         self.len += data.len() as u64;
         if let Some((f, _)) = &mut self.file {

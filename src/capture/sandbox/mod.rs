@@ -110,10 +110,8 @@ impl Capture for Sandbox {
         "sandbox"
     }
 
-    fn start(&self, cmd: &AppCommand) -> impl std::future::Future<Output = Result<Session>> + Send {
-        let cmd = cmd.clone();
-        let mounts = self.mounts.clone();
-        async move { start(cmd, mounts).await }
+    fn start<'a>(&'a self, cmd: &'a AppCommand) -> BoxFuture<'a, Result<Session>> {
+        Box::pin(start(cmd.clone(), self.mounts.clone()))
     }
 }
 
@@ -228,15 +226,11 @@ async fn start(cmd: AppCommand, mounts: Vec<(String, String)>) -> Result<Session
         let tx = egress_tx.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let stream = super::accept(&listener).await;
                 let dest = original_dst(&stream);
                 match dest {
                     Ok(dest) => {
-                        if tx
-                            .send(Egress { stream, dest: dest.to_string(), port: dest.port(), dep: None })
-                            .await
-                            .is_err()
-                        {
+                        if tx.send(Egress { stream, dest: dest.to_string(), port: dest.port() }).await.is_err() {
                             break;
                         }
                     }
@@ -248,7 +242,7 @@ async fn start(cmd: AppCommand, mounts: Vec<(String, String)>) -> Result<Session
     let link = Arc::new(SandboxLink { helper: helper.clone(), helper_pid, own_port: tcp_port });
     Ok(Session {
         egress: egress_rx,
-        dns: vec![udp4, udp6],
+        datagrams: vec![(53, udp4), (53, udp6)],
         app: AppHandle::new(pid, exit_rx, stderr),
         link,
         guard: Box::new((helper, super::TaskGuard(tasks))),

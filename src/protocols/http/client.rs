@@ -8,7 +8,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::parse::{Event, Parser, ResponseHead, Side};
 use super::wire;
-use crate::store::{self, Header, HttpRequest, SpillBuffer};
+use crate::protocols::http::{Header, HttpRequest};
+use crate::store::{self, SpillBuffer};
 
 pub struct Response {
     pub head: ResponseHead,

@@ -1,14 +1,16 @@
 //! HTTP/1.x: test cases on the app's ports, mocks for the app's calls to HTTP dependencies.
 
-pub mod client;
-pub mod parse;
+pub(crate) mod client;
+mod format;
+pub(crate) mod parse;
 mod record;
-pub mod serve;
-pub mod wire;
+pub(crate) mod serve;
+pub(crate) mod wire;
 
-use super::{BoxFuture, Conn, Detect, Observer, Protocol, RecordCtx, ServeCtx};
+use super::{Detect, Observer, Protocol, RecordCtx};
+pub(crate) use format::*;
 
-pub struct Http;
+pub(crate) struct Http;
 
 const METHODS: [&[u8]; 9] =
     [b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
@@ -34,8 +36,30 @@ impl Protocol for Http {
         Box::new(record::HttpObserver::new(ctx))
     }
 
-    fn serve(&self, conn: Conn, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()> {
-        Box::pin(serve::serve(conn, first, ctx))
+    fn mock_server(
+        &self,
+        _pool: &std::sync::Arc<crate::protocols::MockPool>,
+    ) -> std::sync::Arc<dyn crate::protocols::MockServer> {
+        std::sync::Arc::new(crate::protocols::Stateless(|conn, ctx| Box::pin(serve::serve(conn, ctx))))
+    }
+
+    fn alpn(&self) -> &'static [&'static [u8]] {
+        &[b"http/1.1"]
+    }
+
+    /// The framing parser in both directions, split where the first byte says, then the observer.
+    fn fuzz(&self, data: &[u8]) {
+        use parse::{Parser, Side};
+        let split = data.first().map(|b| *b as usize).unwrap_or(0).min(data.len());
+        for side in [Side::Request, Side::Response] {
+            let mut p = Parser::new(side);
+            p.expect_response_to("GET");
+            let mut out = Vec::new();
+            if p.feed(&data[..split], &mut out).is_ok() && p.feed(&data[split..], &mut out).is_ok() {
+                let _ = p.finish(&mut out);
+            }
+        }
+        crate::fuzz::observe(self, data);
     }
 }
 

@@ -1,9 +1,10 @@
 //! Incremental HTTP/1.x message framing for both directions: heads parsed with `httparse`, bodies framed by
 //! Content-Length, chunked encoding (with trailers) or connection close. Bytes may arrive split anywhere.
 
+use crate::protocols::ParseError;
 use std::collections::VecDeque;
 
-use crate::store::Header;
+use crate::protocols::http::Header;
 
 /// Largest head accepted; beyond it the stream is not HTTP doppel can follow.
 const MAX_HEAD: usize = 64 * 1024;
@@ -90,14 +91,14 @@ fn is_chunked(headers: &[Header]) -> bool {
     })
 }
 
-fn content_length(headers: &[Header]) -> Result<Option<u64>, String> {
+fn content_length(headers: &[Header]) -> Result<Option<u64>, ParseError> {
     match header(headers, "content-length") {
         None => Ok(None),
-        Some(v) => std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Some)
-            .ok_or_else(|| format!("invalid Content-Length {:?}", String::from_utf8_lossy(v))),
+        Some(v) => {
+            std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<u64>().ok()).map(Some).ok_or_else(|| {
+                ParseError::Malformed(format!("invalid Content-Length {:?}", String::from_utf8_lossy(v)))
+            })
+        }
     }
 }
 
@@ -111,13 +112,8 @@ impl Parser {
         self.methods.push_back(method.to_string());
     }
 
-    /// Whether the parser is between messages (nothing partial buffered).
-    pub fn idle(&self) -> bool {
-        self.state == State::Head && self.buf.is_empty()
-    }
-
     /// Feeds bytes; complete events are appended to `out`.
-    pub fn feed(&mut self, data: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<Event>) -> Result<(), ParseError> {
         if self.state == State::Opaque {
             return Ok(());
         }
@@ -132,7 +128,7 @@ impl Parser {
             self.buf = buffered[consumed..].to_vec();
         }
         if self.buf.len() > MAX_HEAD && self.state != State::Opaque {
-            return Err(format!("HTTP {} head larger than {MAX_HEAD} bytes", self.side_name()));
+            return Err(ParseError::Malformed(format!("HTTP {} head larger than {MAX_HEAD} bytes", self.side_name())));
         }
         Ok(())
     }
@@ -150,7 +146,7 @@ impl Parser {
     }
 
     /// The peer closed the connection: ends a body delimited by close.
-    pub fn finish(&mut self, out: &mut Vec<Event>) -> Result<(), String> {
+    pub fn finish(&mut self, out: &mut Vec<Event>) -> Result<(), ParseError> {
         match self.state {
             State::UntilClose => {
                 self.state = State::Head;
@@ -159,12 +155,12 @@ impl Parser {
             }
             State::Head if self.buf.is_empty() => Ok(()),
             State::Opaque => Ok(()),
-            _ => Err(format!("connection closed in the middle of an HTTP {}", self.side_name())),
+            _ => Err(ParseError::Malformed(format!("connection closed in the middle of an HTTP {}", self.side_name()))),
         }
     }
 
     /// Consumes as much of `data` as forms complete pieces; returns how many bytes were used.
-    fn run(&mut self, data: &[u8], out: &mut Vec<Event>) -> Result<usize, String> {
+    fn run(&mut self, data: &[u8], out: &mut Vec<Event>) -> Result<usize, ParseError> {
         let mut pos = 0;
         loop {
             let rest = &data[pos..];
@@ -184,7 +180,10 @@ impl Parser {
                         Some(n) => pos += n,
                         None => {
                             if rest.len() > MAX_HEAD {
-                                return Err(format!("HTTP {} head larger than {MAX_HEAD} bytes", self.side_name()));
+                                return Err(ParseError::Malformed(format!(
+                                    "HTTP {} head larger than {MAX_HEAD} bytes",
+                                    self.side_name()
+                                )));
                             }
                             return Ok(pos);
                         }
@@ -259,7 +258,7 @@ impl Parser {
                             out.push(Event::End);
                         }
                         Ok(httparse::Status::Partial) => return Ok(pos),
-                        Err(e) => return Err(format!("invalid trailers: {e}")),
+                        Err(e) => return Err(ParseError::Malformed(format!("invalid trailers: {e}"))),
                     }
                 }
             }
@@ -267,7 +266,7 @@ impl Parser {
     }
 
     /// Parses a head at the start of `data`; `None` if incomplete.
-    fn parse_head(&mut self, data: &[u8], out: &mut Vec<Event>) -> Result<Option<usize>, String> {
+    fn parse_head(&mut self, data: &[u8], out: &mut Vec<Event>) -> Result<Option<usize>, ParseError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         match self.side {
             Side::Request => {
@@ -275,7 +274,7 @@ impl Parser {
                 let n = match req.parse(data) {
                     Ok(httparse::Status::Complete(n)) => n,
                     Ok(httparse::Status::Partial) => return Ok(None),
-                    Err(e) => return Err(format!("not an HTTP/1 request: {e}")),
+                    Err(e) => return Err(ParseError::Malformed(format!("not an HTTP/1 request: {e}"))),
                 };
                 let head = RequestHead {
                     method: req.method.unwrap_or_default().to_string(),
@@ -306,7 +305,7 @@ impl Parser {
                 let n = match resp.parse(data) {
                     Ok(httparse::Status::Complete(n)) => n,
                     Ok(httparse::Status::Partial) => return Ok(None),
-                    Err(e) => return Err(format!("not an HTTP/1 response: {e}")),
+                    Err(e) => return Err(ParseError::Malformed(format!("not an HTTP/1 response: {e}"))),
                 };
                 let status = resp.code.unwrap_or(0);
                 let head = ResponseHead {
@@ -355,7 +354,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn parse_all(side: Side, data: &[u8], splits: &[usize], methods: &[&str]) -> Result<Vec<Event>, String> {
+    fn parse_all(side: Side, data: &[u8], splits: &[usize], methods: &[&str]) -> Result<Vec<Event>, ParseError> {
         let mut p = Parser::new(side);
         for m in methods {
             p.expect_response_to(m);

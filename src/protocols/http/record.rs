@@ -5,10 +5,10 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::parse::{Event, Parser, RequestHead, ResponseHead, Side};
-use crate::protocols::{Observer, RecordCtx, Role};
-use crate::store::{
-    FORMAT_VERSION, Header, HttpMock, HttpRequest, HttpResponse, Mock, Record, SpillBuffer, TestCase, format_time,
-};
+use crate::protocols::Mock;
+use crate::protocols::http::{Header, HttpMock, HttpRequest, HttpResponse};
+use crate::protocols::{Observer, ParseError, RecordCtx, Role};
+use crate::store::{FORMAT_VERSION, Record, SpillBuffer, TestCase, format_time};
 
 struct Pending {
     head: RequestHead,
@@ -46,7 +46,7 @@ impl HttpObserver {
         }
     }
 
-    fn on_request_events(&mut self, at: Instant) -> Result<(), String> {
+    fn on_request_events(&mut self, at: Instant) -> Result<(), ParseError> {
         for ev in std::mem::take(&mut self.events) {
             match ev {
                 Event::Request(head) => {
@@ -67,7 +67,7 @@ impl HttpObserver {
                     if let Err(e) = p.body.push(&b) {
                         let why = format!("cannot store a request body of {} {}: {e}", p.head.method, p.head.target);
                         self.ctx.sink.report_error(why.clone());
-                        return Err(why);
+                        return Err(ParseError::Unsupported(why));
                     }
                 }
                 Event::Trailers(t) => {
@@ -86,7 +86,7 @@ impl HttpObserver {
         Ok(())
     }
 
-    fn on_response_events(&mut self, at: Instant) -> Result<(), String> {
+    fn on_response_events(&mut self, at: Instant) -> Result<(), ParseError> {
         let events = std::mem::take(&mut self.events);
         let upgrading = events.last() == Some(&Event::Upgrade);
         for ev in events {
@@ -108,7 +108,7 @@ impl HttpObserver {
                     {
                         let why = format!("cannot store a response body of {} {}: {e}", p.head.method, p.head.target);
                         self.ctx.sink.report_error(why.clone());
-                        return Err(why);
+                        return Err(ParseError::Unsupported(why));
                     }
                 }
                 Event::Trailers(t) => {
@@ -214,7 +214,7 @@ impl HttpObserver {
         };
         let started_at = format_time(time::OffsetDateTime::from(self.ctx.wall(p.started)));
         let record = match &self.ctx.role {
-            Role::Ingress { port, tls } => Record::Test(Box::new(TestCase::new(
+            Role::Ingress { port, tls } => Record::Test(Box::new(TestCase::new_http(
                 "http",
                 started_at,
                 ms(response_at.saturating_duration_since(p.started)),
@@ -256,7 +256,7 @@ fn is_h2c_upgrade(p: &Pending) -> bool {
 }
 
 impl Observer for HttpObserver {
-    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
         if let Some(h2) = &mut self.upgraded {
             return h2.client(data, at);
         }
@@ -267,7 +267,7 @@ impl Observer for HttpObserver {
         r
     }
 
-    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
         if let Some(h2) = &mut self.upgraded {
             return h2.server(data, at);
         }

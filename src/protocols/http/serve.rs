@@ -10,8 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::parse::{Event, Parser, RequestHead, Side};
 use super::wire;
 use crate::noise::shape::Shape;
+use crate::protocols::http::HttpRequest;
 use crate::protocols::{Conn, ServeCtx};
-use crate::store::{self, HttpRequest};
+use crate::store::{self};
 
 /// Query parameters as a sorted multiset, so `?b=2&a=1` matches `?a=1&b=2`.
 fn query_params(target: &str) -> BTreeMap<String, Vec<String>> {
@@ -59,13 +60,13 @@ pub fn mismatch(recorded: &HttpRequest, recorded_body: &[u8], live: &RequestHead
     None
 }
 
-pub async fn serve(mut conn: Conn, first: Vec<u8>, ctx: ServeCtx) {
+pub(super) async fn serve(mut conn: Conn, ctx: ServeCtx) {
     let mut parser = Parser::new(Side::Request);
     let mut events = Vec::new();
     let mut head: Option<RequestHead> = None;
     let mut body = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
-    let mut input = first;
+    let mut input = Vec::new();
     loop {
         if input.is_empty() {
             match conn.read(&mut buf).await {
@@ -321,7 +322,7 @@ async fn answer(conn: &mut Conn, live: &RequestHead, body: &[u8], ctx: &ServeCtx
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Header;
+    use crate::protocols::http::Header;
 
     fn head(method: &str, target: &str) -> RequestHead {
         RequestHead { method: method.into(), target: target.into(), version: "HTTP/1.1".into(), headers: vec![] }

@@ -3,7 +3,7 @@
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::parse::ResponseHead;
-use crate::store::{Header, HttpRequest, HttpResponse};
+use crate::protocols::http::{Header, HttpRequest, HttpResponse};
 
 pub fn is_chunked(headers: &[Header]) -> bool {
     headers.iter().any(|h| {

@@ -8,7 +8,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{from_header_map, grpc, read_body, to_header_map};
 use crate::diff::{self, Actual, Comparison, Expected, Noise};
-use crate::store::{self, Header, HeaderList, HttpRequest, HttpResponse};
+use crate::protocols::http::{Header, HeaderList, HttpRequest, HttpResponse};
+use crate::store::{self};
 
 /// Responses larger than this are not buffered for comparison.
 const RESPONSE_LIMIT: usize = 256 << 20;

@@ -9,7 +9,6 @@ pub const HEADERS: u8 = 0x1;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
 pub const PUSH_PROMISE: u8 = 0x5;
-pub const GOAWAY: u8 = 0x7;
 pub const CONTINUATION: u8 = 0x9;
 
 pub const END_STREAM: u8 = 0x1;
@@ -123,6 +122,7 @@ impl FrameReader {
     }
 
     /// Whether bytes of an unfinished frame are waiting.
+    #[cfg(test)]
     pub fn in_frame(&self) -> bool {
         !self.carry.is_empty()
     }
@@ -148,6 +148,7 @@ fn parse(frame: &[u8]) -> Frame<'_> {
 }
 
 /// Writes one frame (tests and crafted traffic).
+#[cfg(test)]
 pub fn encode(kind: u8, flags: u8, stream: u32, payload: &[u8], out: &mut Vec<u8>) {
     let len = payload.len() as u32;
     out.extend_from_slice(&len.to_be_bytes()[1..]);

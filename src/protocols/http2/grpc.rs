@@ -11,7 +11,8 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Serialize
 use serde_json::Value;
 
 use super::pbwire;
-use crate::store::{GrpcMessage, Header, HeaderList};
+use crate::protocols::http::{Header, HeaderList};
+use crate::protocols::http2::GrpcMessage;
 
 /// A call's messages larger than this together are stored as a plain body instead of decoded.
 pub const MAX_DECODED_BODY: usize = 16 << 20;
@@ -139,7 +140,7 @@ pub fn missing_schema(set: &crate::store::LoadedSet) -> Option<String> {
     if schema().is_some() {
         return None;
     }
-    let tests = set.tests.iter().flat_map(|(_, t)| [&t.request.messages, &t.response.messages]);
+    let tests = set.tests.iter().filter_map(|(_, t)| t.http()).flat_map(|(q, r)| [&q.messages, &r.messages]);
     let mocks = set
         .mocks
         .iter()

@@ -305,6 +305,7 @@ pub fn huffman_decode(data: &[u8]) -> Result<Vec<u8>, HpackError> {
 }
 
 /// Huffman-codes a string.
+#[cfg(test)]
 pub fn huffman_encode(data: &[u8], out: &mut Vec<u8>) {
     let mut acc: u64 = 0;
     let mut bits = 0u32;
@@ -324,6 +325,7 @@ pub fn huffman_encode(data: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+#[cfg(test)]
 fn encode_integer(value: usize, prefix: u8, flags: u8, out: &mut Vec<u8>) {
     let mask = (1usize << prefix) - 1;
     if value < mask {
@@ -339,6 +341,7 @@ fn encode_integer(value: usize, prefix: u8, flags: u8, out: &mut Vec<u8>) {
     out.push(rest as u8);
 }
 
+#[cfg(test)]
 fn encode_string(s: &[u8], huffman: bool, out: &mut Vec<u8>) {
     if huffman {
         let mut coded = Vec::new();
@@ -354,10 +357,12 @@ fn encode_string(s: &[u8], huffman: bool, out: &mut Vec<u8>) {
 /// A small encoder: static-table names and exact matches, literals with incremental indexing (so the
 /// dynamic table is exercised), Huffman on request. Used by tests and by doppel's own crafted traffic.
 #[derive(Default)]
+#[cfg(test)]
 pub struct Encoder {
     table: DynamicTable,
 }
 
+#[cfg(test)]
 impl Encoder {
     pub fn new() -> Encoder {
         Encoder { table: DynamicTable { max: DEFAULT_TABLE_SIZE, ..DynamicTable::default() } }

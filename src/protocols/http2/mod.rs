@@ -5,26 +5,29 @@
 //! Record follows the frames passively (`frame`, `hpack`, `record`); replay serves mocks and sends test
 //! requests with the `h2` crate, a complete HTTP/2 implementation (`serve`, `client`).
 
-pub mod client;
-pub mod frame;
-pub mod grpc;
-pub mod hpack;
+pub(crate) mod client;
+mod format;
+pub(crate) mod frame;
+pub(crate) mod grpc;
+pub(crate) mod hpack;
 mod huffman_table;
-pub mod pbwire;
+pub(crate) mod pbwire;
 mod record;
 mod serve;
 
 use bytes::Bytes;
 
-use super::{BoxFuture, Conn, Detect, Observer, Protocol, RecordCtx, ServeCtx};
-use crate::store::Header;
+use super::{Detect, Observer, Protocol, RecordCtx};
+use crate::protocols::http::Header;
+pub(crate) use format::GrpcMessage;
+pub(crate) use record::body_or_messages;
 
 /// The `kind` of HTTP/2 test cases and mocks.
 pub const KIND: &str = "http2";
 
 /// A recorded HTTP/2 request in HTTP/1.1 form, for a client that speaks only HTTP/1.1 (`doppel load`): the
 /// request line says HTTP/1.1 and `:authority` becomes `Host`; other pseudo-headers go.
-pub fn as_http1(mut req: crate::store::HttpRequest) -> crate::store::HttpRequest {
+pub fn as_http1(mut req: crate::protocols::http::HttpRequest) -> crate::protocols::http::HttpRequest {
     if req.version.starts_with("HTTP/1") {
         return req;
     }
@@ -42,7 +45,7 @@ pub fn as_http1(mut req: crate::store::HttpRequest) -> crate::store::HttpRequest
     req
 }
 
-pub struct Http2;
+pub(crate) struct Http2;
 
 impl Protocol for Http2 {
     fn name(&self) -> &'static str {
@@ -72,8 +75,15 @@ impl Protocol for Http2 {
         Box::new(record::H2Observer::new(ctx))
     }
 
-    fn serve(&self, conn: Conn, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()> {
-        Box::pin(serve::serve(conn, first, ctx))
+    fn mock_server(
+        &self,
+        _pool: &std::sync::Arc<crate::protocols::MockPool>,
+    ) -> std::sync::Arc<dyn crate::protocols::MockServer> {
+        std::sync::Arc::new(crate::protocols::Stateless(|conn, ctx| Box::pin(serve::serve(conn, ctx))))
+    }
+
+    fn alpn(&self) -> &'static [&'static [u8]] {
+        &[b"h2"]
     }
 }
 

@@ -12,8 +12,10 @@ use std::time::Instant;
 use super::frame::{self, Frame, FrameReader};
 use super::grpc;
 use super::hpack::{Decoder, Field};
-use crate::protocols::{Observer, RecordCtx, Role};
-use crate::store::{Header, HttpMock, HttpRequest, HttpResponse, Mock, Record, SpillBuffer, TestCase, format_time};
+use crate::protocols::Mock;
+use crate::protocols::http::{Header, HttpMock, HttpRequest, HttpResponse};
+use crate::protocols::{Observer, ParseError, RecordCtx, Role};
+use crate::store::{Record, SpillBuffer, TestCase, format_time};
 
 pub const VERSION: &str = "HTTP/2";
 
@@ -158,17 +160,17 @@ impl H2Observer {
         observer
     }
 
-    fn feed(&mut self, side: usize, data: &[u8], at: Instant) -> Result<(), String> {
+    fn feed(&mut self, side: usize, data: &[u8], at: Instant) -> Result<(), ParseError> {
         let mut reader = std::mem::replace(&mut self.readers[side], FrameReader::server());
         let r = reader.feed(data, |f| self.on_frame(side, f, at));
         self.readers[side] = reader;
         r.map_err(|e| match e {
-            frame::FeedError::Framing(why) => why.to_string(),
+            frame::FeedError::Framing(why) => ParseError::Malformed(why.to_string()),
             frame::FeedError::Observer(why) => why,
         })
     }
 
-    fn on_frame(&mut self, side: usize, f: Frame<'_>, at: Instant) -> Result<(), String> {
+    fn on_frame(&mut self, side: usize, f: Frame<'_>, at: Instant) -> Result<(), ParseError> {
         if let Some(open) = &mut self.open_block[side] {
             // Nothing may come between a header block's frames (RFC 9113 6.10).
             if f.kind != frame::CONTINUATION || f.stream != open.stream {
@@ -200,7 +202,7 @@ impl H2Observer {
                 let data = f.content()?;
                 if let Some(x) = self.streams.get_mut(&f.stream) {
                     let body = if side == CLIENT { &mut x.request_body } else { &mut x.response_body };
-                    body.push(data).map_err(|e| format!("cannot store a body: {e}"))?;
+                    body.push(data).map_err(|e| ParseError::Malformed(format!("cannot store a body: {e}")))?;
                     x.on_data(side, data);
                     if side == CLIENT && f.has(frame::END_STREAM) {
                         x.request_ended = true;
@@ -231,7 +233,7 @@ impl H2Observer {
         end_stream: bool,
         promise: bool,
         at: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), ParseError> {
         let mut fields: Vec<Field> = Vec::new();
         self.decoders[side].decode(block, &mut fields).map_err(|e| e.to_string())?;
         if promise {
@@ -313,7 +315,7 @@ impl H2Observer {
         };
         let started_at = format_time(time::OffsetDateTime::from(self.ctx.wall(x.started)));
         let record = match &self.ctx.role {
-            Role::Ingress { port, tls } => Record::Test(Box::new(TestCase::new(
+            Role::Ingress { port, tls } => Record::Test(Box::new(TestCase::new_http(
                 super::KIND,
                 started_at,
                 ms(response_at.saturating_duration_since(x.started)),
@@ -340,12 +342,12 @@ impl H2Observer {
 }
 
 /// A gRPC body becomes its decoded messages; anything else (or a gRPC body too large to hold) stays a body.
-fn body_or_messages(
+pub(crate) fn body_or_messages(
     body: SpillBuffer,
     grpc: bool,
     path: &str,
     request: bool,
-) -> (Option<crate::store::Body>, Vec<crate::store::GrpcMessage>) {
+) -> (Option<crate::store::Body>, Vec<crate::protocols::http2::GrpcMessage>) {
     if grpc
         && let Some(bytes) = body.bytes().filter(|b| b.len() <= grpc::MAX_DECODED_BODY)
         && let Some(messages) = grpc::decode_body(path, request, bytes)
@@ -384,11 +386,11 @@ fn ms(d: std::time::Duration) -> f64 {
 }
 
 impl Observer for H2Observer {
-    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
         self.feed(CLIENT, data, at)
     }
 
-    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
         self.feed(SERVER, data, at)
     }
 

@@ -21,15 +21,16 @@ use bytes::Bytes;
 use super::{KIND, from_header_map, grpc, read_body, to_header_map};
 use crate::protocols::http::parse::RequestHead;
 use crate::protocols::http::serve::mismatch;
-use crate::protocols::{Conn, Prefixed, ServeCtx};
-use crate::store::{self, GrpcMessage, Header, HttpResponse};
+use crate::protocols::http::{Header, HttpResponse};
+use crate::protocols::http2::GrpcMessage;
+use crate::protocols::{Conn, ServeCtx};
+use crate::store::{self};
 
 /// Requests larger than this are refused (mocks are matched in memory).
 const REQUEST_LIMIT: usize = 64 << 20;
 
-pub async fn serve(conn: Conn, first: Vec<u8>, ctx: ServeCtx) {
-    let io = Prefixed::new(first, conn);
-    let mut connection = match h2::server::handshake(io).await {
+pub(super) async fn serve(conn: Conn, ctx: ServeCtx) {
+    let mut connection = match h2::server::handshake(conn).await {
         Ok(c) => c,
         Err(e) => {
             ctx.pool.miss("http2", &ctx.dest, format!("an HTTP/2 connection to {} failed to start: {e}", ctx.dest));

@@ -3,15 +3,17 @@
 //! A bidirectional ping-pong call recorded, then served to an `h2` client that waits for each reply.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::frame::{self, CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, PADDED, SETTINGS, encode};
 use super::hpack::{Encoder, Field};
-use crate::protocols::{MockPool, Observer, RecordCtx, Role, ServeCtx};
-use crate::store::{FORMAT_VERSION, Header, HeaderList, Mock, SetMeta, Store};
+use crate::protocols::Mock;
+use crate::protocols::http::{Header, HeaderList};
+use crate::protocols::{MockPool, Observer, ParseError, Role, ServeCtx, testing};
+use crate::store::MemorySink;
 
 fn fields(list: &[(&str, &str)]) -> Vec<Field> {
     list.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
@@ -69,45 +71,10 @@ fn crafted() -> Vec<(bool, Vec<u8>)> {
     vec![(true, c1), (false, s1)]
 }
 
-fn meta() -> SetMeta {
-    SetMeta {
-        version: FORMAT_VERSION,
-        created_at: "2026-01-01T00:00:00.000Z".into(),
-        command: vec!["app".into()],
-        app_ports: vec![],
-        capture: "explicit".into(),
-        deps: vec![],
-    }
-}
-
 /// Feeds the pieces to an observer (each split by `cut`) and returns the mocks and the first error.
-fn observe(pieces: &[(bool, Vec<u8>)], cut: impl Fn(&[u8]) -> Vec<&[u8]>) -> (Vec<Mock>, Option<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::new(dir.path());
-    let writer = store.create_set(Some("s"), &meta()).unwrap();
-    let at = Instant::now();
-    let ctx = RecordCtx {
-        sink: writer.sink(),
-        role: Role::Egress { dest: "api:443".into() },
-        connection: 1,
-        opened_at: SystemTime::UNIX_EPOCH,
-        opened: at,
-    };
-    let mut obs = super::record::H2Observer::new(ctx);
-    let mut error = None;
-    'feed: for (from_client, bytes) in pieces {
-        for piece in cut(bytes) {
-            let r = if *from_client { obs.client(piece, at) } else { obs.server(piece, at) };
-            if let Err(e) = r {
-                error = Some(e);
-                break 'feed;
-            }
-        }
-    }
-    obs.close(at);
-    drop(obs);
-    writer.finish();
-    let mut mocks = store.load_set("s").unwrap().mocks;
+fn observe(pieces: &[(bool, Vec<u8>)], cut: impl Fn(&[u8]) -> Vec<&[u8]>) -> (Vec<Mock>, Option<ParseError>) {
+    let (mut mocks, error) =
+        testing::observe(super::record::H2Observer::new, Role::Egress { dest: "api:443".into() }, pieces, cut);
     for m in &mut mocks {
         m.id = 0;
     }
@@ -162,7 +129,7 @@ fn a_reset_stream_is_not_an_exchange_and_a_broken_block_is_an_error() {
     let mut bad = frame::PREFACE.to_vec();
     encode(HEADERS, END_HEADERS, 1, &[0xff, 0xff, 0xff, 0xff, 0x0f], &mut bad);
     let (_, error) = observe(&[(true, bad)], |b| vec![b]);
-    assert!(error.unwrap().contains("HPACK"));
+    assert!(error.unwrap().to_string().contains("HPACK"));
 }
 
 proptest! {
@@ -189,16 +156,8 @@ proptest! {
 /// A real `h2` client and server (Huffman-coded HPACK, its own framing choices) observed through a tap.
 #[tokio::test]
 async fn real_h2_traffic_is_recorded() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::new(dir.path());
-    let writer = store.create_set(Some("s"), &meta()).unwrap();
-    let ctx = RecordCtx {
-        sink: writer.sink(),
-        role: Role::Ingress { port: 50051, tls: None },
-        connection: 1,
-        opened_at: SystemTime::now(),
-        opened: Instant::now(),
-    };
+    let memory = MemorySink::new();
+    let ctx = memory.ctx(Role::Ingress { port: 50051, tls: None });
     let obs: Arc<Mutex<Box<dyn Observer>>> = Arc::new(Mutex::new(Box::new(super::record::H2Observer::new(ctx))));
     let (client_io, mut tap_client) = tokio::io::duplex(1 << 16);
     let (mut tap_server, server_io) = tokio::io::duplex(1 << 16);
@@ -261,22 +220,21 @@ async fn real_h2_traffic_is_recorded() {
     tap.abort();
     server.abort();
     obs.lock().unwrap().close(Instant::now());
-    drop(obs);
-    writer.finish();
-    let tests = store.load_set("s").unwrap().tests;
+    let tests = memory.tests();
     assert_eq!(tests.len(), 2);
     let bob = serde_json::json!({"1": "bob"});
-    let (_, t) = tests.iter().find(|(_, t)| t.request.messages[0].json.as_ref() == Some(&bob)).unwrap();
+    let t = tests.iter().find(|t| t.http().unwrap().0.messages[0].json.as_ref() == Some(&bob)).unwrap();
+    let (request, response) = t.http().unwrap();
     assert_eq!(t.kind, "http2");
-    assert_eq!(t.request.target, "/shop.Users/Find");
-    assert_eq!(t.request.messages[0].json, Some(serde_json::json!({"1": "bob"})));
-    assert_eq!(t.response.messages[0].json, Some(serde_json::json!({"1": 7})));
-    assert_eq!(t.response.trailers.get_str("grpc-status").as_deref(), Some("0"));
+    assert_eq!(request.target, "/shop.Users/Find");
+    assert_eq!(request.messages[0].json, Some(serde_json::json!({"1": "bob"})));
+    assert_eq!(response.messages[0].json, Some(serde_json::json!({"1": 7})));
+    assert_eq!(response.trailers.get_str("grpc-status").as_deref(), Some("0"));
 }
 
 #[test]
 fn http2_requests_take_http1_form_for_http1_clients() {
-    let req = crate::store::HttpRequest {
+    let req = crate::protocols::http::HttpRequest {
         method: "GET".into(),
         target: "/a".into(),
         version: "HTTP/2".into(),
@@ -363,7 +321,7 @@ async fn replay(mocks: Vec<Mock>) -> (Arc<MockPool>, h2::client::SendRequest<byt
     let pool = Arc::new(MockPool::new(mocks, std::env::temp_dir()));
     let (client_io, server_io) = tokio::io::duplex(1 << 16);
     let ctx = ServeCtx { pool: pool.clone(), dest: "api:443".into(), ca: None };
-    tokio::spawn(super::serve::serve(Box::new(server_io), Vec::new(), ctx));
+    tokio::spawn(super::serve::serve(Box::new(server_io), ctx));
     let (client, conn) = h2::client::handshake(client_io).await.unwrap();
     tokio::spawn(conn);
     (pool, client)

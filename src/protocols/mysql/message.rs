@@ -4,7 +4,8 @@
 //! exact inverse on the fields doppel keeps.
 
 use super::packet::{Reader, put_lenenc, put_lenenc_bytes, put_nul_str, put_u16, put_u32};
-use crate::store::{MysqlColumn, MysqlError, MysqlValue};
+use crate::protocols::ParseError;
+use crate::protocols::mysql::{MysqlColumn, MysqlError, MysqlValue};
 
 /// Capability flags: MySQL's in the low 32 bits, MariaDB's extensions (sent in the handshake's filler
 /// bytes) in the high 32 bits.
@@ -28,7 +29,6 @@ pub mod caps {
     pub const OPTIONAL_RESULTSET_METADATA: u64 = 1 << 25;
     pub const ZSTD_COMPRESSION: u64 = 1 << 26;
     pub const QUERY_ATTRIBUTES: u64 = 1 << 27;
-    pub const MARIADB_PROGRESS: u64 = 1 << 32;
     pub const MARIADB_EXTENDED_METADATA: u64 = 1 << 35;
     pub const MARIADB_CACHE_METADATA: u64 = 1 << 36;
 
@@ -77,7 +77,6 @@ pub mod caps {
 /// Server status flags of OK and EOF packets.
 pub mod status {
     pub const MORE_RESULTS_EXISTS: u16 = 0x0008;
-    pub const CURSOR_EXISTS: u16 = 0x0040;
     pub const SESSION_STATE_CHANGED: u16 = 0x4000;
 
     pub const NAMES: &[(u64, &str)] = &[
@@ -215,8 +214,8 @@ pub fn parse_flags(names: &[String], table: &[(u64, &str)]) -> u64 {
     })
 }
 
-fn short(what: &str) -> String {
-    format!("{what} is cut short")
+fn short(what: &str) -> ParseError {
+    ParseError::Malformed(format!("{what} is cut short"))
 }
 
 /// The server's greeting (Handshake v10).
@@ -232,13 +231,13 @@ pub struct Greeting {
     pub auth_plugin: String,
 }
 
-pub fn decode_greeting(p: &[u8]) -> Result<Greeting, String> {
+pub fn decode_greeting(p: &[u8]) -> Result<Greeting, ParseError> {
     let mut r = Reader::new(p);
     let bad = || short("the server greeting");
     match r.u8() {
         Some(10) => {}
         Some(0xFF) => return Err("the server refused the connection in its greeting".into()),
-        other => return Err(format!("server greeting of protocol {other:?}, not 10")),
+        other => return Err(ParseError::Malformed(format!("server greeting of protocol {other:?}, not 10"))),
     }
     let server_version = r.nul_string();
     let connection_id = r.u32().ok_or_else(bad)?;
@@ -304,7 +303,7 @@ pub struct HandshakeResponse {
     pub attributes: Vec<(String, String)>,
 }
 
-pub fn decode_handshake_response(p: &[u8]) -> Result<HandshakeResponse, String> {
+pub fn decode_handshake_response(p: &[u8]) -> Result<HandshakeResponse, ParseError> {
     let mut r = Reader::new(p);
     let bad = || short("the client's handshake response");
     let low = u64::from(r.u16().ok_or_else(bad)?);
@@ -355,6 +354,7 @@ pub fn decode_handshake_response(p: &[u8]) -> Result<HandshakeResponse, String> 
     Ok(h)
 }
 
+#[cfg(test)]
 pub fn encode_handshake_response(h: &HandshakeResponse) -> Vec<u8> {
     let mut out = Vec::new();
     put_u32(&mut out, h.capabilities as u32);
@@ -399,7 +399,7 @@ pub struct OkPacket {
     pub info: String,
 }
 
-pub fn decode_ok(p: &[u8], capabilities: u64) -> Result<OkPacket, String> {
+pub fn decode_ok(p: &[u8], capabilities: u64) -> Result<OkPacket, ParseError> {
     let mut r = Reader::new(p);
     let bad = || short("an OK packet");
     r.u8().ok_or_else(bad)?;
@@ -428,7 +428,7 @@ pub fn encode_ok(ok: &OkPacket, header: u8) -> Vec<u8> {
 }
 
 /// An ERR packet. MariaDB's progress reports (code 0xFFFF) are not errors: `None`.
-pub fn decode_err(p: &[u8]) -> Result<Option<MysqlError>, String> {
+pub fn decode_err(p: &[u8]) -> Result<Option<MysqlError>, ParseError> {
     let mut r = Reader::new(p);
     let bad = || short("an ERR packet");
     r.u8().ok_or_else(bad)?;
@@ -497,7 +497,7 @@ impl ColumnKind {
     }
 }
 
-pub fn decode_column(p: &[u8], capabilities: u64) -> Result<(MysqlColumn, ColumnKind), String> {
+pub fn decode_column(p: &[u8], capabilities: u64) -> Result<(MysqlColumn, ColumnKind), ParseError> {
     let mut r = Reader::new(p);
     let bad = || short("a column definition");
     let _catalog = r.lenenc_bytes().ok_or_else(bad)?;
@@ -550,7 +550,7 @@ pub fn encode_column(c: &MysqlColumn) -> Vec<u8> {
     out
 }
 
-pub fn decode_text_row(p: &[u8], columns: usize) -> Result<Vec<MysqlValue>, String> {
+pub fn decode_text_row(p: &[u8], columns: usize) -> Result<Vec<MysqlValue>, ParseError> {
     let mut r = Reader::new(p);
     let mut row = Vec::with_capacity(columns);
     for _ in 0..columns {
@@ -562,7 +562,10 @@ pub fn decode_text_row(p: &[u8], columns: usize) -> Result<Vec<MysqlValue>, Stri
         }
     }
     if !r.is_empty() {
-        return Err(format!("a text row has {} bytes after its {columns} columns", r.remaining()));
+        return Err(ParseError::Malformed(format!(
+            "a text row has {} bytes after its {columns} columns",
+            r.remaining()
+        )));
     }
     Ok(row)
 }
@@ -594,7 +597,7 @@ fn is_time(ty: u8) -> bool {
 }
 
 /// One value in the binary protocol (rows of COM_STMT_EXECUTE, and its parameters).
-pub fn decode_binary_value(r: &mut Reader<'_>, kind: ColumnKind) -> Result<MysqlValue, String> {
+pub fn decode_binary_value(r: &mut Reader<'_>, kind: ColumnKind) -> Result<MysqlValue, ParseError> {
     let bad = || short("a binary value");
     let unsigned = kind.unsigned();
     let int = |v: i64, u: u64| if unsigned { unsigned_value(u) } else { MysqlValue::Int(v) };
@@ -764,7 +767,7 @@ pub fn encode_binary_value(out: &mut Vec<u8>, v: &MysqlValue, kind: ColumnKind) 
     }
 }
 
-pub fn decode_binary_row(p: &[u8], kinds: &[ColumnKind]) -> Result<Vec<MysqlValue>, String> {
+pub fn decode_binary_row(p: &[u8], kinds: &[ColumnKind]) -> Result<Vec<MysqlValue>, ParseError> {
     let mut r = Reader::new(p);
     if r.u8() != Some(0) {
         return Err("a binary row does not start with 0x00".into());
@@ -780,7 +783,11 @@ pub fn decode_binary_row(p: &[u8], kinds: &[ColumnKind]) -> Result<Vec<MysqlValu
         }
     }
     if !r.is_empty() {
-        return Err(format!("a binary row has {} bytes after its {} columns", r.remaining(), kinds.len()));
+        return Err(ParseError::Malformed(format!(
+            "a binary row has {} bytes after its {} columns",
+            r.remaining(),
+            kinds.len()
+        )));
     }
     Ok(row)
 }
@@ -810,7 +817,7 @@ pub struct PrepareOk {
     pub warnings: u16,
 }
 
-pub fn decode_prepare_ok(p: &[u8]) -> Result<PrepareOk, String> {
+pub fn decode_prepare_ok(p: &[u8]) -> Result<PrepareOk, ParseError> {
     let mut r = Reader::new(p);
     let bad = || short("a COM_STMT_PREPARE answer");
     r.u8().ok_or_else(bad)?;
@@ -851,7 +858,7 @@ pub fn param_type_name(t: (u8, u8)) -> String {
 
 /// Decodes COM_STMT_EXECUTE's body for a statement with `param_count` placeholders. `previous` holds the
 /// types bound at the statement's previous execution, which apply when none are sent.
-pub fn decode_execute(p: &[u8], param_count: usize, previous: &[(u8, u8)]) -> Result<Execute, String> {
+pub fn decode_execute(p: &[u8], param_count: usize, previous: &[(u8, u8)]) -> Result<Execute, ParseError> {
     let mut r = Reader::new(p);
     let bad = || short("COM_STMT_EXECUTE");
     let statement_id = r.u32().ok_or_else(bad)?;
@@ -885,6 +892,7 @@ pub fn decode_execute(p: &[u8], param_count: usize, previous: &[(u8, u8)]) -> Re
     Ok(e)
 }
 
+#[cfg(test)]
 pub fn encode_execute(e: &Execute) -> Vec<u8> {
     let mut out = vec![0x17];
     put_u32(&mut out, e.statement_id);

@@ -11,12 +11,14 @@
 //! metadata caching), and never fail the app's traffic; a small bounds-checked framer and decoders that
 //! report what they did not understand fit that better than a client library's packet types.
 
-pub mod message;
-pub mod packet;
+mod format;
+pub(crate) mod message;
+pub(crate) mod packet;
 mod record;
 mod serve;
 
-use super::{BoxFuture, Detect, Observer, Protocol, RecordCtx, ServeCtx};
+use super::{Detect, Observer, Protocol, RecordCtx};
+pub(crate) use format::*;
 
 pub const CACHING_SHA2: &str = "caching_sha2_password";
 pub const NATIVE_PASSWORD: &str = "mysql_native_password";
@@ -84,7 +86,7 @@ pub mod command {
     }
 }
 
-pub struct Mysql;
+pub(crate) struct Mysql;
 
 impl Protocol for Mysql {
     fn name(&self) -> &'static str {
@@ -107,8 +109,11 @@ impl Protocol for Mysql {
         Box::new(record::MysqlObserver::new(ctx))
     }
 
-    fn serve(&self, conn: crate::protocols::Conn, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()> {
-        Box::pin(serve::serve(conn, first, ctx))
+    fn mock_server(
+        &self,
+        _pool: &std::sync::Arc<crate::protocols::MockPool>,
+    ) -> std::sync::Arc<dyn crate::protocols::MockServer> {
+        std::sync::Arc::new(crate::protocols::Stateless(|conn, ctx| Box::pin(serve::serve(conn, ctx))))
     }
 
     fn server_first(&self) -> bool {

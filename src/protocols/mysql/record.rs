@@ -13,11 +13,12 @@ use super::message::{
 };
 use super::packet::{Framer, Packet};
 use super::{CACHING_SHA2, command};
-use crate::protocols::{Observer, RecordCtx, Role};
-use crate::store::{
-    Mock, MysqlColumn, MysqlHandshake, MysqlLocalInfile, MysqlMock, MysqlPrepared, MysqlResult, MysqlValue, Record,
-    format_time,
+use crate::protocols::Mock;
+use crate::protocols::mysql::{
+    MysqlColumn, MysqlHandshake, MysqlLocalInfile, MysqlMock, MysqlPrepared, MysqlResult, MysqlValue,
 };
+use crate::protocols::{Observer, ParseError, RecordCtx, Role};
+use crate::store::{Record, format_time};
 
 /// An answer beyond this many bytes is not decoded: the rest of the connection is recorded opaque (which
 /// has the same limit), so a huge result set cannot exhaust doppel's memory. The traffic itself flows on.
@@ -138,7 +139,7 @@ impl MysqlObserver {
         }
     }
 
-    fn on_server_packet(&mut self, p: Packet, at: Instant) -> Result<(), String> {
+    fn on_server_packet(&mut self, p: Packet, at: Instant) -> Result<(), ParseError> {
         match self.phase {
             Phase::Greeting => {
                 if p.payload.first() == Some(&0xFF) {
@@ -162,7 +163,7 @@ impl MysqlObserver {
         }
     }
 
-    fn on_auth_packet(&mut self, payload: &[u8], at: Instant) -> Result<(), String> {
+    fn on_auth_packet(&mut self, payload: &[u8], at: Instant) -> Result<(), ParseError> {
         let login = self.login.as_mut().ok_or("authentication without a greeting")?;
         match payload.first() {
             Some(0x00) => {
@@ -193,7 +194,7 @@ impl MysqlObserver {
         Ok(())
     }
 
-    fn on_client_packet(&mut self, p: Packet, at: Instant) -> Result<(), String> {
+    fn on_client_packet(&mut self, p: Packet, at: Instant) -> Result<(), ParseError> {
         match self.phase {
             Phase::Greeting => Err("the client spoke before the server's greeting".into()),
             Phase::Login => {
@@ -234,7 +235,7 @@ impl MysqlObserver {
         }
     }
 
-    fn on_command(&mut self, payload: Vec<u8>, at: Instant) -> Result<(), String> {
+    fn on_command(&mut self, payload: Vec<u8>, at: Instant) -> Result<(), ParseError> {
         if let Some(a) = self.answer.as_mut()
             && a.stage == Stage::InfileData
         {
@@ -268,7 +269,12 @@ impl MysqlObserver {
             | command::PING
             | command::INIT_DB
             | command::RESET_CONNECTION => {}
-            other => return Err(format!("command 0x{other:02x} ({}) is not followed", command::name(other))),
+            other => {
+                return Err(ParseError::Malformed(format!(
+                    "command 0x{other:02x} ({}) is not followed",
+                    command::name(other)
+                )));
+            }
         }
         self.pending.push_back(Pending { command: code, payload: body.to_vec(), started: at });
         self.apply_silent_commands();
@@ -295,7 +301,7 @@ impl MysqlObserver {
 
     /// Starts the answer to the oldest pending command; its request is decoded now, once every statement
     /// it may refer to is known.
-    fn begin_answer(&mut self) -> Result<Answer, String> {
+    fn begin_answer(&mut self) -> Result<Answer, ParseError> {
         let p = self.pending.front().ok_or("the server answered a command that was not sent")?;
         let mut mock = MysqlMock { command: command::mock_name(p.command).into(), ..MysqlMock::default() };
         let mut binary = false;
@@ -307,7 +313,10 @@ impl MysqlObserver {
             command::INIT_DB => mock.schema = Some(String::from_utf8_lossy(&p.payload).into_owned()),
             command::STMT_EXECUTE | command::STMT_RESET => {
                 let id = self.statement_id(&p.payload).ok_or("a statement command without a statement id")?;
-                let stmt = self.statements.get_mut(&id).ok_or(format!("statement {id} was never prepared"))?;
+                let stmt = self
+                    .statements
+                    .get_mut(&id)
+                    .ok_or(ParseError::Malformed(format!("statement {id} was never prepared")))?;
                 mock.sql = Some(stmt.sql.clone());
                 mock.statement_id = Some(id);
                 if p.command == command::STMT_EXECUTE {
@@ -335,14 +344,17 @@ impl MysqlObserver {
         })
     }
 
-    fn on_answer_packet(&mut self, payload: &[u8], at: Instant) -> Result<(), String> {
+    fn on_answer_packet(&mut self, payload: &[u8], at: Instant) -> Result<(), ParseError> {
         let mut answer = match self.answer.take() {
             Some(a) => a,
             None => self.begin_answer()?,
         };
         answer.size += payload.len();
         if answer.size > MAX_ANSWER {
-            return Err(format!("an answer larger than {} MiB is not decoded", MAX_ANSWER >> 20));
+            return Err(ParseError::Malformed(format!(
+                "an answer larger than {} MiB is not decoded",
+                MAX_ANSWER >> 20
+            )));
         }
         let done = self.advance(&mut answer, payload)?;
         if done {
@@ -356,7 +368,7 @@ impl MysqlObserver {
     }
 
     /// Feeds one server packet to an answer; true when the answer is complete.
-    fn advance(&mut self, a: &mut Answer, payload: &[u8]) -> Result<bool, String> {
+    fn advance(&mut self, a: &mut Answer, payload: &[u8]) -> Result<bool, ParseError> {
         let caps = self.capabilities;
         let deprecate_eof = caps & caps::DEPRECATE_EOF != 0;
         let first = payload.first().copied().ok_or("an empty packet from the server")?;
@@ -484,7 +496,7 @@ impl MysqlObserver {
     }
 
     /// Moves a prepare answer past sections that are complete; true when the whole answer is.
-    fn after_prepare_stage(&mut self, a: &mut Answer) -> Result<bool, String> {
+    fn after_prepare_stage(&mut self, a: &mut Answer) -> Result<bool, ParseError> {
         let deprecate_eof = self.capabilities & caps::DEPRECATE_EOF != 0;
         let ok = a.prepare.ok_or("a prepare answer without its header")?;
         loop {
@@ -536,7 +548,7 @@ impl MysqlObserver {
         self.emit(answer.mock, p.started, at);
     }
 
-    fn emit_login(&mut self, error: Option<crate::store::MysqlError>, at: Instant) {
+    fn emit_login(&mut self, error: Option<crate::protocols::mysql::MysqlError>, at: Instant) {
         let Some(login) = self.login.take() else { return };
         let g = &login.greeting;
         let response = login.response.unwrap_or_default();
@@ -589,10 +601,13 @@ fn ms(d: std::time::Duration) -> f64 {
 }
 
 impl Observer for MysqlObserver {
-    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
         self.client.push(data);
         if self.client.buffered() > MAX_ANSWER {
-            return Err(format!("a client packet larger than {} MiB is not decoded", MAX_ANSWER >> 20));
+            return Err(ParseError::Malformed(format!(
+                "a client packet larger than {} MiB is not decoded",
+                MAX_ANSWER >> 20
+            )));
         }
         while let Some(p) = self.client.next_packet() {
             self.on_client_packet(p, at)?;
@@ -612,10 +627,13 @@ impl Observer for MysqlObserver {
         self.tls_boundary.take()
     }
 
-    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
         self.server.push(data);
         if self.server.buffered() > MAX_ANSWER {
-            return Err(format!("a server packet larger than {} MiB is not decoded", MAX_ANSWER >> 20));
+            return Err(ParseError::Malformed(format!(
+                "a server packet larger than {} MiB is not decoded",
+                MAX_ANSWER >> 20
+            )));
         }
         while let Some(p) = self.server.next_packet() {
             self.on_server_packet(p, at)?;

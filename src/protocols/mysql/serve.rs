@@ -16,7 +16,7 @@ use super::packet::{Framer, Packet, write_packet};
 use super::record::Statement;
 use super::{CACHING_SHA2, NATIVE_PASSWORD, command};
 use crate::protocols::ServeCtx;
-use crate::store::{MysqlColumn, MysqlError, MysqlMock, MysqlResult, MysqlValue};
+use crate::protocols::mysql::{MysqlColumn, MysqlError, MysqlMock, MysqlResult, MysqlValue};
 
 /// What doppel offers in replay: no compression, session tracking or MariaDB extensions, so clients fall
 /// back to the plain protocol that every recording can be re-encoded into. TLS is added when doppel's CA
@@ -79,9 +79,8 @@ struct Session {
     last_prepared: Option<u32>,
 }
 
-pub async fn serve(stream: crate::protocols::Conn, first: Vec<u8>, ctx: ServeCtx) {
+pub(super) async fn serve(stream: crate::protocols::Conn, ctx: ServeCtx) {
     let mut wire = Wire { stream, framer: Framer::new(), buf: vec![0u8; 64 * 1024] };
-    wire.framer.push(&first);
     let Some(mut session) = handshake(&mut wire, ctx).await else { return };
     while let Some(p) = wire.read().await {
         let mut seq = p.seq.wrapping_add(1);

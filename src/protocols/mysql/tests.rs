@@ -4,7 +4,7 @@
 //! plugin, so those paths are tested here with packets shaped as MySQL 8 sends them.)
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,8 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::message::{self, Greeting, HandshakeResponse, OkPacket, caps, status, types};
 use super::packet::{Framer, Packet, put_lenenc, write_packet};
 use super::{CACHING_SHA2, NATIVE_PASSWORD, command};
-use crate::protocols::{MockPool, Observer, RecordCtx, Role, ServeCtx};
-use crate::store::{FORMAT_VERSION, Mock, MysqlColumn, MysqlError, MysqlMock, MysqlValue, SetMeta, Store, format_time};
+use crate::protocols::Mock;
+use crate::protocols::mysql::{MysqlColumn, MysqlError, MysqlMock, MysqlValue};
+use crate::protocols::{MockPool, Observer, ParseError, Role, ServeCtx, testing};
+use crate::store::{MemorySink, format_time};
 
 const SERVER_CAPS: u64 = caps::LONG_PASSWORD
     | caps::CONNECT_WITH_DB
@@ -210,47 +212,11 @@ fn session(deprecate_eof: bool) -> Conv {
 
 /// Feeds `msgs` to an observer, each message split into `pieces`, and returns the mocks it wrote and the
 /// first error it returned.
-fn observe(msgs: &[(bool, Vec<u8>)], cut: impl Fn(&[u8]) -> Vec<&[u8]>) -> (Vec<Mock>, Option<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::new(dir.path());
-    let meta = SetMeta {
-        version: FORMAT_VERSION,
-        created_at: "2026-01-01T00:00:00.000Z".into(),
-        command: vec!["app".into()],
-        app_ports: vec![],
-        capture: "explicit".into(),
-        deps: vec![],
-    };
-    let writer = store.create_set(Some("s"), &meta).unwrap();
-    let at = Instant::now();
-    let ctx = RecordCtx {
-        sink: writer.sink(),
-        role: Role::Egress { dest: "db:3306".into() },
-        connection: 1,
-        opened_at: SystemTime::UNIX_EPOCH,
-        opened: at,
-    };
-    let mut obs = super::record::MysqlObserver::new(ctx);
-    let mut error = None;
-    'feed: for (from_client, bytes) in msgs {
-        for piece in cut(bytes) {
-            let r = if *from_client { obs.client(piece, at) } else { obs.server(piece, at) };
-            if let Err(e) = r {
-                error = Some(e);
-                break 'feed;
-            }
-        }
-    }
-    obs.close(at);
-    drop(obs);
-    writer.finish();
-    let mocks = store.load_set("s").unwrap().mocks;
-    (mocks, error)
+fn observe(msgs: &[(bool, Vec<u8>)], cut: impl Fn(&[u8]) -> Vec<&[u8]>) -> (Vec<Mock>, Option<ParseError>) {
+    testing::observe(super::record::MysqlObserver::new, Role::Egress { dest: "db:3306".into() }, msgs, cut)
 }
 
-fn whole(b: &[u8]) -> Vec<&[u8]> {
-    vec![b]
-}
+use crate::protocols::testing::whole;
 
 fn mysql_of(mocks: &[Mock]) -> Vec<MysqlMock> {
     mocks.iter().map(|m| m.mysql.clone().unwrap()).collect()
@@ -378,25 +344,9 @@ fn auth_switch_and_refused_login() {
 
 #[test]
 fn an_ssl_request_marks_where_tls_starts_in_the_piece() {
-    let dir = tempfile::tempdir().unwrap();
-    let meta = SetMeta {
-        version: FORMAT_VERSION,
-        created_at: "2026-01-01T00:00:00.000Z".into(),
-        command: vec!["app".into()],
-        app_ports: vec![],
-        capture: "explicit".into(),
-        deps: vec![],
-    };
-    let writer = Store::new(dir.path()).create_set(Some("s"), &meta).unwrap();
+    let memory = MemorySink::new();
     let at = Instant::now();
-    let ctx = RecordCtx {
-        sink: writer.sink(),
-        role: Role::Egress { dest: "db:3306".into() },
-        connection: 1,
-        opened_at: SystemTime::UNIX_EPOCH,
-        opened: at,
-    };
-    let mut obs = super::record::MysqlObserver::new(ctx);
+    let mut obs = super::record::MysqlObserver::new(memory.ctx(Role::Egress { dest: "db:3306".into() }));
     let mut hello = Vec::new();
     let mut seq = 0;
     write_packet(&mut hello, &mut seq, &message::encode_greeting(&greeting(NATIVE_PASSWORD)));
@@ -479,7 +429,7 @@ fn a_column_count_of_zero_is_refused_not_a_panic() {
     c.command(b"\x03SELECT");
     c.server(&[vec![0xFC, 0, 0], message::encode_column(&col("x", "LONG"))]);
     let (_, error) = observe(&c.msgs, whole);
-    assert!(error.is_some_and(|e| e.contains("without columns")));
+    assert!(error.is_some_and(|e| e.to_string().contains("without columns")));
 }
 
 proptest! {
@@ -586,7 +536,7 @@ async fn replay_server(mocks: Vec<Mock>) -> (Arc<MockPool>, std::net::SocketAddr
     tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
             let ctx = ServeCtx { pool: p.clone(), dest: "db:3306".into(), ca: None };
-            tokio::spawn(super::serve::serve(Box::new(conn), Vec::new(), ctx));
+            tokio::spawn(super::serve::serve(Box::new(conn), ctx));
         }
     });
     (pool, addr)

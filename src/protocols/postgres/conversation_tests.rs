@@ -2,7 +2,7 @@
 //! then replayed by the server to a client that names its statements differently.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,8 +10,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::record::PgObserver;
 use super::wire::{self, Backend, Column, Framer, Frontend, Startup};
-use crate::protocols::{MockPool, Observer, RecordCtx, Role, ServeCtx};
-use crate::store::{FORMAT_VERSION, Mock, SetMeta, Store};
+use crate::protocols::Mock;
+use crate::protocols::{MockPool, Observer, Role, ServeCtx};
+use crate::store::MemorySink;
 
 const DEST: &str = "127.0.0.1:5432";
 
@@ -185,25 +186,8 @@ fn conversation() -> Vec<(bool, Vec<u8>)> {
 
 /// Feeds the conversation, each piece cut by `cut` into chunks, and returns the mocks written.
 fn observe(conv: &[(bool, Vec<u8>)], cut: impl Fn(usize, &[u8]) -> Vec<&[u8]>) -> Vec<Mock> {
-    let dir = tempfile::tempdir().unwrap();
-    let meta = SetMeta {
-        version: FORMAT_VERSION,
-        created_at: String::new(),
-        command: vec![],
-        app_ports: vec![],
-        capture: "explicit".into(),
-        deps: vec![],
-    };
-    let store = Store::new(dir.path());
-    let writer = store.create_set(Some("s"), &meta).unwrap();
-    let ctx = RecordCtx {
-        sink: writer.sink(),
-        role: Role::Egress { dest: DEST.into() },
-        connection: 1,
-        opened_at: SystemTime::now(),
-        opened: Instant::now(),
-    };
-    let mut obs = PgObserver::new(ctx);
+    let memory = MemorySink::new();
+    let mut obs = PgObserver::new(memory.ctx(Role::Egress { dest: DEST.into() }));
     for (i, (client, data)) in conv.iter().enumerate() {
         for piece in cut(i, data) {
             let r = if *client { obs.client(piece, Instant::now()) } else { obs.server(piece, Instant::now()) };
@@ -211,9 +195,7 @@ fn observe(conv: &[(bool, Vec<u8>)], cut: impl Fn(usize, &[u8]) -> Vec<&[u8]>) -
         }
     }
     obs.close(Instant::now());
-    drop(obs);
-    writer.finish();
-    let mut mocks = store.load_set("s").unwrap().mocks;
+    let mut mocks = memory.mocks();
     for m in &mut mocks {
         m.started_at = String::new();
         m.duration_ms = 0.0;
@@ -262,24 +244,8 @@ fn byte_by_byte_gives_the_same_mocks() {
 fn tls_accepted_by_the_server_marks_where_tls_starts() {
     let mut ssl = Vec::new();
     wire::encode_startup(&Startup::SslRequest, &mut ssl);
-    let dir = tempfile::tempdir().unwrap();
-    let meta = SetMeta {
-        version: FORMAT_VERSION,
-        created_at: String::new(),
-        command: vec![],
-        app_ports: vec![],
-        capture: "explicit".into(),
-        deps: vec![],
-    };
-    let writer = Store::new(dir.path()).create_set(Some("s"), &meta).unwrap();
-    let ctx = RecordCtx {
-        sink: writer.sink(),
-        role: Role::Egress { dest: DEST.into() },
-        connection: 1,
-        opened_at: SystemTime::now(),
-        opened: Instant::now(),
-    };
-    let mut obs = PgObserver::new(ctx);
+    let memory = MemorySink::new();
+    let mut obs = PgObserver::new(memory.ctx(Role::Egress { dest: DEST.into() }));
     obs.client(&ssl, Instant::now()).unwrap();
     assert_eq!(obs.tls_boundary(), None);
     // The server's `S`: TLS starts right after that byte.
@@ -305,11 +271,8 @@ proptest! {
     fn garbage_never_panics(client in proptest::collection::vec(any::<u8>(), 0..200),
                             server in proptest::collection::vec(any::<u8>(), 0..200)) {
         let conv = vec![(true, client), (false, server)];
-        let dir = tempfile::tempdir().unwrap();
-        let meta = SetMeta { version: FORMAT_VERSION, created_at: String::new(), command: vec![], app_ports: vec![], capture: "explicit".into(), deps: vec![] };
-        let writer = Store::new(dir.path()).create_set(Some("s"), &meta).unwrap();
-        let ctx = RecordCtx { sink: writer.sink(), role: Role::Egress { dest: DEST.into() }, connection: 1, opened_at: SystemTime::now(), opened: Instant::now() };
-        let mut obs = PgObserver::new(ctx);
+        let memory = MemorySink::new();
+        let mut obs = PgObserver::new(memory.ctx(Role::Egress { dest: DEST.into() }));
         for (c, d) in conv {
             let _ = if c { obs.client(&d, Instant::now()) } else { obs.server(&d, Instant::now()) };
         }
@@ -355,7 +318,7 @@ async fn replay_server(mocks: Vec<Mock>) -> (Client, Arc<MockPool>) {
     let ctx = ServeCtx { pool: pool.clone(), dest: DEST.into(), ca: None };
     tokio::spawn(async move {
         let (conn, _) = listener.accept().await.unwrap();
-        super::serve::serve(Box::new(conn), Vec::new(), ctx).await;
+        super::serve::serve(Box::new(conn), ctx).await;
     });
     let mut conn = TcpStream::connect(addr).await.unwrap();
     // SSLRequest is refused, then plaintext startup.
@@ -472,7 +435,7 @@ async fn cancel_request_is_accepted_and_closed() {
     let ctx = ServeCtx { pool: pool.clone(), dest: DEST.into(), ca: None };
     let server = tokio::spawn(async move {
         let (conn, _) = listener.accept().await.unwrap();
-        super::serve::serve(Box::new(conn), Vec::new(), ctx).await;
+        super::serve::serve(Box::new(conn), ctx).await;
     });
     let mut conn = TcpStream::connect(addr).await.unwrap();
     let mut cancel = Vec::new();
@@ -486,7 +449,7 @@ async fn cancel_request_is_accepted_and_closed() {
 
 #[test]
 fn values_survive_the_yaml_round_trip() {
-    use crate::store::{PgQuery, PgResult, PostgresMock};
+    use crate::protocols::postgres::{PgQuery, PgResult, PostgresMock};
     use serde_json::json;
     let tricky = vec![
         json!("null"),
@@ -561,7 +524,7 @@ async fn a_statement_described_but_never_executed_is_described_again() {
 
 #[tokio::test]
 async fn a_uuid_the_app_generated_anew_stands_for_the_recorded_one() {
-    use crate::store::{PgProtocol, PgQuery, PgResult, PostgresMock};
+    use crate::protocols::postgres::{PgProtocol, PgQuery, PgResult, PostgresMock};
     let insert = |id: u64, uuid: &str, name: &str| {
         let mut m = Mock::new("postgres", id, DEST, 1, "2026-11-27T10:00:00.000Z".into(), 0.1);
         m.postgres = Some(PostgresMock {

@@ -5,18 +5,19 @@
 
 #[cfg(test)]
 mod conversation_tests;
+mod format;
 mod record;
 mod serve;
-pub mod types;
-pub mod wire;
+pub(crate) mod types;
+pub(crate) mod wire;
 
 use std::collections::BTreeMap;
 
-use super::{BoxFuture, Detect, Observer, Protocol, RecordCtx, ServeCtx};
-use crate::store::{PgColumn, PgError};
+use super::{Detect, Observer, Protocol, RecordCtx};
+pub(crate) use format::*;
 use wire::{Column, Fields, Format};
 
-pub struct Postgres;
+pub(crate) struct Postgres;
 
 impl Protocol for Postgres {
     fn name(&self) -> &'static str {
@@ -42,8 +43,11 @@ impl Protocol for Postgres {
         Box::new(record::PgObserver::new(ctx))
     }
 
-    fn serve(&self, conn: crate::protocols::Conn, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()> {
-        Box::pin(serve::serve(conn, first, ctx))
+    fn mock_server(
+        &self,
+        _pool: &std::sync::Arc<crate::protocols::MockPool>,
+    ) -> std::sync::Arc<dyn crate::protocols::MockServer> {
+        std::sync::Arc::new(crate::protocols::Stateless(|conn, ctx| Box::pin(serve::serve(conn, ctx))))
     }
 }
 

@@ -12,10 +12,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 use super::types;
 use super::wire::{self, Backend, Column, Format, Framer, Frontend, Startup};
 use super::{column_to_store, error_from_fields};
-use crate::protocols::{Observer, RecordCtx, Role};
-use crate::store::{
-    Mock, PgCopy, PgError, PgNotification, PgProtocol, PgQuery, PgResult, PgStartup, PostgresMock, Record, format_time,
+use crate::protocols::Mock;
+use crate::protocols::postgres::{
+    PgCopy, PgError, PgNotification, PgProtocol, PgQuery, PgResult, PgStartup, PostgresMock,
 };
+use crate::protocols::{Observer, ParseError, RecordCtx, Role};
+use crate::store::{Record, format_time};
 
 /// A prepared statement as the client defined it on this connection.
 #[derive(Clone)]
@@ -127,7 +129,7 @@ impl Run {
         }
     }
 
-    fn row(&mut self, body: &[u8]) -> Result<(), String> {
+    fn row(&mut self, body: &[u8]) -> Result<(), ParseError> {
         let values = wire::data_row_values(body)?;
         let row = values
             .iter()
@@ -250,7 +252,7 @@ impl PgObserver {
         self.next_id
     }
 
-    fn on_client(&mut self, at: Instant) -> Result<(), String> {
+    fn on_client(&mut self, at: Instant) -> Result<(), ParseError> {
         loop {
             match self.phase {
                 Phase::Done => {
@@ -279,7 +281,7 @@ impl PgObserver {
         }
     }
 
-    fn client_message(&mut self, msg: Frontend, at: Instant) -> Result<(), String> {
+    fn client_message(&mut self, msg: Frontend, at: Instant) -> Result<(), ParseError> {
         match msg {
             Frontend::Password => {}
             Frontend::Query(sql) => self.expect.push_back(Expect::Run(Box::new(Run::simple(sql, at)))),
@@ -302,11 +304,9 @@ impl PgObserver {
                 self.expect.push_back(Expect::Parse(stmt));
             }
             Frontend::Bind { portal, statement, param_formats, params, result_formats } => {
-                let stmt = self
-                    .statements
-                    .get(&statement)
-                    .cloned()
-                    .ok_or_else(|| format!("Bind to a statement {statement:?} this connection never prepared"))?;
+                let stmt = self.statements.get(&statement).cloned().ok_or_else(|| {
+                    ParseError::Malformed(format!("Bind to a statement {statement:?} this connection never prepared"))
+                })?;
                 let columns = stmt.described_columns.clone().flatten().map(|cols| with_formats(cols, &result_formats));
                 let p = Portal { id: self.id(), stmt, params, param_formats, result_formats, columns };
                 self.portals.insert(portal, p.clone());
@@ -353,7 +353,7 @@ impl PgObserver {
         Ok(())
     }
 
-    fn on_server(&mut self, at: Instant) -> Result<(), String> {
+    fn on_server(&mut self, at: Instant) -> Result<(), ParseError> {
         loop {
             if let Some(Expect::EncryptionAnswer(ssl)) = self.expect.front() {
                 let ssl = *ssl;
@@ -371,7 +371,10 @@ impl PgObserver {
                     }
                     (b'G', false) => return Err("the server accepted GSSAPI encryption".into()),
                     (other, _) => {
-                        return Err(format!("unexpected answer {:?} to an encryption request", other as char));
+                        return Err(ParseError::Malformed(format!(
+                            "unexpected answer {:?} to an encryption request",
+                            other as char
+                        )));
                     }
                 }
                 continue;
@@ -398,7 +401,7 @@ impl PgObserver {
         }
     }
 
-    fn startup_message(&mut self, msg: Backend, at: Instant) -> Result<(), String> {
+    fn startup_message(&mut self, msg: Backend, at: Instant) -> Result<(), ParseError> {
         match msg {
             Backend::Auth { code, data } => {
                 let method = match code {
@@ -432,7 +435,7 @@ impl PgObserver {
                 self.phase = Phase::Done;
             }
             Backend::Notice(_) | Backend::NegotiateProtocol { .. } => {}
-            other => return Err(format!("unexpected {other:?} during startup")),
+            other => return Err(ParseError::Malformed(format!("unexpected {other:?} during startup"))),
         }
         Ok(())
     }
@@ -457,7 +460,7 @@ impl PgObserver {
         self.ctx.sink.submit(Record::Mock(Box::new(mock)));
     }
 
-    fn server_message(&mut self, msg: Backend, at: Instant) -> Result<(), String> {
+    fn server_message(&mut self, msg: Backend, at: Instant) -> Result<(), ParseError> {
         // Messages that may come at any time.
         match msg {
             Backend::Notice(f) => {
@@ -478,7 +481,8 @@ impl PgObserver {
             }
             _ => {}
         }
-        let front = self.expect.pop_front().ok_or_else(|| format!("server sent {msg:?} unasked"))?;
+        let front =
+            self.expect.pop_front().ok_or_else(|| ParseError::Malformed(format!("server sent {msg:?} unasked")))?;
         match (front, msg) {
             (Expect::Parse(_), Backend::ParseComplete)
             | (Expect::Bind(_), Backend::BindComplete)
@@ -517,14 +521,17 @@ impl PgObserver {
             }
             (Expect::Run(run), msg) => self.run_message(run, msg, at)?,
             (other, msg) => {
-                return Err(format!("server sent {msg:?} while {} was expected", expected_name(&other)));
+                return Err(ParseError::Malformed(format!(
+                    "server sent {msg:?} while {} was expected",
+                    expected_name(&other)
+                )));
             }
         }
         Ok(())
     }
 
     /// A server message for the running statement; puts the run back unless it is finished.
-    fn run_message(&mut self, mut run: Box<Run>, msg: Backend, at: Instant) -> Result<(), String> {
+    fn run_message(&mut self, mut run: Box<Run>, msg: Backend, at: Instant) -> Result<(), ParseError> {
         let simple = run.query.protocol == PgProtocol::Simple;
         let notices = std::mem::take(&mut self.loose_notices);
         if !notices.is_empty() {
@@ -593,13 +600,13 @@ impl PgObserver {
                 self.flush_batch();
                 return Ok(());
             }
-            other => return Err(format!("unexpected {other:?} while a statement ran")),
+            other => return Err(ParseError::Malformed(format!("unexpected {other:?} while a statement ran"))),
         }
         self.expect.push_front(Expect::Run(run));
         Ok(())
     }
 
-    fn finish(&mut self, mut run: Box<Run>, at: Instant) -> Result<(), String> {
+    fn finish(&mut self, mut run: Box<Run>, at: Instant) -> Result<(), ParseError> {
         run.finish_params();
         self.batch.push((*run, at));
         Ok(())
@@ -735,7 +742,7 @@ fn ms(d: std::time::Duration) -> f64 {
 }
 
 impl Observer for PgObserver {
-    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
         if let Role::Ingress { .. } = self.ctx.role {
             return Err("PostgreSQL served by the app is forwarded, not recorded".into());
         }
@@ -746,7 +753,7 @@ impl Observer for PgObserver {
         self.on_client(at)
     }
 
-    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
         if data.is_empty() {
             return Ok(());
         }

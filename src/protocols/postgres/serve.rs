@@ -19,7 +19,7 @@ use super::{
     show_params,
 };
 use crate::protocols::ServeCtx;
-use crate::store::{PgCopy, PgError, PgProtocol, PgQuery, PgResult, PgStartup};
+use crate::protocols::postgres::{PgCopy, PgError, PgProtocol, PgQuery, PgResult, PgStartup};
 
 #[derive(Clone)]
 struct LiveStmt {
@@ -70,9 +70,8 @@ struct Server {
     copy_in: Option<CopyIn>,
 }
 
-pub async fn serve(mut conn: crate::protocols::Conn, first: Vec<u8>, ctx: ServeCtx) {
+pub(super) async fn serve(mut conn: crate::protocols::Conn, ctx: ServeCtx) {
     let mut input = Framer::default();
-    input.push(&first);
     let mut buf = vec![0u8; 64 * 1024];
     // Startup: SSLRequest is accepted with doppel's CA when it is loaded (refused otherwise), GSSENCRequest is
     // refused, a cancel request is accepted and the connection closed.

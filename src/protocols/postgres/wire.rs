@@ -5,7 +5,10 @@
 //! directions decoded passively (the observer follows a connection it does not drive, one-byte SSL answers
 //! included) and backend messages encoded (replay plays the server). The message layouts are fixed and small.
 
+use crate::protocols::ParseError;
+
 /// Protocol version 3.0 in a StartupMessage.
+#[cfg(test)]
 pub const PROTOCOL_3: i32 = 196_608;
 pub const SSL_REQUEST: i32 = 80_877_103;
 pub const GSSENC_REQUEST: i32 = 80_877_104;
@@ -46,14 +49,14 @@ impl Framer {
     }
 
     /// A message of the startup phase: length (counting itself) then payload, no tag.
-    pub fn next_untagged(&mut self) -> Result<Option<&[u8]>, String> {
+    pub fn next_untagged(&mut self) -> Result<Option<&[u8]>, ParseError> {
         let rest = &self.buf[self.pos..];
         if rest.len() < 4 {
             return Ok(None);
         }
         let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
         if !(8..=10_000).contains(&len) {
-            return Err(format!("startup packet length {len} is not plausible"));
+            return Err(ParseError::Malformed(format!("startup packet length {len} is not plausible")));
         }
         let len = len as usize;
         if rest.len() < len {
@@ -65,7 +68,7 @@ impl Framer {
     }
 
     /// A regular message: tag byte, length (counting itself, not the tag), body.
-    pub fn next_tagged(&mut self) -> Result<Option<(u8, &[u8])>, String> {
+    pub fn next_tagged(&mut self) -> Result<Option<(u8, &[u8])>, ParseError> {
         let rest = &self.buf[self.pos..];
         if rest.len() < 5 {
             return Ok(None);
@@ -73,7 +76,7 @@ impl Framer {
         let tag = rest[0];
         let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
         if len < 4 || len as usize > MAX_MESSAGE {
-            return Err(format!("message {:?} has an impossible length {len}", tag as char));
+            return Err(ParseError::Malformed(format!("message {:?} has an impossible length {len}", tag as char)));
         }
         let total = 1 + len as usize;
         if rest.len() < total {
@@ -96,7 +99,7 @@ impl<'a> Reader<'a> {
         Reader { data, pos: 0 }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ParseError> {
         if self.data.len() - self.pos < n {
             return Err("message is shorter than its fields".into());
         }
@@ -105,28 +108,28 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    pub fn u8(&mut self) -> Result<u8, String> {
+    pub fn u8(&mut self) -> Result<u8, ParseError> {
         Ok(self.take(1)?[0])
     }
 
-    pub fn i16(&mut self) -> Result<i16, String> {
+    pub fn i16(&mut self) -> Result<i16, ParseError> {
         let b = self.take(2)?;
         Ok(i16::from_be_bytes([b[0], b[1]]))
     }
 
-    pub fn i32(&mut self) -> Result<i32, String> {
+    pub fn i32(&mut self) -> Result<i32, ParseError> {
         let b = self.take(4)?;
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// A count that must not be negative.
-    pub fn count16(&mut self) -> Result<usize, String> {
+    pub fn count16(&mut self) -> Result<usize, ParseError> {
         let n = self.i16()?;
-        usize::try_from(n).map_err(|_| format!("negative count {n}"))
+        usize::try_from(n).map_err(|_| ParseError::Malformed(format!("negative count {n}")))
     }
 
     /// A NUL-terminated string (lossy UTF-8: names and SQL are text; a stray byte must not stop recording).
-    pub fn cstr(&mut self) -> Result<String, String> {
+    pub fn cstr(&mut self) -> Result<String, ParseError> {
         let rest = &self.data[self.pos..];
         let end = rest.iter().position(|b| *b == 0).ok_or("string without its terminating NUL")?;
         self.pos += end + 1;
@@ -134,12 +137,12 @@ impl<'a> Reader<'a> {
     }
 
     /// A value prefixed by its length; -1 is NULL.
-    pub fn value(&mut self) -> Result<Option<&'a [u8]>, String> {
+    pub fn value(&mut self) -> Result<Option<&'a [u8]>, ParseError> {
         let len = self.i32()?;
         if len == -1 {
             return Ok(None);
         }
-        let len = usize::try_from(len).map_err(|_| format!("negative value length {len}"))?;
+        let len = usize::try_from(len).map_err(|_| ParseError::Malformed(format!("negative value length {len}")))?;
         Ok(Some(self.take(len)?))
     }
 
@@ -195,7 +198,7 @@ pub enum Startup {
     },
 }
 
-pub fn decode_startup(body: &[u8]) -> Result<Startup, String> {
+pub fn decode_startup(body: &[u8]) -> Result<Startup, ParseError> {
     let mut r = Reader::new(body);
     let code = r.i32()?;
     match code {
@@ -216,10 +219,11 @@ pub fn decode_startup(body: &[u8]) -> Result<Startup, String> {
             }
             Ok(Startup::Start { version: v, params })
         }
-        v => Err(format!("unsupported protocol version {}.{}", v >> 16, v & 0xffff)),
+        v => Err(ParseError::Malformed(format!("unsupported protocol version {}.{}", v >> 16, v & 0xffff))),
     }
 }
 
+#[cfg(test)]
 pub fn encode_startup(m: &Startup, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
@@ -284,7 +288,7 @@ pub enum Frontend {
     FunctionCall,
 }
 
-pub fn decode_frontend(tag: u8, body: &[u8]) -> Result<Frontend, String> {
+pub fn decode_frontend(tag: u8, body: &[u8]) -> Result<Frontend, ParseError> {
     let mut r = Reader::new(body);
     Ok(match tag {
         b'Q' => Frontend::Query(r.cstr()?),
@@ -317,10 +321,11 @@ pub fn decode_frontend(tag: u8, body: &[u8]) -> Result<Frontend, String> {
         b'f' => Frontend::CopyFail(r.cstr()?),
         b'p' => Frontend::Password,
         b'F' => Frontend::FunctionCall,
-        t => return Err(format!("unknown client message {:?}", t as char)),
+        t => return Err(ParseError::Malformed(format!("unknown client message {:?}", t as char))),
     })
 }
 
+#[cfg(test)]
 pub fn encode_frontend(m: &Frontend, out: &mut Vec<u8>) {
     let tag = match m {
         Frontend::Query(_) => b'Q',
@@ -389,6 +394,8 @@ pub enum Backend {
         name: String,
         value: String,
     },
+    // The protocol's own name for the message.
+    #[allow(clippy::enum_variant_names)]
     BackendKeyData {
         pid: i32,
         key: Vec<u8>,
@@ -439,7 +446,7 @@ pub struct Column {
     pub format: i16,
 }
 
-fn fields(r: &mut Reader) -> Result<Fields, String> {
+fn fields(r: &mut Reader) -> Result<Fields, ParseError> {
     let mut out = Vec::new();
     loop {
         let code = r.u8()?;
@@ -452,7 +459,7 @@ fn fields(r: &mut Reader) -> Result<Fields, String> {
 
 /// Decodes a server message. DataRow values are copied; the observer, which reads many rows, uses
 /// `data_row_values` on the borrowed body instead.
-pub fn decode_backend(tag: u8, body: &[u8]) -> Result<Backend, String> {
+pub fn decode_backend(tag: u8, body: &[u8]) -> Result<Backend, ParseError> {
     let mut r = Reader::new(body);
     Ok(match tag {
         b'R' => Backend::Auth { code: r.i32()?, data: r.rest().to_vec() },
@@ -503,12 +510,12 @@ pub fn decode_backend(tag: u8, body: &[u8]) -> Result<Backend, String> {
             Backend::NegotiateProtocol { minor, options: (0..n).map(|_| r.cstr()).collect::<Result<_, _>>()? }
         }
         b'V' => Backend::FunctionResult(r.value()?.map(<[u8]>::to_vec)),
-        t => return Err(format!("unknown server message {:?}", t as char)),
+        t => return Err(ParseError::Malformed(format!("unknown server message {:?}", t as char))),
     })
 }
 
 /// The values of a DataRow body, borrowed.
-pub fn data_row_values(body: &[u8]) -> Result<Vec<Option<&[u8]>>, String> {
+pub fn data_row_values(body: &[u8]) -> Result<Vec<Option<&[u8]>>, ParseError> {
     let mut r = Reader::new(body);
     let n = r.count16()?;
     (0..n).map(|_| r.value()).collect()

@@ -2,14 +2,17 @@
 //! the server. Transactions, subscriptions and session commands are handled as described in
 //! `store::format::redis` (what is stored) and `serve` (how replay answers).
 
+mod format;
 mod record;
-pub mod resp;
+pub(crate) mod resp;
 mod serve;
 
-use super::{BoxFuture, Detect, Observer, Protocol, RecordCtx, ServeCtx};
-use crate::store::RedisValue;
+use std::sync::Arc;
 
-pub struct Redis;
+use super::{Detect, MockPool, MockServer, Observer, Protocol, RecordCtx};
+pub(crate) use format::*;
+
+pub(crate) struct Redis;
 
 impl Protocol for Redis {
     fn name(&self) -> &'static str {
@@ -24,8 +27,9 @@ impl Protocol for Redis {
         Box::new(record::RedisObserver::new(ctx))
     }
 
-    fn serve(&self, conn: crate::protocols::Conn, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()> {
-        Box::pin(serve::serve(conn, first, ctx))
+    /// One server per replayed set: messages one connection publishes reach the others' subscriptions.
+    fn mock_server(&self, pool: &Arc<MockPool>) -> Arc<dyn MockServer> {
+        Arc::new(serve::Server::new(pool))
     }
 }
 

@@ -7,10 +7,12 @@ use std::time::Instant;
 
 use super::resp::{Decoder, Side};
 use super::{PubSubFrame, SubKind, command_name, pubsub_frame, subscription_command};
+use crate::protocols::Mock;
+use crate::protocols::redis::{RedisMock, RedisPushed, RedisQueued, RedisValue};
 use crate::protocols::tcp::TcpObserver;
-use crate::protocols::{Observer, RecordCtx, Role};
+use crate::protocols::{Observer, ParseError, RecordCtx, Role};
 use crate::store::body::INLINE_LIMIT;
-use crate::store::{Mock, Record, RedisMock, RedisPushed, RedisQueued, RedisValue, format_time};
+use crate::store::{Record, format_time};
 
 /// A command waiting for its reply.
 struct Pending {
@@ -79,7 +81,7 @@ impl RedisObserver {
         }
     }
 
-    fn on_command(&mut self, command: Vec<RedisValue>, at: Instant) -> Result<(), String> {
+    fn on_command(&mut self, command: Vec<RedisValue>, at: Instant) -> Result<(), ParseError> {
         if !command.iter().all(|a| matches!(a, RedisValue::Bulk(_))) {
             return Err("a command that is not an array of bulk strings".into());
         }
@@ -87,7 +89,9 @@ impl RedisObserver {
         // Commands after which replies no longer pair one to one with commands.
         match name.as_str() {
             "MONITOR" | "SYNC" | "PSYNC" | "REPLCONF" => {
-                return Err(format!("{name} turns the connection into a stream doppel does not parse"));
+                return Err(ParseError::Malformed(format!(
+                    "{name} turns the connection into a stream doppel does not parse"
+                )));
             }
             "CLIENT" if super::subcommand(&command) == "REPLY" => {
                 return Err("CLIENT REPLY switches replies off; they cannot be paired with commands".into());
@@ -99,7 +103,7 @@ impl RedisObserver {
         Ok(())
     }
 
-    fn on_reply(&mut self, frame: RedisValue, at: Instant) -> Result<(), String> {
+    fn on_reply(&mut self, frame: RedisValue, at: Instant) -> Result<(), ParseError> {
         let is_push = matches!(frame, RedisValue::Push(_));
         let front_subscribes = self.pending.front().is_some_and(|p| p.subscription.is_some());
         // RESP3 marks pub/sub traffic as pushes; in RESP2 an array is pub/sub traffic only around subscriptions.
@@ -152,7 +156,7 @@ impl RedisObserver {
         channel: Option<Vec<u8>>,
         frame: RedisValue,
         at: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), ParseError> {
         let asked =
             self.pending.front().is_some_and(|p| p.subscription.map(|(k, s, _)| (k, s)) == Some((kind, subscribe)));
         let Some(front) = self.pending.front_mut().filter(|_| asked) else {
@@ -364,7 +368,7 @@ impl RedisObserver {
 
     /// Settles what a parse result means while the protocol is unproven: a failure before any reply was
     /// understood makes the whole connection opaque, from its first byte.
-    fn settle(&mut self, result: Result<(), String>, replied: bool) -> Result<(), String> {
+    fn settle(&mut self, result: Result<(), ParseError>, replied: bool) -> Result<(), ParseError> {
         match (&mut self.trust, result) {
             (Trust::Unproven { log, .. }, Err(why)) => {
                 let mut tcp = TcpObserver::new(self.ctx.clone(), Some(format!("not Redis after all: {why}")));
@@ -383,12 +387,15 @@ impl RedisObserver {
         }
     }
 
-    fn client_bytes(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    fn client_bytes(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
         if data.is_empty() {
             return Ok(());
         }
         let mut frames = std::mem::take(&mut self.frames);
-        let fed = self.commands.feed(data, &mut frames).map_err(|e| format!("unreadable Redis command: {e}"));
+        let fed = self
+            .commands
+            .feed(data, &mut frames)
+            .map_err(|e| ParseError::Malformed(format!("unreadable Redis command: {e}")));
         let mut result = fed;
         for command in frames.drain(..) {
             let RedisValue::Array(args) = command else { continue };
@@ -403,12 +410,15 @@ impl RedisObserver {
     }
 
     /// Feeds server bytes; tells whether a whole reply was understood.
-    fn server_bytes(&mut self, data: &[u8], at: Instant) -> (Result<(), String>, bool) {
+    fn server_bytes(&mut self, data: &[u8], at: Instant) -> (Result<(), ParseError>, bool) {
         if data.is_empty() {
             return (Ok(()), false);
         }
         let mut frames = std::mem::take(&mut self.frames);
-        let fed = self.replies.feed(data, &mut frames).map_err(|e| format!("unreadable Redis reply: {e}"));
+        let fed = self
+            .replies
+            .feed(data, &mut frames)
+            .map_err(|e| ParseError::Malformed(format!("unreadable Redis reply: {e}")));
         let replied = !frames.is_empty();
         let mut result = fed;
         for frame in frames.drain(..) {
@@ -424,7 +434,7 @@ impl RedisObserver {
 }
 
 impl Observer for RedisObserver {
-    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
         if let Role::Ingress { .. } = self.ctx.role {
             return Err("a Redis client on the app's port; only HTTP test cases are recorded there".into());
         }
@@ -436,7 +446,7 @@ impl Observer for RedisObserver {
         self.settle(result, false)
     }
 
-    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
         if let Trust::NotRedis(tcp) = &mut self.trust {
             return tcp.server(data, at);
         }
@@ -470,7 +480,8 @@ impl Observer for RedisObserver {
 mod tests {
     use super::*;
     use crate::protocols::redis::resp::{encode, encode_command};
-    use crate::store::{FORMAT_VERSION, SetMeta, Store};
+    use crate::protocols::testing;
+    use crate::store::MemorySink;
 
     fn bulk(s: &str) -> RedisValue {
         RedisValue::Bulk(s.as_bytes().to_vec())
@@ -492,35 +503,16 @@ mod tests {
 
     /// Runs an observer over the two byte streams, each cut at the given points, and returns its mocks.
     fn observe(client: &[u8], server: &[u8], client_cut: usize, server_cut: usize) -> Vec<RedisMock> {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path());
-        let meta = SetMeta {
-            version: FORMAT_VERSION,
-            created_at: String::new(),
-            command: vec![],
-            app_ports: vec![],
-            capture: "test".into(),
-            deps: vec![],
-        };
-        let writer = store.create_set(None, &meta).unwrap();
-        let ctx = RecordCtx {
-            sink: writer.sink(),
-            role: Role::Egress { dest: "127.0.0.1:6379".into() },
-            connection: 1,
-            opened_at: std::time::SystemTime::now(),
-            opened: Instant::now(),
-        };
-        let mut obs = RedisObserver::new(ctx);
-        let now = Instant::now();
-        obs.client(&client[..client_cut], now).unwrap();
-        obs.client(&client[client_cut..], now).unwrap();
-        obs.server(&server[..server_cut], now).unwrap();
-        obs.server(&server[server_cut..], now).unwrap();
-        obs.close(now);
-        drop(obs);
-        let name = writer.name.clone();
-        writer.finish();
-        store.load_set(&name).unwrap().mocks.into_iter().filter_map(|m| m.redis).collect()
+        let pieces = [
+            (true, client[..client_cut].to_vec()),
+            (true, client[client_cut..].to_vec()),
+            (false, server[..server_cut].to_vec()),
+            (false, server[server_cut..].to_vec()),
+        ];
+        let role = Role::Egress { dest: "127.0.0.1:6379".into() };
+        let (mocks, error) = testing::observe(RedisObserver::new, role, &pieces, testing::whole);
+        assert_eq!(error, None);
+        mocks.into_iter().filter_map(|m| m.redis).collect()
     }
 
     #[test]
@@ -605,32 +597,11 @@ mod tests {
 
     /// Runs an observer over a conversation (client bytes, then server bytes) and returns every mock.
     fn observe_all(client: &[u8], server: &[u8]) -> Vec<Mock> {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path());
-        let meta = SetMeta {
-            version: FORMAT_VERSION,
-            created_at: String::new(),
-            command: vec![],
-            app_ports: vec![],
-            capture: "test".into(),
-            deps: vec![],
-        };
-        let writer = store.create_set(Some("s"), &meta).unwrap();
-        let ctx = RecordCtx {
-            sink: writer.sink(),
-            role: Role::Egress { dest: "10.0.0.1:7000".into() },
-            connection: 1,
-            opened_at: std::time::SystemTime::now(),
-            opened: Instant::now(),
-        };
-        let mut obs = RedisObserver::new(ctx);
-        let now = Instant::now();
-        assert!(obs.client(client, now).is_ok());
-        assert!(obs.server(server, now).is_ok());
-        obs.close(now);
-        drop(obs);
-        writer.finish();
-        store.load_set("s").unwrap().mocks
+        let pieces = [(true, client.to_vec()), (false, server.to_vec())];
+        let role = Role::Egress { dest: "10.0.0.1:7000".into() };
+        let (mocks, error) = testing::observe(RedisObserver::new, role, &pieces, testing::whole);
+        assert_eq!(error, None);
+        mocks
     }
 
     #[test]
@@ -646,23 +617,8 @@ mod tests {
         assert!(observe_all(&command(&["MONITOR"]), b"+OK\r\n")[0].tcp.is_some());
         assert!(observe_all(b"", b"+OK\r\n")[0].tcp.is_some(), "a reply nobody asked for");
         // Once a reply proved the server speaks RESP, a later failure is the proxy's to handle.
-        let dir = tempfile::tempdir().unwrap();
-        let meta = SetMeta {
-            version: FORMAT_VERSION,
-            created_at: String::new(),
-            command: vec![],
-            app_ports: vec![],
-            capture: "test".into(),
-            deps: vec![],
-        };
-        let writer = Store::new(dir.path()).create_set(Some("s"), &meta).unwrap();
-        let ctx = |role| RecordCtx {
-            sink: writer.sink(),
-            role,
-            connection: 1,
-            opened_at: std::time::SystemTime::now(),
-            opened: Instant::now(),
-        };
+        let memory = MemorySink::new();
+        let ctx = |role| memory.ctx(role);
         let now = Instant::now();
         let mut o = RedisObserver::new(ctx(Role::Egress { dest: "r:6379".into() }));
         o.client(&command(&["PING"]), now).unwrap();

@@ -7,9 +7,10 @@
 //! telnet sends it) are not covered. This decoder keeps its place between reads: every byte is looked at
 //! once, a large bulk string is copied straight into its value, and a half-built array stays on a stack.
 
+use crate::protocols::ParseError;
 use memchr::memchr;
 
-use crate::store::RedisValue;
+use crate::protocols::redis::RedisValue;
 
 /// Which side a decoder reads: clients send commands (arrays of bulk strings, or inline lines); servers send
 /// any RESP2/RESP3 value.
@@ -78,14 +79,9 @@ impl Decoder {
         Decoder { side, buf: Vec::new(), pos: 0, scan: 0, stack: Vec::new(), bulk: None }
     }
 
-    /// Whether a value is partly received.
-    pub fn is_mid_value(&self) -> bool {
-        self.bulk.is_some() || !self.stack.is_empty() || self.pos < self.buf.len()
-    }
-
     /// Feeds bytes; complete values are appended to `out` in order. An error means the stream is not RESP
     /// (or breaks a limit) and the decoder must not be used again.
-    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<RedisValue>) -> Result<(), String> {
+    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<RedisValue>) -> Result<(), ParseError> {
         if let Some(b) = &mut self.bulk {
             let take = (b.len + 2 - b.data.len()).min(data.len());
             b.data.extend_from_slice(&data[..take]);
@@ -111,7 +107,7 @@ impl Decoder {
         self.parse_buffered(out)
     }
 
-    fn parse_buffered(&mut self, out: &mut Vec<RedisValue>) -> Result<(), String> {
+    fn parse_buffered(&mut self, out: &mut Vec<RedisValue>) -> Result<(), ParseError> {
         while self.pos < self.buf.len() {
             let top_level = self.stack.is_empty();
             if self.side == Side::Client && top_level && self.buf[self.pos] != b'*' {
@@ -128,7 +124,7 @@ impl Decoder {
                 Line::Bulk(b'$', -1) if self.side == Side::Server => self.complete(RedisValue::Null, out)?,
                 Line::Bulk(kind, len) => {
                     if !(0..=MAX_BULK).contains(&len) {
-                        return Err(format!("invalid bulk length {len}"));
+                        return Err(ParseError::Malformed(format!("invalid bulk length {len}")));
                     }
                     let bulk_kind = match kind {
                         b'$' => BulkKind::Bulk,
@@ -140,7 +136,7 @@ impl Decoder {
                 Line::Aggregate(b'*', -1) if self.side == Side::Server => self.complete(RedisValue::NullArray, out)?,
                 Line::Aggregate(kind, n) => {
                     if n < 0 || n > i64::from(i32::MAX) {
-                        return Err(format!("invalid aggregate length {n}"));
+                        return Err(ParseError::Malformed(format!("invalid aggregate length {n}")));
                     }
                     if self.side == Side::Client && n == 0 {
                         continue; // Redis ignores an empty command
@@ -160,14 +156,14 @@ impl Decoder {
     }
 
     /// Reads one RESP line in place (headers are parsed without copying them).
-    fn read_line(&self, start: usize, end: usize, top_level: bool) -> Result<Line, String> {
+    fn read_line(&self, start: usize, end: usize, top_level: bool) -> Result<Line, ParseError> {
         let (&kind, rest) = self.buf[start..end].split_first().ok_or("an empty line where a RESP type was expected")?;
         if self.side == Side::Client && !(kind == b'$' || (kind == b'*' && top_level)) {
-            return Err(format!(
+            return Err(ParseError::Malformed(format!(
                 "expected '{}' in a command, got {:?}",
                 if top_level { '*' } else { '$' },
                 char::from(kind)
-            ));
+            )));
         }
         Ok(match kind {
             b'+' => Line::Value(RedisValue::Simple(rest.to_vec())),
@@ -179,23 +175,23 @@ impl Decoder {
             b'#' => Line::Value(RedisValue::Boolean(match rest {
                 b"t" => true,
                 b"f" => false,
-                _ => return Err(format!("bad boolean {:?}", String::from_utf8_lossy(rest))),
+                _ => return Err(ParseError::Malformed(format!("bad boolean {:?}", String::from_utf8_lossy(rest)))),
             })),
             b'$' | b'!' | b'=' => Line::Bulk(kind, parse_int(rest)?),
             b'*' | b'~' | b'>' | b'%' | b'|' => Line::Aggregate(kind, parse_int(rest)?),
-            other => return Err(format!("unknown RESP type byte {:?}", char::from(other))),
+            other => return Err(ParseError::Malformed(format!("unknown RESP type byte {:?}", char::from(other)))),
         })
     }
 
     /// Where the next line is in `buf` (without its line end), or `None` until it is complete. RESP lines end
     /// in CRLF; inline commands may end in a bare LF, as Redis accepts.
-    fn take_line(&mut self, limit: usize, crlf: bool) -> Result<Option<(usize, usize)>, String> {
+    fn take_line(&mut self, limit: usize, crlf: bool) -> Result<Option<(usize, usize)>, ParseError> {
         let from = self.scan.max(self.pos);
         match memchr(b'\n', &self.buf[from..]) {
             None => {
                 self.scan = self.buf.len();
                 if self.buf.len() - self.pos > limit {
-                    return Err(format!("a line longer than {limit} bytes"));
+                    return Err(ParseError::Malformed(format!("a line longer than {limit} bytes")));
                 }
                 Ok(None)
             }
@@ -208,7 +204,7 @@ impl Decoder {
                     return Err("a line ends in LF without CR".into());
                 }
                 if end - self.pos > limit {
-                    return Err(format!("a line longer than {limit} bytes"));
+                    return Err(ParseError::Malformed(format!("a line longer than {limit} bytes")));
                 }
                 let start = self.pos;
                 self.pos = nl + 1;
@@ -218,7 +214,7 @@ impl Decoder {
         }
     }
 
-    fn start_bulk(&mut self, kind: BulkKind, len: usize, out: &mut Vec<RedisValue>) -> Result<(), String> {
+    fn start_bulk(&mut self, kind: BulkKind, len: usize, out: &mut Vec<RedisValue>) -> Result<(), ParseError> {
         let available = self.buf.len() - self.pos;
         if available >= len + 2 {
             let data = self.buf[self.pos..self.pos + len + 2].to_vec();
@@ -236,9 +232,9 @@ impl Decoder {
         Ok(())
     }
 
-    fn open(&mut self, kind: OpenKind, expected: usize, out: &mut Vec<RedisValue>) -> Result<(), String> {
+    fn open(&mut self, kind: OpenKind, expected: usize, out: &mut Vec<RedisValue>) -> Result<(), ParseError> {
         if self.stack.len() >= MAX_DEPTH {
-            return Err(format!("values nested more than {MAX_DEPTH} deep"));
+            return Err(ParseError::Malformed(format!("values nested more than {MAX_DEPTH} deep")));
         }
         let open = Open { kind, expected, items: Vec::with_capacity(expected.min(1024)) };
         if expected == 0 {
@@ -255,7 +251,7 @@ impl Decoder {
     }
 
     /// A value is complete: it goes into the aggregate being built, or out when it is a top-level value.
-    fn complete(&mut self, mut value: RedisValue, out: &mut Vec<RedisValue>) -> Result<(), String> {
+    fn complete(&mut self, mut value: RedisValue, out: &mut Vec<RedisValue>) -> Result<(), ParseError> {
         loop {
             let Some(top) = self.stack.last_mut() else {
                 out.push(value);
@@ -319,7 +315,7 @@ fn finish(open: Open) -> Finished {
     })
 }
 
-fn finish_bulk(mut b: PendingBulk) -> Result<RedisValue, String> {
+fn finish_bulk(mut b: PendingBulk) -> Result<RedisValue, ParseError> {
     if b.data.get(b.len..) != Some(b"\r\n") {
         return Err("a bulk string is not followed by CRLF".into());
     }
@@ -331,15 +327,15 @@ fn finish_bulk(mut b: PendingBulk) -> Result<RedisValue, String> {
     })
 }
 
-fn parse_int(bytes: &[u8]) -> Result<i64, String> {
+fn parse_int(bytes: &[u8]) -> Result<i64, ParseError> {
     std::str::from_utf8(bytes)
         .ok()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad number {:?}", String::from_utf8_lossy(bytes)))
+        .ok_or_else(|| ParseError::Malformed(format!("bad number {:?}", String::from_utf8_lossy(bytes))))
 }
 
-fn text(bytes: &[u8]) -> Result<String, String> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| "a number that is not text".to_string())
+fn text(bytes: &[u8]) -> Result<String, ParseError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| ParseError::Malformed("a number that is not text".into()))
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -348,7 +344,7 @@ fn hex(b: u8) -> Option<u8> {
 
 /// Splits an inline command the way Redis does: words separated by spaces, `"..."` with backslash escapes
 /// (`\n`, `\xHH`, ...), `'...'` with `\'`.
-pub fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+pub fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ParseError> {
     let mut args = Vec::new();
     let mut i = 0;
     let space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
@@ -436,10 +432,10 @@ pub fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
 }
 
 /// Reads a bulk string kept in a file of the test set: (path, size) -> bytes.
-pub type FileLoader<'a> = dyn FnMut(&str, u64) -> Result<Vec<u8>, String> + 'a;
+pub type FileLoader<'a> = dyn FnMut(&str, u64) -> crate::error::Result<Vec<u8>> + 'a;
 
 /// Appends the RESP encoding of `value`. File bulks are read through `file`.
-pub fn encode_with(value: &RedisValue, out: &mut Vec<u8>, file: &mut FileLoader) -> Result<(), String> {
+pub fn encode_with(value: &RedisValue, out: &mut Vec<u8>, file: &mut FileLoader) -> crate::error::Result<()> {
     fn head(out: &mut Vec<u8>, kind: u8, n: usize) {
         out.push(kind);
         out.extend_from_slice(n.to_string().as_bytes());
@@ -500,13 +496,17 @@ pub fn encode_with(value: &RedisValue, out: &mut Vec<u8>, file: &mut FileLoader)
 }
 
 /// The RESP encoding of a value held in memory (no file bulks).
+#[cfg(test)]
 pub fn encode(value: &RedisValue) -> Vec<u8> {
     let mut out = Vec::new();
-    let _ = encode_with(value, &mut out, &mut |path, _| Err(format!("{path} is not loaded")));
+    let _ = encode_with(value, &mut out, &mut |path, _| {
+        Err(crate::error::Error::internal(format!("{path} is not loaded")))
+    });
     out
 }
 
 /// A command as a client sends it: an array of bulk strings.
+#[cfg(test)]
 pub fn encode_command(args: &[&[u8]]) -> Vec<u8> {
     encode(&RedisValue::Array(args.iter().map(|a| RedisValue::Bulk(a.to_vec())).collect()))
 }
@@ -516,7 +516,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn decode_all(side: Side, pieces: &[&[u8]]) -> Result<Vec<RedisValue>, String> {
+    fn decode_all(side: Side, pieces: &[&[u8]]) -> Result<Vec<RedisValue>, ParseError> {
         let mut d = Decoder::new(side);
         let mut out = Vec::new();
         for p in pieces {
@@ -677,13 +677,13 @@ mod tests {
 
         #[test]
         fn yaml_keeps_every_value(values in proptest::collection::vec(value(), 1..4)) {
-            let mock = crate::store::RedisMock {
+            let mock = crate::protocols::redis::RedisMock {
                 command: vec![RedisValue::Bulk(b"GET".to_vec())],
                 reply: Some(RedisValue::Array(values)),
-                ..crate::store::RedisMock::default()
+                ..crate::protocols::redis::RedisMock::default()
             };
             let yaml = crate::store::to_yaml(&mock).unwrap();
-            let back: crate::store::RedisMock =
+            let back: crate::protocols::redis::RedisMock =
                 crate::store::parse_yaml(&yaml, std::path::Path::new("mocks.yaml"), 1).unwrap();
             prop_assert_eq!(back, mock, "{}", yaml);
         }

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,9 +28,11 @@ use super::resp::{Decoder, Side, encode_with};
 use super::{
     PubSubFrame, SubKind, command_name, describe, is_blocking, is_session_command, pubsub_frame, subscription_command,
 };
-use crate::protocols::{MockPool, ServeCtx};
+use crate::capture::BoxFuture;
+use crate::protocols::redis::{RedisMock, RedisValue};
+use crate::protocols::{Conn, MockPool, MockServer, ServeCtx};
 use crate::store::body::INLINE_LIMIT;
-use crate::store::{self, Body, RedisMock, RedisValue};
+use crate::store::{self, Body};
 
 /// What the connections of one replay share: an index of the recorded commands, and the PUBLISH commands the
 /// app sent, which release the messages they caused to the app's subscriptions.
@@ -49,40 +51,48 @@ struct Shared {
 /// (destination, channel, payload)
 type Publish = (String, Vec<u8>, Vec<u8>);
 
-type Registry = Mutex<Vec<(Weak<MockPool>, Arc<Shared>)>>;
+/// The Redis mock server of one replayed test set: what its connections share.
+pub(super) struct Server {
+    shared: Arc<Shared>,
+}
 
-/// One `Shared` per mock pool (per replayed test set), dropped with the pool.
-static SHARED: Registry = Mutex::new(Vec::new());
-
-fn shared_for(pool: &Arc<MockPool>) -> Arc<Shared> {
-    let mut registry = SHARED.lock().unwrap_or_else(|p| p.into_inner());
-    registry.retain(|(w, _)| w.strong_count() > 0);
-    if let Some((_, s)) = registry.iter().find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(pool))) {
-        return s.clone();
+impl Server {
+    pub(super) fn new(pool: &MockPool) -> Server {
+        Server { shared: Arc::new(Shared::index(pool)) }
     }
-    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
-    let mut by_command: HashMap<u64, Vec<usize>> = HashMap::new();
-    let mut recorded_publishes = HashSet::new();
-    for (i, m) in pool.of_kind("redis") {
-        let Some(redis) = &m.redis else { continue };
-        let name = command_name(&redis.command);
-        if matches!(name.as_str(), "PUBLISH" | "SPUBLISH")
-            && let [_, RedisValue::Bulk(channel), RedisValue::Bulk(payload)] = redis.command.as_slice()
-        {
-            recorded_publishes.insert((m.dest.clone(), channel.clone(), payload.clone()));
+}
+
+impl MockServer for Server {
+    fn serve(&self, conn: Conn, ctx: ServeCtx) -> BoxFuture<'static, ()> {
+        Box::pin(serve(conn, ctx, self.shared.clone()))
+    }
+}
+
+impl Shared {
+    /// Indexes the recorded commands of a set.
+    fn index(pool: &MockPool) -> Shared {
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_command: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut recorded_publishes = HashSet::new();
+        for (i, m) in pool.of_kind("redis") {
+            let Some(redis) = &m.redis else { continue };
+            let name = command_name(&redis.command);
+            if matches!(name.as_str(), "PUBLISH" | "SPUBLISH")
+                && let [_, RedisValue::Bulk(channel), RedisValue::Bulk(payload)] = redis.command.as_slice()
+            {
+                recorded_publishes.insert((m.dest.clone(), channel.clone(), payload.clone()));
+            }
+            by_name.entry(name).or_default().push(i);
+            by_command.entry(command_key(&redis.command)).or_default().push(i);
         }
-        by_name.entry(name).or_default().push(i);
-        by_command.entry(command_key(&redis.command)).or_default().push(i);
+        Shared {
+            by_name,
+            by_command,
+            recorded_publishes,
+            published: Mutex::new(Vec::new()),
+            published_count: watch::Sender::new(0),
+        }
     }
-    let shared = Arc::new(Shared {
-        by_name,
-        by_command,
-        recorded_publishes,
-        published: Mutex::new(Vec::new()),
-        published_count: watch::Sender::new(0),
-    });
-    registry.push((Arc::downgrade(pool), shared.clone()));
-    shared
 }
 
 struct LiveTransaction {
@@ -120,21 +130,21 @@ struct Session {
     out: Vec<u8>,
 }
 
-pub async fn serve(mut conn: crate::protocols::Conn, first: Vec<u8>, ctx: ServeCtx) {
-    let shared = shared_for(&ctx.pool);
+async fn serve(mut conn: Conn, ctx: ServeCtx, shared: Arc<Shared>) {
     let mut published = shared.published_count.subscribe();
     let mut s = Session { ctx, shared, db: 0, resp: 2, transaction: None, subscriptions: Vec::new(), out: Vec::new() };
     let mut decoder = Decoder::new(Side::Client);
     let mut commands = Vec::new();
-    let mut input = first;
+    let mut input = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if !input.is_empty() {
             if let Err(e) = decoder.feed(&input, &mut commands) {
                 // As Redis does: say why, then close.
                 s.ctx.pool.miss("redis", &s.ctx.dest, format!("unreadable Redis command to {}: {e}", s.ctx.dest));
-                s.out
-                    .extend_from_slice(format!("-ERR Protocol error: {}\r\n", e.replace(['\r', '\n'], " ")).as_bytes());
+                s.out.extend_from_slice(
+                    format!("-ERR Protocol error: {}\r\n", e.to_string().replace(['\r', '\n'], " ")).as_bytes(),
+                );
                 let _ = conn.write_all(&s.out).await;
                 return;
             }
@@ -250,15 +260,13 @@ impl Session {
             })
     }
 
-    fn file_bytes(&self, file: &str, size: u64) -> Result<Vec<u8>, String> {
-        store::body_bytes(&self.ctx.pool.dir, &Some(Body::file(file.to_string(), size))).map_err(|e| e.to_string())
+    fn file_bytes(&self, file: &str, size: u64) -> crate::error::Result<Vec<u8>> {
+        store::body_bytes(&self.ctx.pool.dir, &Some(Body::file(file.to_string(), size)))
     }
 
     fn write_value(&mut self, value: &RedisValue) {
         let dir = self.ctx.pool.dir.clone();
-        let mut load = |file: &str, size: u64| {
-            store::body_bytes(&dir, &Some(Body::file(file.to_string(), size))).map_err(|e| e.to_string())
-        };
+        let mut load = |file: &str, size: u64| store::body_bytes(&dir, &Some(Body::file(file.to_string(), size)));
         let mut encoded = Vec::new();
         match encode_with(value, &mut encoded, &mut load) {
             Ok(()) => self.out.extend_from_slice(&encoded),
@@ -629,8 +637,9 @@ fn hello_key(command: &[RedisValue]) -> (Option<Vec<u8>>, Vec<Vec<u8>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocols::Mock;
     use crate::protocols::redis::resp::{encode, encode_command};
-    use crate::store::{Mock, RedisPushed, RedisQueued};
+    use crate::protocols::redis::{RedisPushed, RedisQueued};
     use tokio::net::TcpStream;
 
     fn bulk(s: &str) -> RedisValue {
@@ -660,13 +669,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let p = pool.clone();
+        let server = Server::new(&pool);
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve(
-                    Box::new(conn),
-                    Vec::new(),
-                    ServeCtx { pool: p.clone(), dest: "redis:6379".into(), ca: None },
-                ));
+                tokio::spawn(
+                    server.serve(Box::new(conn), ServeCtx { pool: p.clone(), dest: "redis:6379".into(), ca: None }),
+                );
             }
         });
         (pool, addr)

@@ -1,17 +1,22 @@
 //! Opaque TCP: connections in a protocol doppel does not parse (or stopped parsing) are recorded as ordered
 //! chunks with timings and replayed byte for byte.
 
+mod format;
+
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{BoxFuture, Conn, Detect, Observer, Protocol, RecordCtx, Role, ServeCtx};
-use crate::store::{Chunk, Direction, FORMAT_VERSION, Mock, Record, TcpMock, format_time};
+use super::Stateless;
+use super::{Conn, Detect, Mock, MockPool, MockServer, Observer, ParseError, Protocol, RecordCtx, Role, ServeCtx};
+use crate::store::Record;
+pub(crate) use format::{Chunk, Direction, TcpMock};
 
 /// Beyond this many bytes a connection's recording stops (the traffic still flows).
 const MAX_RECORDED: usize = 64 * 1024 * 1024;
 
-pub struct Tcp;
+pub(crate) struct Tcp;
 
 impl Protocol for Tcp {
     fn name(&self) -> &'static str {
@@ -22,16 +27,34 @@ impl Protocol for Tcp {
         Detect::Yes
     }
 
+    fn recorded_server_first(&self, mock: &Mock) -> bool {
+        mock.tcp.as_ref().is_some_and(|t| t.chunks.first().is_some_and(|c| c.dir == Direction::In))
+    }
+
     fn observer(&self, ctx: RecordCtx) -> Box<dyn Observer> {
         Box::new(TcpObserver::new(ctx, None))
     }
 
-    fn serve(&self, conn: Conn, first: Vec<u8>, ctx: ServeCtx) -> BoxFuture<'static, ()> {
-        Box::pin(serve(conn, first, ctx))
+    fn mock_server(&self, _pool: &Arc<MockPool>) -> Arc<dyn MockServer> {
+        Arc::new(Stateless(|conn, ctx| Box::pin(serve(conn, ctx))))
     }
 }
 
-pub struct TcpObserver {
+/// A connection the app could not open while recording (the dependency was down): replay refuses it the
+/// same way.
+pub(crate) fn refused(ctx: &RecordCtx, dest: &str, error: String) -> Mock {
+    let mut mock = Mock::new("tcp", ctx.sink.next_mock_id(), dest, ctx.connection, ctx.time_of(ctx.opened), 0.0);
+    mock.tcp = Some(TcpMock { chunks: Vec::new(), note: None, closed_by: None, connect_error: Some(error) });
+    mock
+}
+
+/// Whether every recorded connection to `dest` was refused: replay resets the app's connection at once.
+pub(crate) fn refused_everywhere(pool: &MockPool, dest: &str) -> bool {
+    let mut mocks = pool.mocks.iter().filter(|m| m.dest == dest).peekable();
+    mocks.peek().is_some() && mocks.all(|m| m.tcp.as_ref().is_some_and(|t| t.connect_error.is_some()))
+}
+
+pub(crate) struct TcpObserver {
     ctx: RecordCtx,
     chunks: Vec<(Direction, Instant, Vec<u8>)>,
     size: usize,
@@ -41,7 +64,7 @@ pub struct TcpObserver {
 }
 
 impl TcpObserver {
-    pub fn new(ctx: RecordCtx, note: Option<String>) -> TcpObserver {
+    pub(crate) fn new(ctx: RecordCtx, note: Option<String>) -> TcpObserver {
         TcpObserver { ctx, chunks: Vec::new(), size: 0, note, closed_by: None, done: false }
     }
 
@@ -69,7 +92,7 @@ impl TcpObserver {
     }
 
     /// Notes which side closed first (the proxy calls this when one direction reaches end of stream).
-    pub fn closed(&mut self, by_client: bool) {
+    fn closed(&mut self, by_client: bool) {
         if self.closed_by.is_none() {
             self.closed_by = Some(if by_client { "app" } else { "dependency" });
         }
@@ -77,7 +100,7 @@ impl TcpObserver {
 }
 
 impl Observer for TcpObserver {
-    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    fn client(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
         if data.is_empty() {
             self.closed(true);
         }
@@ -85,7 +108,7 @@ impl Observer for TcpObserver {
         Ok(())
     }
 
-    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), String> {
+    fn server(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
         if data.is_empty() {
             self.closed(false);
         }
@@ -109,22 +132,16 @@ impl Observer for TcpObserver {
             .iter()
             .map(|(dir, t, data)| Chunk::new(*dir, ms(t.saturating_duration_since(self.ctx.opened)), data))
             .collect();
-        let mock = Mock {
-            version: FORMAT_VERSION,
-            id: self.ctx.sink.next_mock_id(),
-            kind: "tcp".into(),
-            dest: dest.clone(),
-            connection: self.ctx.connection,
-            started_at: format_time(time::OffsetDateTime::from(self.ctx.opened_at)),
-            duration_ms: ms(at.saturating_duration_since(self.ctx.opened)),
-            tcp: Some(TcpMock {
-                chunks,
-                note: self.note.clone(),
-                closed_by: self.closed_by.map(String::from),
-                connect_error: None,
-            }),
-            ..Mock::default()
-        };
+        let ctx = &self.ctx;
+        let duration = ms(at.saturating_duration_since(ctx.opened));
+        let mut mock =
+            Mock::new("tcp", ctx.sink.next_mock_id(), dest, ctx.connection, ctx.time_of(ctx.opened), duration);
+        mock.tcp = Some(TcpMock {
+            chunks,
+            note: self.note.clone(),
+            closed_by: self.closed_by.map(String::from),
+            connect_error: None,
+        });
         self.ctx.sink.submit(Record::Mock(Box::new(mock)));
     }
 }
@@ -135,7 +152,7 @@ fn ms(d: std::time::Duration) -> f64 {
 
 /// Picks the recorded connection to replay: same destination, unused, whose first bytes agree with `first`.
 fn pick(ctx: &ServeCtx, first: &[u8]) -> Option<usize> {
-    let fits = |m: &crate::store::Mock| {
+    let fits = |m: &Mock| {
         let Some(tcp) = &m.tcp else { return false };
         let out: Vec<u8> =
             tcp.chunks.iter().find(|c| c.dir == Direction::Out).and_then(|c| c.bytes().ok()).unwrap_or_default();
@@ -148,16 +165,17 @@ fn pick(ctx: &ServeCtx, first: &[u8]) -> Option<usize> {
 }
 
 /// Whether a recorded conversation starts with the dependency (a greeting, or a refused connection).
-fn server_first(m: &crate::store::Mock) -> bool {
+fn server_first(m: &Mock) -> bool {
     m.tcp
         .as_ref()
         .is_some_and(|t| t.connect_error.is_some() || t.chunks.first().is_some_and(|c| c.dir == Direction::In))
 }
 
-pub async fn serve(mut conn: Conn, mut first: Vec<u8>, ctx: ServeCtx) {
+async fn serve(mut conn: Conn, ctx: ServeCtx) {
     // Choosing the conversation needs the app's first bytes, unless the dependency spoke first.
     let speaks_first = ctx.pool.of_kind("tcp").any(|(_, m)| m.dest == ctx.dest && server_first(m));
-    if first.is_empty() && !speaks_first {
+    let mut first = Vec::new();
+    if !speaks_first {
         let mut buf = vec![0u8; 4096];
         if let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_secs(2), conn.read(&mut buf)).await {
             first.extend_from_slice(&buf[..n]);

@@ -1,0 +1,137 @@
+//! The mocks of one test set during a replay: which were used, which requests missed, and the values
+//! that stand for recorded ones.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::protocols::Mock;
+
+/// A request the mocks could not answer, with when it happened, so the test running then can fail.
+#[derive(Debug, Clone)]
+pub struct Miss {
+    pub at: Instant,
+    pub what: String,
+}
+
+/// Shared state of a replay: the mocks of the test set, which were used, and the misses.
+pub struct MockPool {
+    pub mocks: Vec<Mock>,
+    /// When each mock started while recording, in milliseconds since the epoch.
+    started_ms: Vec<Option<f64>>,
+    /// The recorded time window of the test being replayed: mocks recorded inside it are preferred.
+    window: Mutex<Option<(f64, f64)>>,
+    used: Mutex<Vec<u32>>,
+    misses: Mutex<Vec<Miss>>,
+    /// Recorded value -> value the app has now, for chained values (ids, tokens) that the app produced anew
+    /// in this replay: a mock recorded with the old value matches a request carrying the new one.
+    rewrites: Mutex<Vec<(String, String)>>,
+    /// Directory of the test set, for file bodies.
+    pub dir: std::path::PathBuf,
+}
+
+impl MockPool {
+    pub fn new(mocks: Vec<Mock>, dir: std::path::PathBuf) -> MockPool {
+        let n = mocks.len();
+        let started_ms = mocks.iter().map(|m| crate::store::parse_time_ms(&m.started_at)).collect();
+        MockPool {
+            mocks,
+            started_ms,
+            window: Mutex::new(None),
+            used: Mutex::new(vec![0; n]),
+            misses: Mutex::new(Vec::new()),
+            rewrites: Mutex::new(Vec::new()),
+            dir,
+        }
+    }
+
+    /// Sets the recorded -> live values of chained values known so far.
+    pub fn set_rewrites(&self, rewrites: Vec<(String, String)>) {
+        if let Ok(mut r) = self.rewrites.lock() {
+            *r = rewrites;
+        }
+    }
+
+    pub fn rewrites(&self) -> Vec<(String, String)> {
+        self.rewrites.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Whether a live value may stand for the value mock `i` recorded: equal; or a chained value the app
+    /// produced anew in this replay (see `set_rewrites`); or the recorded value looked volatile (a UUID, a
+    /// timestamp, a token) and the live one has the same shape. Protocols use it only after an exact match
+    /// found nothing.
+    pub fn stands_for(&self, i: usize, recorded: &str, live: &str) -> bool {
+        if recorded == live {
+            return true;
+        }
+        if self.rewrites().iter().any(|(r, l)| r == recorded && l == live) {
+            return true;
+        }
+        let around = self.recorded_at_s(i).unwrap_or(0.0);
+        crate::noise::shape::Shape::of(recorded, around).is_some_and(|s| s.matches(live))
+    }
+
+    /// When mock `i` was recorded, in seconds since the epoch.
+    pub fn recorded_at_s(&self, i: usize) -> Option<f64> {
+        self.started_ms.get(i).copied().flatten().map(|ms| ms / 1000.0)
+    }
+
+    /// Sets the recorded window (start and end, ms since the epoch) of the test about to run.
+    pub fn set_window(&self, window: Option<(f64, f64)>) {
+        if let Ok(mut w) = self.window.lock() {
+            *w = window;
+        }
+    }
+
+    /// Picks, among `candidates` (indexes in recorded order), the first unused one recorded during the
+    /// current test's window, else the first unused one; when all were used, the last one again. Marks it
+    /// used and tells whether it was a reuse.
+    pub fn take(&self, candidates: &[usize]) -> Option<(usize, bool)> {
+        let mut used = self.used.lock().ok()?;
+        let (i, reused) = self.choose(candidates, &used)?;
+        used[i] += 1;
+        Some((i, reused))
+    }
+
+    /// The mock `take` would pick now, without taking it.
+    pub fn peek(&self, candidates: &[usize]) -> Option<usize> {
+        let used = self.used.lock().ok()?;
+        self.choose(candidates, &used).map(|(i, _)| i)
+    }
+
+    fn choose(&self, candidates: &[usize], used: &[u32]) -> Option<(usize, bool)> {
+        let window = self.window.lock().ok().and_then(|w| *w);
+        let in_window = |i: &usize| match (window, self.started_ms[*i]) {
+            (Some((from, to)), Some(t)) => t >= from - 1.0 && t <= to + 1.0,
+            _ => false,
+        };
+        let pick = candidates
+            .iter()
+            .copied()
+            .find(|i| used[*i] == 0 && in_window(i))
+            .or_else(|| candidates.iter().copied().find(|i| used[*i] == 0));
+        match pick {
+            Some(i) => Some((i, false)),
+            None => Some((*candidates.last()?, true)),
+        }
+    }
+
+    pub fn miss(&self, protocol: &'static str, dest: &str, what: String) {
+        tracing::debug!("mock miss ({protocol}, {dest}): {what}");
+        if let Ok(mut m) = self.misses.lock() {
+            m.push(Miss { at: Instant::now(), what });
+        }
+    }
+
+    pub fn misses(&self) -> Vec<Miss> {
+        self.misses.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// How many times each mock was used.
+    pub fn usage(&self) -> Vec<u32> {
+        self.used.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+
+    pub fn of_kind(&self, kind: &str) -> impl Iterator<Item = (usize, &Mock)> {
+        self.mocks.iter().enumerate().filter(move |(_, m)| m.kind == kind)
+    }
+}
