@@ -3,25 +3,17 @@
 //! garbage on every listener, and a full disk. doppel keeps serving, loses at most the exchanges in flight,
 //! reports clearly, and what it wrote stays loadable.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
-
-fn list(w: &FlaskWorld) -> Ran {
-    run(Command::new(doppel_bin()).args(["list", "--path"]).arg(w.path()))
-}
+use crate::common::*;
 
 #[test]
 fn the_app_crashing_mid_request_keeps_what_completed() {
     let w = FlaskWorld::new(1);
-    let mut rec =
-        Bg::spawn(&mut w.doppel("record", &["--port", &w.app_port.to_string()], None), w.dir.path(), "record");
-    wait_http_ok(&w.url("/health"), Duration::from_secs(30), &rec);
+    let mut rec = w.start_recording(&[]);
     assert!(curl(&[&w.url("/api/items/2")]).stdout.contains("item-2"));
     let crash = curl(&[&w.url("/api/crash")]);
     assert_ne!(crash.code, 0, "the request dies with the app: {crash:?}");
@@ -29,7 +21,7 @@ fn the_app_crashing_mid_request_keeps_what_completed() {
     assert_eq!(code, 2, "doppel says the app exited by itself\n{}", rec.explain());
     assert!(rec.stderr().contains("the app exited by itself with code 3"), "{}", rec.explain());
     assert!(rec.stdout().contains("recorded 2 tests and 1 mock"), "{}", rec.explain());
-    assert!(list(&w).stdout.contains("test-set-0: 2 tests, 1 mocks"));
+    assert!(w.list().stdout.contains("test-set-0: 2 tests, 1 mocks"));
 }
 
 #[test]
@@ -47,9 +39,7 @@ fn a_dependency_that_closes_mid_response_or_hangs_up_or_is_down_replays_the_same
 
     // The KV store is down while recording: the app's error path is recorded too.
     w.stop_upstream();
-    let mut c = w.doppel("record", &["--port", &w.app_port.to_string(), "--test-set", "down"], None);
-    let rec = Bg::spawn(&mut c, w.dir.path(), "record-down");
-    wait_http_ok(&w.url("/health"), Duration::from_secs(30), &rec);
+    let rec = w.start_recording_as("record-down", &["--test-set", "down"]);
     let down = curl(&["-w", "%{http_code}", "-o", "/dev/null", &w.url("/api/kv/orders")]);
     assert_eq!(down.stdout, "500", "{down:?}");
     w.stop_recording(rec);
@@ -80,8 +70,7 @@ fn a_thousand_concurrent_connections_are_recorded_each_with_its_own_response() {
     let (app_port, rates, ledger) = (free_port(), free_port(), free_port());
     let mut deps = Command::new(doppel_bin());
     deps.arg("__demo-deps").env("DEMO_RATES_PORT", rates.to_string()).env("DEMO_LEDGER_PORT", ledger.to_string());
-    let deps = Bg::spawn(&mut deps, dir.path(), "deps");
-    deps.wait_for_output("demo dependencies", Duration::from_secs(10));
+    let _deps = Bg::spawn_ready(&mut deps, dir.path(), "deps", "demo dependencies", Duration::from_secs(10));
     let mut c = Command::new(doppel_bin());
     c.current_dir(dir.path()).args([
         "record",
@@ -94,8 +83,8 @@ fn a_thousand_concurrent_connections_are_recorded_each_with_its_own_response() {
         "__demo-app",
     ]);
     c.env("DEMO_APP_PORT", app_port.to_string()).env("DEMO_RATES_ADDR", format!("127.0.0.1:{rates}"));
-    let mut rec = Bg::spawn(&mut c, dir.path(), "record");
-    wait_http_ok(&format!("http://127.0.0.1:{app_port}/health"), Duration::from_secs(30), &rec);
+    let health = format!("http://127.0.0.1:{app_port}/health");
+    let mut rec = Bg::spawn_answering(&mut c, dir.path(), "record", &health, Duration::from_secs(30));
 
     let n = 1000;
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));

@@ -4,13 +4,11 @@
 //! and a changed build caught naming the field, with and without the .proto. The gateway's bidirectional
 //! ping-pong call (each message sent only after the previous reply) is served message by message.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn example(file: &str) -> String {
     repo().join("examples/grpc").join(file).display().to_string()
@@ -34,9 +32,8 @@ impl World {
     }
 
     fn doppel(&self, sub: &str, recordings: &str, extra: &[String], app: &[String]) -> Command {
-        let mut c = Command::new(doppel_bin());
-        c.current_dir(self.dir.path()).arg(sub).arg("--path").arg(self.path(recordings)).args(extra);
-        c.arg("--").args(app).env("DOPPEL_CA_DIR", self.path("ca")).env_remove("APP_VARIANT");
+        let mut c = doppel_cmd(self.dir.path(), sub, &self.path(recordings));
+        c.args(extra).arg("--").args(app).env("DOPPEL_CA_DIR", self.path("ca")).env_remove("APP_VARIANT");
         c
     }
 }
@@ -51,12 +48,11 @@ fn record_server(w: &World, recordings: &str, extra: &[String], port: u16) -> St
     args.extend_from_slice(extra);
     let mut cmd = w.doppel("record", recordings, &args, &server_app());
     cmd.env("APP_PORT", port.to_string());
-    let mut rec = Bg::spawn(&mut cmd, w.dir.path(), &format!("record-{recordings}"));
-    rec.wait_for_output("ready", Duration::from_secs(60));
+    let mut rec =
+        Bg::spawn_ready(&mut cmd, w.dir.path(), &format!("record-{recordings}"), "ready", Duration::from_secs(60));
     let client = run(Command::new("python3").arg(example("client.py")).arg(format!("127.0.0.1:{port}")));
     assert_eq!(client.code, 0, "{client:?}\n{}", rec.explain());
-    rec.signal(libc::SIGINT);
-    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    stop_recording(&mut rec);
     assert!(rec.stdout().contains("recorded 5 tests"), "{}", rec.explain());
     client.stdout
 }
@@ -64,9 +60,7 @@ fn record_server(w: &World, recordings: &str, extra: &[String], port: u16) -> St
 fn replay_server(w: &World, recordings: &str, extra: &[String], port: u16, variant: Option<&str>) -> Ran {
     let mut cmd = w.doppel("test", recordings, extra, &server_app());
     cmd.env("APP_PORT", port.to_string());
-    if let Some(v) = variant {
-        cmd.env("APP_VARIANT", v);
-    }
+    app_variant(&mut cmd, variant);
     run(&mut cmd)
 }
 
@@ -118,31 +112,28 @@ fn grpcio_client_calls_recorded_as_mocks_and_replayed_with_the_server_gone() {
     let (backend_port, app_port) = (free_port(), free_port());
     let mut backend_cmd = Command::new("python3");
     backend_cmd.arg(example("server.py")).env("APP_PORT", backend_port.to_string()).env_remove("APP_VARIANT");
-    let backend = Bg::spawn(&mut backend_cmd, w.dir.path(), "backend");
-    backend.wait_for_output("ready", Duration::from_secs(30));
+    let backend = Bg::spawn_ready(&mut backend_cmd, w.dir.path(), "backend", "ready", Duration::from_secs(30));
 
     let gateway_in = |recordings: &str, sub: &str, extra: &[String], variant: Option<&str>| {
         let mut args = vec!["--port".to_string(), app_port.to_string()];
         args.extend_from_slice(extra);
         let mut c = w.doppel(sub, recordings, &args, &gateway_app());
         c.env("APP_PORT", app_port.to_string()).env("ORDERS_ADDR", format!("127.0.0.1:{backend_port}"));
-        if let Some(v) = variant {
-            c.env("APP_VARIANT", v);
-        }
+        app_variant(&mut c, variant);
         c
     };
     let gateway = |sub: &str, extra: &[String], variant: Option<&str>| gateway_in("rec", sub, extra, variant);
     let record = |recordings: &str, extra: &[String]| {
-        let mut rec = Bg::spawn(&mut gateway_in(recordings, "record", extra, None), w.dir.path(), recordings);
-        wait_http_ok(&format!("http://127.0.0.1:{app_port}/health"), Duration::from_secs(60), &rec);
+        let mut cmd = gateway_in(recordings, "record", extra, None);
+        let health = format!("http://127.0.0.1:{app_port}/health");
+        let mut rec = Bg::spawn_answering(&mut cmd, w.dir.path(), recordings, &health, Duration::from_secs(60));
         for path in ["/orders/7", "/orders", "/upload", "/track", "/orders/0", "/track-pingpong"] {
             let r = curl(&[&format!("http://127.0.0.1:{app_port}{path}")]);
             let answered =
                 r.stdout.contains("order_id") || r.stdout.contains("count") || r.stdout.contains("NOT_FOUND");
             assert!(answered, "{r:?}");
         }
-        rec.signal(libc::SIGINT);
-        assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+        stop_recording(&mut rec);
         let mocks = read_all(&w.path(recordings).join("test-set-0/mocks.yaml"));
         assert!(rec.stdout().contains("recorded 7 tests and 6 mocks (http2: 6)"), "{}\n{mocks}", rec.explain());
         // The ping-pong call's replies keep how many requests the server had when it sent each.

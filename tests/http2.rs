@@ -3,21 +3,19 @@
 //! HTTPS server that speaks only h2 (its own certificate, trusted with --upstream-ca) recorded as parsed h2
 //! mocks and replayed with the server gone.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn example(file: &str) -> String {
     repo().join("examples/http2").join(file).display().to_string()
 }
 
 fn doppel(dir: &std::path::Path, sub: &str, extra: &[&str], app: &[String], port: u16) -> Command {
-    let mut c = Command::new(doppel_bin());
-    c.current_dir(dir).arg(sub).arg("--path").arg(dir.join("rec")).args(extra).arg("--").args(app);
+    let mut c = doppel_cmd(dir, sub, &dir.join("rec"));
+    c.args(extra).arg("--").args(app);
     c.env("DOPPEL_CA_DIR", dir.join("ca")).env("APP_PORT", port.to_string()).env_remove("APP_VARIANT");
     c
 }
@@ -34,8 +32,8 @@ fn h2c_service_driven_by_curl_and_h2load_recorded_and_replayed() {
     let port = free_port();
     let app = vec!["node".to_string(), example("server.js")];
     let p = port.to_string();
-    let mut rec = Bg::spawn(&mut doppel(dir.path(), "record", &["--port", &p], &app, port), dir.path(), "record");
-    rec.wait_for_output("ready", Duration::from_secs(60));
+    let mut cmd = doppel(dir.path(), "record", &["--port", &p], &app, port);
+    let mut rec = Bg::spawn_ready(&mut cmd, dir.path(), "record", "ready", Duration::from_secs(60));
     let base = format!("http://127.0.0.1:{port}");
     let hello = h2c_curl(&[&format!("{base}/hello")]);
     assert!(hello.stdout.contains("\"greeting\":\"hello\""), "{hello:?}\n{}", rec.explain());
@@ -45,8 +43,7 @@ fn h2c_service_driven_by_curl_and_h2load_recorded_and_replayed() {
     // h2load: one connection, 8 requests, up to 4 streams in flight at once.
     let load = run(Command::new("h2load").args(["-n", "8", "-c", "1", "-m", "4", &format!("{base}/hello")]));
     assert!(load.stdout.contains("8 succeeded"), "{load:?}");
-    rec.signal(libc::SIGINT);
-    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    stop_recording(&mut rec);
     assert!(rec.stdout().contains("recorded 10 tests"), "{}", rec.explain());
 
     let tests = dir.path().join("rec/test-set-0/tests");
@@ -74,20 +71,14 @@ struct Upstream {
 }
 
 fn start_upstream(dir: &std::path::Path) -> Upstream {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let cert_path = dir.join("upstream-cert.pem");
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(dir.join("upstream-key.pem"), key.serialize_pem()).unwrap();
+    let (cert_path, key_path) = self_signed(dir, "upstream-cert.pem", "upstream-key.pem", &["localhost"]);
     let port = free_port();
     let mut c = Command::new("node");
     c.arg(example("upstream.js"))
         .arg(port.to_string())
         .env("UPSTREAM_TLS_CERT", &cert_path)
-        .env("UPSTREAM_TLS_KEY", dir.join("upstream-key.pem"));
-    let server = Bg::spawn(&mut c, dir, "upstream");
-    server.wait_for_output("ready", Duration::from_secs(20));
+        .env("UPSTREAM_TLS_KEY", key_path);
+    let server = Bg::spawn_ready(&mut c, dir, "upstream", "ready", Duration::from_secs(20));
     Upstream { _server: server, cert: cert_path, port }
 }
 
@@ -101,14 +92,14 @@ fn https_h2_dependency_recorded_as_parsed_exchanges_and_replayed() {
     let p = port.to_string();
     let cert = upstream.cert.display().to_string();
     let mut cmd = doppel(dir.path(), "record", &["--port", &p, "--upstream-ca", &cert], &app, port);
-    let mut rec = Bg::spawn(cmd.env("UPSTREAM_URL", &url), dir.path(), "record");
-    wait_http_ok(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(60), &rec);
+    let health = format!("http://127.0.0.1:{port}/health");
+    let mut rec =
+        Bg::spawn_answering(cmd.env("UPSTREAM_URL", &url), dir.path(), "record", &health, Duration::from_secs(60));
     for path in ["/convert/EUR/7", "/convert/USD/3"] {
         let r = curl(&[&format!("http://127.0.0.1:{port}{path}")]);
         assert!(r.stdout.contains("\"via\":\"h2\""), "the app spoke h2 to the server: {r:?}\n{}", rec.explain());
     }
-    rec.signal(libc::SIGINT);
-    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    stop_recording(&mut rec);
     assert!(rec.stdout().contains("recorded 3 tests and 2 mocks (http2: 2)"), "{}", rec.explain());
     let mocks = read_all(&dir.path().join("rec/test-set-0/mocks.yaml"));
     assert!(mocks.contains("target: /rates/EUR") && mocks.contains("\":scheme: https\""), "{mocks}");
@@ -133,8 +124,8 @@ fn h2c_upgrade_from_http1_recorded_as_http2_and_replayed() {
     let app: Vec<String> = ["hypercorn", "asgi_app:app", "--bind", &bind].map(String::from).to_vec();
     let p = port.to_string();
     let mut cmd = doppel(dir.path(), "record", &["--port", &p], &app, port);
-    let mut rec = Bg::spawn(cmd.current_dir(repo().join("examples/http2")), dir.path(), "record");
-    rec.wait_for_output("Running on", Duration::from_secs(60));
+    cmd.current_dir(repo().join("examples/http2"));
+    let mut rec = Bg::spawn_ready(&mut cmd, dir.path(), "record", "Running on", Duration::from_secs(60));
     let base = format!("http://127.0.0.1:{port}");
     // curl --http2 on http:// asks for `Upgrade: h2c`; hypercorn answers 101 and the rest is HTTP/2.
     let upgraded = curl(&["--http2", "-v", &format!("{base}/upgraded")]);
@@ -142,8 +133,7 @@ fn h2c_upgrade_from_http1_recorded_as_http2_and_replayed() {
     assert!(upgraded.stdout.contains("\"http_version\": \"2\""), "{upgraded:?}");
     let prior = h2c_curl(&["--data", "one two three", &format!("{base}/prior")]);
     assert!(prior.stdout.contains("\"words\": 3"), "{prior:?}");
-    rec.signal(libc::SIGINT);
-    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    stop_recording(&mut rec);
     let tests = dir.path().join("rec/test-set-0/tests");
     let names: Vec<_> = std::fs::read_dir(&tests).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(tests.join("get-upgraded.yaml").exists(), "{names:?}\n{}", rec.explain());

@@ -1,12 +1,10 @@
 //! The spine end to end: a Flask service (Python, `requests` for its HTTP calls, a raw socket for its KV
 //! store) recorded with zero code change, replayed with its dependencies gone, and a changed build caught.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn record_replay_and_catch_a_change() {
@@ -36,7 +34,7 @@ fn record_replay_and_catch_a_change() {
     // Looking at the set while it is being recorded shows the tests so far and takes nothing from it.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let list = loop {
-        let list = run(Command::new(doppel_bin()).args(["list", "--path"]).arg(w.path()));
+        let list = w.list();
         if list.stdout.contains("test-set-0: 6 tests") || std::time::Instant::now() > deadline {
             break list;
         }
@@ -89,7 +87,7 @@ fn a_second_recording_is_a_new_test_set() {
         let out = w.stop_recording(rec);
         assert!(out.contains(expected), "{out}");
     }
-    let list = run(Command::new(doppel_bin()).args(["list", "--path"]).arg(w.path()));
+    let list = w.list();
     assert!(list.stdout.contains("test-set-0: 2 tests") && list.stdout.contains("test-set-1: 2 tests"), "{list:?}");
 }
 
@@ -143,8 +141,7 @@ fn replays_against_a_running_target() {
         .env("APP_PORT", w.app_port.to_string())
         .env("CATALOG_URL", format!("http://127.0.0.1:{}", w.http_port))
         .env("KV_ADDR", format!("127.0.0.1:{}", w.kv_port));
-    let app = Bg::spawn(&mut c, w.dir.path(), "app");
-    wait_http_ok(&w.url("/health"), Duration::from_secs(20), &app);
+    let _app = Bg::spawn_answering(&mut c, w.dir.path(), "app", &w.url("/health"), Duration::from_secs(20));
     let mut t = Command::new(doppel_bin());
     t.args(["test", "--path"]).arg(w.path()).args(["--target", &format!("http://127.0.0.1:{}", w.app_port)]);
     let r = run(&mut t);
@@ -179,15 +176,8 @@ fn an_unrecorded_call_gets_502_and_fails_its_test_and_noise_rules_apply() {
     .unwrap();
     let r = run(&mut w.doppel("test", &[], Some("changed")));
     assert_eq!(r.code, 0, "{r:?}");
-    let reports = w.path().join("reports");
-    let latest = std::fs::read_dir(&reports).unwrap().map(|e| e.unwrap().path()).max().unwrap();
-    let json: serde_json::Value = serde_json::from_str(&read_all(&latest)).unwrap();
-    let applied: Vec<String> = json["sets"][0]["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r["applied_noise"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()))
-        .collect();
+    let json = latest_report(&w.path());
+    let applied = applied_noise(&json);
     assert!(applied.contains(&"body $.total".to_string()), "{json:#}");
 }
 

@@ -2,13 +2,14 @@
 //! HttpClient call a local HTTPS server that has its own certificate. doppel decrypts with its CA (which
 //! the apps trust without any change), records plaintext mocks, and replays them with the server gone.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+
+/// The names the test certificates are for.
+const LOCALHOST: [&str; 2] = ["localhost", "127.0.0.1"];
 
 struct World {
     dir: tempfile::TempDir,
@@ -21,20 +22,15 @@ impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
         // The upstream's own certificate, self-signed for localhost.
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.path().join("upstream-cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("upstream-key.pem"), key.serialize_pem()).unwrap();
+        let (cert, key) = self_signed(dir.path(), "upstream-cert.pem", "upstream-key.pem", &LOCALHOST);
         let (http_port, kv_port) = (free_port(), free_port());
         let mut c = Command::new("python3");
         c.arg(repo().join("examples/flask-orders/upstream.py"))
             .arg(http_port.to_string())
             .arg(kv_port.to_string())
-            .env("UPSTREAM_TLS_CERT", dir.path().join("upstream-cert.pem"))
-            .env("UPSTREAM_TLS_KEY", dir.path().join("upstream-key.pem"));
-        let up = Bg::spawn(&mut c, dir.path(), "upstream");
-        up.wait_for_output("ready", Duration::from_secs(20));
+            .env("UPSTREAM_TLS_CERT", cert)
+            .env("UPSTREAM_TLS_KEY", key);
+        let up = Bg::spawn_ready(&mut c, dir.path(), "upstream", "ready", Duration::from_secs(20));
         World { dir, http_port, kv_port, upstream: Some(up) }
     }
 
@@ -47,17 +43,14 @@ impl World {
     }
 
     fn doppel(&self, sub: &str, extra: &[&str], app: &[String], app_port: u16, variant: Option<&str>) -> Command {
-        let mut c = Command::new(doppel_bin());
-        c.current_dir(self.dir.path()).arg(sub).arg("--path").arg(self.path()).args(extra).arg("--").args(app);
+        let mut c = doppel_cmd(self.dir.path(), sub, &self.path());
+        c.args(extra).arg("--").args(app);
         c.env("DOPPEL_CA_DIR", self.dir.path().join("ca"))
             .env("APP_PORT", app_port.to_string())
             .env("UPSTREAM_URL", format!("https://localhost:{}", self.http_port))
             .env("PINNED_CERT", self.cert())
             .env("NODE_PATH", repo().join("examples/node/node_modules"));
-        match variant {
-            Some(v) => c.env("APP_VARIANT", v),
-            None => c.env_remove("APP_VARIANT"),
-        };
+        app_variant(&mut c, variant);
         c
     }
 
@@ -65,8 +58,9 @@ impl World {
         let cert = self.cert();
         let args = ["--port", &app_port.to_string(), "--upstream-ca", cert.to_str().unwrap()].map(String::from);
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let mut rec = Bg::spawn(&mut self.doppel("record", &args, app, app_port, None), self.dir.path(), "record");
-        wait_http_ok(&format!("http://127.0.0.1:{app_port}/health"), Duration::from_secs(60), &rec);
+        let mut cmd = self.doppel("record", &args, app, app_port, None);
+        let health = format!("http://127.0.0.1:{app_port}/health");
+        let mut rec = Bg::spawn_answering(&mut cmd, self.dir.path(), "record", &health, Duration::from_secs(60));
         for u in urls {
             let r = curl(&[&format!("http://127.0.0.1:{app_port}{u}")]);
             assert!(
@@ -75,18 +69,13 @@ impl World {
                 rec.explain()
             );
         }
-        rec.signal(libc::SIGINT);
-        assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+        stop_recording(&mut rec);
         rec.stdout()
     }
 
     fn stop_upstream(&mut self) {
         self.upstream.take();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", self.http_port)).is_ok() {
-            assert!(std::time::Instant::now() < deadline, "upstream still up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_port_closed(self.http_port, "upstream still up");
         let _ = self.kv_port;
     }
 
@@ -181,17 +170,6 @@ fn doppel_ca_prints_where_it_is_and_its_fingerprint() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
-/// A self-signed certificate for localhost and 127.0.0.1, written as `<name>-cert.pem` and `<name>-key.pem`.
-fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let (c, k) = (dir.join(format!("{name}-cert.pem")), dir.join(format!("{name}-key.pem")));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
-}
-
 fn wait_https_ok(url: &str, ca: &Path, limit: Duration, ctx: &Bg) {
     let deadline = std::time::Instant::now() + limit;
     loop {
@@ -213,7 +191,7 @@ fn wait_https_ok(url: &str, ca: &Path, limit: Duration, ctx: &Bg) {
 fn an_app_serving_https_itself_is_recorded_over_h1_and_h2_and_replayed_in_tls() {
     let mut w = World::new();
     let port = free_port();
-    let (app_cert, app_key) = self_signed(w.dir.path(), "app");
+    let (app_cert, app_key) = self_signed(w.dir.path(), "app-cert.pem", "app-key.pem", &LOCALHOST);
     let app = vec!["node".to_string(), repo().join("examples/https/app.js").display().to_string()];
     let with_tls = |mut c: Command| {
         c.env("APP_TLS_CERT", &app_cert).env("APP_TLS_KEY", &app_key);
@@ -246,8 +224,7 @@ fn an_app_serving_https_itself_is_recorded_over_h1_and_h2_and_replayed_in_tls() 
         &format!("{base}/via/axios/5"),
     ]);
     assert!(h2.stdout.contains("\"client\":\"axios\"") && h2.stdout.ends_with("\n2"), "{h2:?}\n{}", rec.explain());
-    rec.signal(libc::SIGINT);
-    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    stop_recording(&mut rec);
     assert!(rec.stdout().contains("recorded 3 tests"), "{}", rec.explain());
     let tests = w.path().join("test-set-0/tests");
     let fetch = read_all(&tests.join("get-via-fetch-3.yaml"));
@@ -262,8 +239,7 @@ fn an_app_serving_https_itself_is_recorded_over_h1_and_h2_and_replayed_in_tls() 
     wait_https_ok(&format!("{base}/health"), &doppel_ca, Duration::from_secs(60), &rec);
     let r = curl(&["--cacert", doppel_ca.to_str().unwrap(), &format!("{base}/via/fetch/7")]);
     assert!(r.stdout.contains("\"client\":\"fetch\""), "{r:?}\n{}", rec.explain());
-    rec.signal(libc::SIGINT);
-    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    stop_recording(&mut rec);
     let seven = read_all(&w.path().join("test-set-1/tests/get-via-fetch-7.yaml"));
     assert!(seven.contains("tls: localhost"), "{seven}");
 
@@ -332,8 +308,8 @@ fn an_app_serving_https_itself_is_recorded_over_h1_and_h2_and_replayed_in_tls() 
 fn an_app_requiring_client_certificates_keeps_working_and_is_reported() {
     let w = World::new();
     let port = free_port();
-    let (app_cert, app_key) = self_signed(w.dir.path(), "app");
-    let (client_cert, client_key) = self_signed(w.dir.path(), "client");
+    let (app_cert, app_key) = self_signed(w.dir.path(), "app-cert.pem", "app-key.pem", &LOCALHOST);
+    let (client_cert, client_key) = self_signed(w.dir.path(), "client-cert.pem", "client-key.pem", &LOCALHOST);
     let app = vec!["node".to_string(), repo().join("examples/https/app.js").display().to_string()];
     let port_s = port.to_string();
     let args =
@@ -364,8 +340,7 @@ fn an_app_requiring_client_certificates_keeps_working_and_is_reported() {
         let r = with_cert();
         assert!(r.stdout.contains("\"name\":\"ok\""), "{r:?}\n{}", rec.explain());
     }
-    rec.signal(libc::SIGINT);
-    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    stop_recording(&mut rec);
     assert!(
         rec.stdout().contains("could not be decrypted (the server requires a client certificate"),
         "{}",

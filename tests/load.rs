@@ -2,15 +2,11 @@
 //! honoured, a slow endpoint shows in p99 and in its own row, gates fail the run, responses are checked,
 //! errors are classified, and the HTML report renders in headless Chromium.
 
-#[path = "common/chromium.rs"]
-mod chromium;
-mod common;
-
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// A recorded request: name, milliseconds after the first, recorded latency, target, recorded status and body.
 struct Rec<'a> {
@@ -22,9 +18,11 @@ struct Rec<'a> {
     body: &'a str,
 }
 
-/// Writes a test set in doppel's format, as `doppel record` would have.
-fn write_set(root: &Path, set: &str, tests: &[Rec]) {
-    let dir = root.join(set);
+/// Writes `tests` as test-set-0 of `<work>/rec` in doppel's format, as `doppel record` would have; returns that
+/// recordings path and `<work>/load.json`, where the tests have `doppel load` write its report.
+fn write_set(work: &Path, tests: &[Rec]) -> (PathBuf, PathBuf) {
+    let root = work.join("rec");
+    let dir = root.join("test-set-0");
     std::fs::create_dir_all(dir.join("tests")).unwrap();
     std::fs::write(
         dir.join("set.yaml"),
@@ -46,6 +44,7 @@ fn write_set(root: &Path, set: &str, tests: &[Rec]) {
         );
         std::fs::write(dir.join("tests").join(format!("{}.yaml", t.name)), yaml).unwrap();
     }
+    (root, work.join("load.json"))
 }
 
 /// doppel's HTTP target on a free port.
@@ -56,8 +55,7 @@ fn start_target(dir: &Path, variant: Option<&str>) -> (Bg, String) {
     if let Some(v) = variant {
         c.env("TARGET_VARIANT", v);
     }
-    let bg = Bg::spawn(&mut c, dir, &format!("target-{port}"));
-    bg.wait_for_output("ready on", Duration::from_secs(10));
+    let bg = Bg::spawn_ready(&mut c, dir, &format!("target-{port}"), "ready on", Duration::from_secs(10));
     (bg, format!("http://127.0.0.1:{port}"))
 }
 
@@ -72,12 +70,7 @@ fn json(path: &Path) -> serde_json::Value {
 }
 
 fn endpoint<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["endpoint"] == name)
-        .unwrap_or_else(|| panic!("no endpoint {name} in {report:#}"))
+    find_by(&report["endpoints"], "endpoint", name).unwrap_or_else(|| panic!("no endpoint {name} in {report:#}"))
 }
 
 fn items(count: u64) -> Vec<(String, String, String)> {
@@ -92,20 +85,22 @@ fn items(count: u64) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// One recorded request per item, `step_ms` apart, each recorded at `latency_ms`, answered 200.
+fn item_recs(its: &[(String, String, String)], step_ms: u64, latency_ms: f64) -> Vec<Rec<'_>> {
+    its.iter()
+        .enumerate()
+        .map(|(i, (n, t, b))| Rec { name: n, at_ms: i as u64 * step_ms, latency_ms, target: t, status: 200, body: b })
+        .collect()
+}
+
 #[test]
 fn a_fixed_rate_is_honoured_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let (_target, url) = start_target(dir.path(), None);
     let its = items(4);
-    let recs: Vec<Rec> = its
-        .iter()
-        .enumerate()
-        .map(|(i, (n, t, b))| Rec { name: n, at_ms: i as u64 * 100, latency_ms: 2.0, target: t, status: 200, body: b })
-        .collect();
-    write_set(&dir.path().join("rec"), "test-set-0", &recs);
-    let out = dir.path().join("load.json");
-    let r =
-        load(&dir.path().join("rec"), &url, &["--rate", "200/s", "--duration", "3s", "--json", out.to_str().unwrap()]);
+    let recs = item_recs(&its, 100, 2.0);
+    let (rec, out) = write_set(dir.path(), &recs);
+    let r = load(&rec, &url, &["--rate", "200/s", "--duration", "3s", "--json", out.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{r:?}");
     let report = json(&out);
     assert_eq!(report["requests"], 600, "{r:?}");
@@ -133,11 +128,7 @@ fn a_slow_endpoint_shows_in_p99_and_a_gate_fails_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let (_target, url) = start_target(dir.path(), None);
     let its = items(9);
-    let mut recs: Vec<Rec> = its
-        .iter()
-        .enumerate()
-        .map(|(i, (n, t, b))| Rec { name: n, at_ms: i as u64 * 10, latency_ms: 1.0, target: t, status: 200, body: b })
-        .collect();
+    let mut recs = item_recs(&its, 10, 1.0);
     recs.push(Rec {
         name: "get-slow",
         at_ms: 95,
@@ -146,11 +137,10 @@ fn a_slow_endpoint_shows_in_p99_and_a_gate_fails_the_run() {
         status: 200,
         body: "{\"slept_ms\": 300}",
     });
-    write_set(&dir.path().join("rec"), "test-set-0", &recs);
-    let out = dir.path().join("load.json");
+    let (rec, out) = write_set(dir.path(), &recs);
     let html = dir.path().join("load.html");
     let r = load(
-        &dir.path().join("rec"),
+        &rec,
         &url,
         &[
             "--rate",
@@ -199,17 +189,11 @@ fn the_recorded_timing_is_replayed_faster_and_looped() {
     let dir = tempfile::tempdir().unwrap();
     let (_target, url) = start_target(dir.path(), None);
     let its = items(3);
-    let recs: Vec<Rec> = its
-        .iter()
-        .enumerate()
-        .map(|(i, (n, t, b))| Rec { name: n, at_ms: i as u64 * 400, latency_ms: 1.0, target: t, status: 200, body: b })
-        .collect();
-    write_set(&dir.path().join("rec"), "test-set-0", &recs);
+    let recs = item_recs(&its, 400, 1.0);
+    let (rec, out) = write_set(dir.path(), &recs);
     // Recorded 0, 0.4 and 0.8s, one pass 1.2s (span plus a mean gap): at 2x 0.6s, so 2s hold passes starting
     // at 0, 0.6, 1.2 and 1.8s: 3 + 3 + 3 + 1 requests.
-    let out = dir.path().join("load.json");
-    let r =
-        load(&dir.path().join("rec"), &url, &["--speed", "2x", "--duration", "2s", "--json", out.to_str().unwrap()]);
+    let r = load(&rec, &url, &["--speed", "2x", "--duration", "2s", "--json", out.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{r:?}");
     let report = json(&out);
     assert_eq!(report["requests"], 10, "{report:#}");
@@ -217,7 +201,7 @@ fn the_recorded_timing_is_replayed_faster_and_looped() {
     let elapsed = report["elapsed_s"].as_f64().unwrap();
     assert!((1.75..2.5).contains(&elapsed), "the last request is due at 1.8s; elapsed {elapsed}");
     // One pass at 4x: the last request is due at 0.2s.
-    let r = load(&dir.path().join("rec"), &url, &["--speed", "4x", "--json", out.to_str().unwrap()]);
+    let r = load(&rec, &url, &["--speed", "4x", "--json", out.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{r:?}");
     let report = json(&out);
     assert_eq!(report["requests"], 3);
@@ -257,10 +241,9 @@ fn responses_are_checked_and_errors_classified() {
         },
         Rec { name: "get-health", at_ms: 30, latency_ms: 1.0, target: "/health", status: 200, body: "{\"ok\": true}" },
     ];
-    write_set(&dir.path().join("rec"), "test-set-0", &recs);
-    let out = dir.path().join("load.json");
+    let (rec, out) = write_set(dir.path(), &recs);
     let r = load(
-        &dir.path().join("rec"),
+        &rec,
         &url,
         &["--rate", "40/s", "--duration", "1s", "--check", "--json", out.to_str().unwrap(), "--fail-if", "errors>=10"],
     );
@@ -284,11 +267,10 @@ fn dropped_requests_when_the_server_cannot_keep_up() {
     let dir = tempfile::tempdir().unwrap();
     let (_target, url) = start_target(dir.path(), None);
     let recs = [Rec { name: "get-slow", at_ms: 0, latency_ms: 100.0, target: "/slow?ms=200", status: 200, body: "{}" }];
-    write_set(&dir.path().join("rec"), "test-set-0", &recs);
-    let out = dir.path().join("load.json");
+    let (rec, out) = write_set(dir.path(), &recs);
     // One connection, 200 ms per request, 20 asked per second, at most 2 waiting or on the wire.
     let r = load(
-        &dir.path().join("rec"),
+        &rec,
         &url,
         &[
             "--rate",
@@ -318,8 +300,7 @@ fn dropped_requests_when_the_server_cannot_keep_up() {
 fn usage_errors_and_an_unreachable_target_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let recs = [Rec { name: "get-root", at_ms: 0, latency_ms: 1.0, target: "/", status: 200, body: "{}" }];
-    write_set(&dir.path().join("rec"), "test-set-0", &recs);
-    let rec = dir.path().join("rec");
+    let (rec, _) = write_set(dir.path(), &recs);
     let url = format!("http://127.0.0.1:{}", free_port());
     for args in [
         &["--fail-if", "p98>1ms"][..],

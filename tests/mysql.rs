@@ -3,13 +3,11 @@
 //! local MariaDB, replayed after its database was dropped (so only the mocks can answer), and a changed
 //! build caught. Each test works in a database of its own.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn mariadb(args: &[&str], stdin: Option<&str>) -> Ran {
     let mut c = Command::new("mariadb");
@@ -55,8 +53,8 @@ impl World {
     }
 
     fn doppel(&self, sub: &str, extra: &[&str], variant: Option<&str>) -> Command {
-        let mut c = Command::new(doppel_bin());
-        c.current_dir(self.dir.path()).arg(sub).arg("--path").arg(self.path()).args(extra).arg("--");
+        let mut c = doppel_cmd(self.dir.path(), sub, &self.path());
+        c.args(extra).arg("--");
         match self.app {
             App::PyMySql | App::Cli => {
                 c.arg("python3").arg(repo().join("examples/mysql/app.py"));
@@ -70,10 +68,7 @@ impl World {
             .env("DRIVER", if matches!(self.app, App::Cli) { "cli" } else { "pymysql" })
             .env("NODE_PATH", repo().join("examples/node/node_modules"))
             .env("PYTHONUNBUFFERED", "1");
-        match variant {
-            Some(v) => c.env("APP_VARIANT", v),
-            None => c.env_remove("APP_VARIANT"),
-        };
+        app_variant(&mut c, variant);
         c
     }
 
@@ -83,12 +78,11 @@ impl World {
 
     fn record(&self, drive: impl FnOnce(&World)) -> String {
         let port = self.app_port.to_string();
-        let mut rec = Bg::spawn(&mut self.doppel("record", &["--port", &port], None), self.dir.path(), "record");
-        wait_http_ok(&self.url("/health"), Duration::from_secs(30), &rec);
+        let mut cmd = self.doppel("record", &["--port", &port], None);
+        let mut rec =
+            Bg::spawn_answering(&mut cmd, self.dir.path(), "record", &self.url("/health"), Duration::from_secs(30));
         drive(self);
-        rec.signal(libc::SIGINT);
-        let code = rec.wait(Duration::from_secs(30));
-        assert_eq!(code, 0, "doppel record failed\n{}", rec.explain());
+        stop_recording(&mut rec);
         rec.stderr() + &rec.stdout()
     }
 
@@ -231,10 +225,7 @@ struct TlsServer {
 impl TlsServer {
     fn start() -> TlsServer {
         let dir = tempfile::tempdir().unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
-        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        let (cert, key) = self_signed(dir.path(), "cert.pem", "key.pem", &["localhost"]);
         let data = dir.path().join("data");
         let r = run(Command::new("mariadb-install-db")
             .arg("--no-defaults")
@@ -247,15 +238,11 @@ impl TlsServer {
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", dir.path().join("sock").display()))
             .arg(format!("--port={port}"))
-            .arg(format!("--ssl-cert={}", dir.path().join("cert.pem").display()))
-            .arg(format!("--ssl-key={}", dir.path().join("key.pem").display()))
+            .arg(format!("--ssl-cert={}", cert.display()))
+            .arg(format!("--ssl-key={}", key.display()))
             .args(["--user=root", "--bind-address=127.0.0.1", "--skip-log-bin"]);
         let server = Bg::spawn(&mut c, dir.path(), "mariadbd");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "{}", server.explain());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_port_open(port, Duration::from_secs(30), Duration::from_millis(50), || server.explain());
         TlsServer { dir, port, server: Some(server) }
     }
 
@@ -282,35 +269,26 @@ fn pymysql_over_tls_is_decrypted_recorded_and_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let app_port = free_port();
     let doppel = |sub: &str, extra: &[&str], variant: Option<&str>| {
-        let mut c = Command::new(doppel_bin());
-        c.current_dir(dir.path()).arg(sub).arg("--path").arg(dir.path().join("rec")).args(extra);
-        c.arg("--").arg("python3").arg(repo().join("examples/mysql/app.py"));
+        let mut c = doppel_cmd(dir.path(), sub, &dir.path().join("rec"));
+        c.args(extra).arg("--").arg("python3").arg(repo().join("examples/mysql/app.py"));
         c.env("APP_PORT", app_port.to_string())
             .env("DB_PORT", server.port.to_string())
             .env("DB_NAME", "shop")
             // Inside the sandbox the system bundle also holds doppel's CA: real verification, through doppel.
             .env("DB_TLS_CA", "/etc/ssl/certs/ca-certificates.crt")
             .env("DOPPEL_CA_DIR", dir.path().join("ca"));
-        match variant {
-            Some(v) => c.env("APP_VARIANT", v),
-            None => c.env_remove("APP_VARIANT"),
-        };
+        app_variant(&mut c, variant);
         c
     };
     let cert = server.dir.path().join("cert.pem");
-    let mut rec = Bg::spawn(
-        &mut doppel("record", &["--port", &app_port.to_string(), "--upstream-ca", cert.to_str().unwrap()], None),
-        dir.path(),
-        "record",
-    );
+    let mut cmd = doppel("record", &["--port", &app_port.to_string(), "--upstream-ca", cert.to_str().unwrap()], None);
     let url = |p: &str| format!("http://127.0.0.1:{app_port}{p}");
-    wait_http_ok(&url("/health"), Duration::from_secs(30), &rec);
+    let mut rec = Bg::spawn_answering(&mut cmd, dir.path(), "record", &url("/health"), Duration::from_secs(30));
     let r = curl(&[&url("/items/2")]);
     assert!(r.stdout.contains("book"), "{r:?}\n{}", rec.explain());
     let r = curl(&["-H", "Content-Type: application/json", "-d", r#"{"item_id": 2, "qty": 1}"#, &url("/orders")]);
     assert!(r.stdout.contains(r#""total": 12.75"#), "{r:?}\n{}", rec.explain());
-    rec.signal(libc::SIGINT);
-    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    stop_recording(&mut rec);
     let mocks = read_all(&dir.path().join("rec/test-set-0/mocks.yaml"));
     assert!(mocks.contains("TLS (SSLRequest)"), "{mocks}");
     assert!(

@@ -3,12 +3,10 @@
 //! shuffled list), with no hand-written rule, while a real change to one field is still caught. Also:
 //! learned noise, target/secondary comparison, frozen time, dedup, selection and re-recording.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// The noisy service and its dependencies (audit log, quota service), wired together for one test.
@@ -25,18 +23,13 @@ impl Noisy {
         let (deps_port, app_port) = (free_port(), free_port());
         let mut c = Command::new("python3");
         c.arg(repo().join("examples/noisy/deps.py")).arg(deps_port.to_string());
-        let deps = Bg::spawn(&mut c, dir.path(), "deps");
-        deps.wait_for_output("ready", Duration::from_secs(20));
+        let deps = Bg::spawn_ready(&mut c, dir.path(), "deps", "ready", Duration::from_secs(20));
         Noisy { dir, deps_port, app_port, deps: Some(deps) }
     }
 
     fn stop_deps(&mut self) {
         self.deps.take();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", self.deps_port)).is_ok() {
-            assert!(std::time::Instant::now() < deadline, "the dependencies are still up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_port_closed(self.deps_port, "the dependencies are still up");
     }
 
     fn path(&self) -> std::path::PathBuf {
@@ -48,17 +41,13 @@ impl Noisy {
             .env("DEPS_URL", format!("http://127.0.0.1:{}", self.deps_port))
             .env("JWT_SECRET", "test-secret")
             .env("PYTHONUNBUFFERED", "1");
-        match variant {
-            Some(v) => c.env("APP_VARIANT", v),
-            None => c.env_remove("APP_VARIANT"),
-        };
+        app_variant(c, variant);
     }
 
     /// `doppel <sub> --path ... [extra] -- python3 app.py`.
     fn doppel(&self, sub: &str, extra: &[&str], variant: Option<&str>) -> Command {
-        let mut c = Command::new(doppel_bin());
-        c.current_dir(self.dir.path()).arg(sub).arg("--path").arg(self.path()).args(extra);
-        c.arg("--").arg("python3").arg(repo().join("examples/noisy/app.py"));
+        let mut c = doppel_cmd(self.dir.path(), sub, &self.path());
+        c.args(extra).arg("--").arg("python3").arg(repo().join("examples/noisy/app.py"));
         self.app_env(&mut c, self.app_port, variant);
         c
     }
@@ -71,11 +60,11 @@ impl Noisy {
         let mut args = vec!["--port".to_string(), self.app_port.to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let mut rec = Bg::spawn(&mut self.doppel("record", &args, None), self.dir.path(), "record");
-        wait_http_ok(&self.url("/health"), Duration::from_secs(30), &rec);
+        let mut cmd = self.doppel("record", &args, None);
+        let mut rec =
+            Bg::spawn_answering(&mut cmd, self.dir.path(), "record", &self.url("/health"), Duration::from_secs(30));
         traffic(self);
-        rec.signal(libc::SIGINT);
-        assert_eq!(rec.wait(Duration::from_secs(30)), 0, "doppel record failed\n{}", rec.explain());
+        stop_recording(&mut rec);
         rec.stdout()
     }
 
@@ -109,16 +98,6 @@ impl Noisy {
     fn test_file(&self, name: &str) -> String {
         read_all(&self.path().join("test-set-0/tests").join(format!("{name}.yaml")))
     }
-
-    fn latest_report(&self) -> Value {
-        let reports = self.path().join("reports");
-        let latest = std::fs::read_dir(&reports).unwrap().map(|e| e.unwrap().path()).max().unwrap();
-        serde_json::from_str(&read_all(&latest)).unwrap()
-    }
-}
-
-fn summary(r: &Ran) -> &str {
-    r.stdout.lines().find(|l| l.contains(" passed, ")).unwrap_or("")
 }
 
 /// The user flow: login, create a user, read it back, list users, ask the time.
@@ -157,13 +136,7 @@ fn a_noisy_app_replays_green_with_no_rules_and_a_real_change_is_caught() {
     assert!(summary(&ok).starts_with("6 passed, 0 failed") && summary(&ok).contains("2 of 2 mocks used"), "{ok:?}");
     let line = ok.stdout.lines().find(|l| l.contains("PASS post-api-users")).unwrap();
     assert!(line.contains("noise: ") && line.contains("$.created_at") && line.contains("$.id"), "{line}");
-    let report = w.latest_report();
-    let applied: Vec<String> = report["sets"][0]["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r["applied_noise"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()))
-        .collect();
+    let applied = applied_noise(&latest_report(&w.path()));
     assert!(applied.contains(&"body $.created_at like {timestamp}".to_string()), "{applied:?}");
 
     // The new build changes one field: only that field is reported, where it appears.
@@ -203,7 +176,7 @@ fn noise_learned_from_runs_of_one_build_is_written_reviewable_and_never_hides_a_
     let file = w.test_file("get-api-stats");
     assert!(file.contains("reason: learned") && file.contains("runs: 3") && file.contains("- worker-"), "{file}");
     assert!(file.contains("ignore_order: true") && !file.contains("$.version"), "{file}");
-    let report = w.latest_report();
+    let report = latest_report(&w.path());
     let learned = report["sets"][0]["learned"].as_array().unwrap();
     assert!(learned.iter().any(|l| l.as_str().unwrap().starts_with("get-api-stats: body $.served_by")), "{report:#}");
     let stats = &report["sets"][0]["results"][1];
@@ -232,9 +205,8 @@ fn fields_that_differ_between_target_and_secondary_are_noise() {
             let mut c = Command::new("python3");
             c.arg(repo().join("examples/noisy/app.py"));
             w.app_env(&mut c, *port, None);
-            let bg = Bg::spawn(&mut c, w.dir.path(), &format!("app{i}"));
-            wait_http_ok(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(20), &bg);
-            bg
+            let health = format!("http://127.0.0.1:{port}/health");
+            Bg::spawn_answering(&mut c, w.dir.path(), &format!("app{i}"), &health, Duration::from_secs(20))
         })
         .collect();
     let target = format!("http://127.0.0.1:{}", ports[0]);
@@ -247,7 +219,7 @@ fn fields_that_differ_between_target_and_secondary_are_noise() {
     both.args(["test", "--path"]).arg(w.path()).args(["--target", &target, "--secondary", &secondary]);
     let r = run(&mut both);
     assert_eq!(r.code, 0, "{r:?}");
-    let report = w.latest_report();
+    let report = latest_report(&w.path());
     let applied = report["sets"][0]["results"][1]["applied_noise"].to_string();
     assert!(applied.contains("body $.served_by (differs between target and secondary)"), "{report:#}");
     // Nothing learned this way is written.
@@ -413,8 +385,8 @@ fn load_replay_fills_chained_values_with_what_the_target_produced() {
     let mut c = Command::new("python3");
     c.arg(repo().join("examples/noisy/app.py"));
     w.app_env(&mut c, port, None);
-    let app = Bg::spawn(&mut c, w.dir.path(), "app");
-    wait_http_ok(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(20), &app);
+    let health = format!("http://127.0.0.1:{port}/health");
+    let app = Bg::spawn_answering(&mut c, w.dir.path(), "app", &health, Duration::from_secs(20));
     let target = format!("http://127.0.0.1:{port}");
     let json = w.dir.path().join("load.json");
     let load = |extra: &[&str]| {

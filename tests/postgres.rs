@@ -5,29 +5,17 @@
 //! (SCRAM-SHA-256, md5, cleartext) runs against a private cluster started by the test (the shared server
 //! trusts loopback).
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+
+/// psql's options for scripts: no psqlrc, quiet, stop at the first error, over TCP to 127.0.0.1.
+const PSQL_SCRIPT: [&str; 6] = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"];
 
 fn psql(db: &str, sql: &str) -> Ran {
-    run(Command::new("psql").args([
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        "127.0.0.1",
-        "-U",
-        "postgres",
-        "-d",
-        db,
-        "-c",
-        sql,
-    ]))
+    run(Command::new("psql").args(PSQL_SCRIPT).args(["-U", "postgres", "-d", db, "-c", sql]))
 }
 
 fn db_exists(db: &str) -> bool {
@@ -58,9 +46,7 @@ impl Shop {
         let r = psql("test", &format!("CREATE DATABASE {db}"));
         assert_eq!(r.code, 0, "{r:?}");
         let schema = repo().join("examples/postgres/schema.sql");
-        let r = run(Command::new("psql")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", &db, "-f"])
-            .arg(schema));
+        let r = run(Command::new("psql").args(PSQL_SCRIPT).args(["-U", "postgres", "-d", &db, "-f"]).arg(schema));
         assert_eq!(r.code, 0, "{r:?}");
         Shop { dir: tempfile::tempdir().unwrap(), db, port: free_port(), app, tls: false }
     }
@@ -80,8 +66,7 @@ impl Shop {
     }
 
     fn doppel(&self, sub: &str, variant: Option<&str>) -> Command {
-        let mut c = Command::new(doppel_bin());
-        c.current_dir(self.dir.path()).arg(sub).arg("--path").arg(self.path());
+        let mut c = doppel_cmd(self.dir.path(), sub, &self.path());
         if sub == "record" {
             c.args(["--port", &self.port.to_string()]);
             if self.tls {
@@ -104,10 +89,7 @@ impl Shop {
         if let App::Python(driver) = self.app {
             c.env("DRIVER", driver);
         }
-        match variant {
-            Some(v) => c.env("APP_VARIANT", v),
-            None => c.env_remove("APP_VARIANT"),
-        };
+        app_variant(&mut c, variant);
         c
     }
 
@@ -125,8 +107,9 @@ impl Shop {
 
     /// Records the shop while sending it the scenario; returns what `doppel record` printed.
     fn record(&self, extra: impl FnOnce(&Shop)) -> String {
-        let mut rec = Bg::spawn(&mut self.doppel("record", None), self.dir.path(), "record");
-        wait_http_ok(&self.url("/health"), Duration::from_secs(60), &rec);
+        let mut cmd = self.doppel("record", None);
+        let mut rec =
+            Bg::spawn_answering(&mut cmd, self.dir.path(), "record", &self.url("/health"), Duration::from_secs(60));
         let r = self.post("/items", r#"{"name":"apple","price":"1.25","tags":["fruit","red"],"meta":{"origin":"NZ"}}"#);
         assert!(r.stdout.contains(r#""id":1"#) && r.stdout.ends_with(" 201"), "{r:?}\n{}", rec.explain());
         let r = self.post("/items", r#"{"name":"pear","price":"2.50","tags":[],"meta":{}}"#);
@@ -154,8 +137,7 @@ impl Shop {
             assert!(r.stdout.ends_with(" 200"), "{r:?}");
         }
         extra(self);
-        rec.signal(libc::SIGINT);
-        assert_eq!(rec.wait(Duration::from_secs(30)), 0, "doppel record failed\n{}", rec.explain());
+        stop_recording(&mut rec);
         rec.stdout()
     }
 
@@ -192,10 +174,6 @@ fn tokio_example() -> PathBuf {
     exe
 }
 
-fn passed_line(r: &Ran) -> String {
-    r.stdout.lines().find(|l| l.contains(" passed, ")).unwrap_or("").to_string()
-}
-
 /// Record, drop the database, replay green, then catch the changed build.
 fn round_trip(app: App, extra: impl FnOnce(&Shop)) -> Shop {
     round_trip_with(Shop::new(app), extra)
@@ -215,13 +193,13 @@ fn round_trip_with(shop: Shop, extra: impl FnOnce(&Shop)) -> Shop {
 
     let ok = shop.replay(None);
     assert_eq!(ok.code, 0, "{ok:?}");
-    assert!(passed_line(&ok).contains(" 0 failed"), "{ok:?}");
+    assert!(summary(&ok).contains(" 0 failed"), "{ok:?}");
     assert!(!ok.stdout.contains("mock miss"), "{ok:?}");
 
     let bad = shop.replay(Some("changed"));
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(bad.stdout.contains(r#"body $.total changed: expected "3.75" got "4.1"#), "{bad:?}");
-    assert!(passed_line(&bad).contains(" 1 failed"), "{bad:?}");
+    assert!(summary(&bad).contains(" 1 failed"), "{bad:?}");
     shop
 }
 
@@ -368,21 +346,8 @@ impl PasswordServer {
         let schema = repo().join("examples/postgres/schema.sql");
         let r = run(s
             .client("psql")
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "app",
-                "-d",
-                "shop",
-                "-f",
-            ])
+            .args(PSQL_SCRIPT)
+            .args(["-p", &port.to_string(), "-U", "app", "-d", "shop", "-f"])
             .arg(schema));
         assert_eq!(r.code, 0, "{r:?}");
         s
@@ -395,14 +360,7 @@ impl PasswordServer {
     }
 
     fn run_as_owner(&self, cmd: &mut Command) {
-        let mut c = if unsafe { libc::geteuid() } == 0 {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(cmd.get_program()).args(cmd.get_args());
-            c
-        } else {
-            std::mem::replace(cmd, Command::new("true"))
-        };
-        let r = run(&mut c);
+        let r = run(&mut as_owner(cmd));
         assert_eq!(r.code, 0, "{r:?}\n{}", std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default());
     }
 
@@ -430,19 +388,24 @@ impl PasswordServer {
     }
 }
 
+/// `cmd` run as the cluster's owner: through runuser as postgres when we are root (the server refuses to run
+/// as root), else `cmd` itself.
+fn as_owner(cmd: &mut Command) -> Command {
+    if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(cmd.get_program()).args(cmd.get_args());
+        c
+    } else {
+        std::mem::replace(cmd, Command::new("true"))
+    }
+}
+
 impl Drop for PasswordServer {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
         let mut stop = Command::new(self.bin.join("pg_ctl"));
         stop.arg("-D").arg(&data).args(["-m", "immediate", "stop"]);
-        if unsafe { libc::geteuid() } == 0 {
-            let _ = run(Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(stop.get_program())
-                .args(stop.get_args()));
-        } else {
-            let _ = run(&mut stop);
-        }
+        let _ = run(&mut as_owner(&mut stop));
     }
 }
 
@@ -454,8 +417,7 @@ fn scram_md5_and_cleartext_passwords_are_recorded_and_replay_accepts_the_app() {
     let runs: Vec<_> = users.iter().map(|_| (tempfile::tempdir().unwrap(), free_port())).collect();
     let doppel = |i: usize, sub: &str| {
         let (dir, app_port) = (&runs[i].0, runs[i].1);
-        let mut c = Command::new(doppel_bin());
-        c.current_dir(dir.path()).arg(sub).arg("--path").arg(dir.path().join("rec"));
+        let mut c = doppel_cmd(dir.path(), sub, &dir.path().join("rec"));
         if sub == "record" {
             c.args(["--port", &app_port.to_string()]);
         }
@@ -473,13 +435,13 @@ fn scram_md5_and_cleartext_passwords_are_recorded_and_replay_accepts_the_app() {
     };
     for (i, (user, method)) in users.iter().enumerate() {
         let (dir, app_port) = (&runs[i].0, runs[i].1);
-        let mut rec = Bg::spawn(&mut doppel(i, "record"), dir.path(), "record");
+        let health = format!("http://127.0.0.1:{app_port}/health");
+        let mut rec =
+            Bg::spawn_answering(&mut doppel(i, "record"), dir.path(), "record", &health, Duration::from_secs(60));
         let url = format!("http://127.0.0.1:{app_port}/items/99");
-        wait_http_ok(&format!("http://127.0.0.1:{app_port}/health"), Duration::from_secs(60), &rec);
         let r = curl(&["-w", " %{http_code}", &url]);
         assert!(r.stdout.ends_with(" 404"), "{r:?}\n{}", rec.explain());
-        rec.signal(libc::SIGINT);
-        assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+        stop_recording(&mut rec);
         let mocks = read_all(&dir.path().join("rec/test-set-0/mocks.yaml"));
         assert!(mocks.contains(&format!("auth: {method}")), "{user}:\n{mocks}");
         assert!(!mocks.contains("secret"), "a password was recorded:\n{mocks}");
@@ -490,6 +452,6 @@ fn scram_md5_and_cleartext_passwords_are_recorded_and_replay_accepts_the_app() {
     for (i, (user, _)) in users.iter().enumerate() {
         let ok = run(&mut doppel(i, "test"));
         assert_eq!(ok.code, 0, "{user}: {ok:?}");
-        assert!(passed_line(&ok).starts_with("2 passed, 0 failed"), "{user}: {ok:?}");
+        assert!(summary(&ok).starts_with("2 passed, 0 failed"), "{user}: {ok:?}");
     }
 }

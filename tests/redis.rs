@@ -2,13 +2,11 @@
 //! redis-server: each test starts a private server on a free port, records a small app through it, stops the
 //! server (proving replay cannot reach it), replays green, and catches a deliberate change.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// A private redis-server for one test.
 struct RedisServer {
@@ -28,22 +26,12 @@ impl RedisServer {
         if let Some(p) = password {
             c.args(["--requirepass", p]);
         }
-        let bg = Bg::spawn(&mut c, dir, &format!("redis-server-{port}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start\n{}", bg.explain());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        RedisServer { port, bg: Some(bg), tls_cert: None }
+        RedisServer::spawn(&mut c, dir, port, None)
     }
 
     /// A TLS-only server (no plaintext port) with a self-signed certificate for 127.0.0.1.
     fn start_tls(dir: &Path) -> RedisServer {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().self_signed(&key).unwrap();
-        let (cert_path, key_path) = (dir.join("redis-cert.pem"), dir.join("redis-key.pem"));
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let (cert_path, key_path) = self_signed(dir, "redis-cert.pem", "redis-key.pem", &["127.0.0.1"]);
         let port = free_port();
         let mut c = Command::new("redis-server");
         c.args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
@@ -54,23 +42,21 @@ impl RedisServer {
             .arg(&key_path)
             .arg("--dir")
             .arg(dir);
-        let bg = Bg::spawn(&mut c, dir, &format!("redis-server-{port}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start\n{}", bg.explain());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        RedisServer { port, bg: Some(bg), tls_cert: Some(cert_path) }
+        RedisServer::spawn(&mut c, dir, port, Some(cert_path))
+    }
+
+    /// Starts `cmd` (a redis-server on `port`) and waits until it listens.
+    fn spawn(cmd: &mut Command, dir: &Path, port: u16, tls_cert: Option<PathBuf>) -> RedisServer {
+        let bg = Bg::spawn(cmd, dir, &format!("redis-server-{port}"));
+        let fail = || format!("redis-server did not start\n{}", bg.explain());
+        wait_port_open(port, Duration::from_secs(10), Duration::from_millis(20), fail);
+        RedisServer { port, bg: Some(bg), tls_cert }
     }
 
     /// Stops the server and proves it is gone.
     fn stop(&mut self) {
         self.bg.take();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            assert!(Instant::now() < deadline, "port {} still open after stopping redis-server", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_port_closed(self.port, &format!("port {} still open after stopping redis-server", self.port));
     }
 }
 
@@ -100,8 +86,8 @@ impl World {
 
     /// `doppel <sub> --path ... [extra] -- <app>` with the app's environment.
     fn doppel(&self, sub: &str, extra: &[&str], variant: Option<&str>) -> Command {
-        let mut c = Command::new(doppel_bin());
-        c.current_dir(self.dir.path()).arg(sub).arg("--path").arg(self.path()).args(extra);
+        let mut c = doppel_cmd(self.dir.path(), sub, &self.path());
+        c.args(extra);
         if let (Some(cert), "record") = (&self.redis.tls_cert, sub) {
             c.arg("--upstream-ca").arg(cert);
         }
@@ -127,25 +113,16 @@ impl World {
             Some(p) => c.env("REDIS_PASSWORD", p),
             None => c.env_remove("REDIS_PASSWORD"),
         };
-        match variant {
-            Some(v) => c.env("APP_VARIANT", v),
-            None => c.env_remove("APP_VARIANT"),
-        };
+        app_variant(&mut c, variant);
         c
     }
 
     fn record(&self, traffic: impl FnOnce(&World)) -> String {
-        let rec = Bg::spawn(
-            &mut self.doppel("record", &["--port", &self.app_port.to_string()], None),
-            self.dir.path(),
-            "record",
-        );
-        wait_http_ok(&self.url("/health"), Duration::from_secs(30), &rec);
+        let mut cmd = self.doppel("record", &["--port", &self.app_port.to_string()], None);
+        let mut rec =
+            Bg::spawn_answering(&mut cmd, self.dir.path(), "record", &self.url("/health"), Duration::from_secs(30));
         traffic(self);
-        rec.signal(libc::SIGINT);
-        let mut rec = rec;
-        let code = rec.wait(Duration::from_secs(30));
-        assert_eq!(code, 0, "doppel record failed\n{}", rec.explain());
+        stop_recording(&mut rec);
         rec.stdout()
     }
 
@@ -170,8 +147,25 @@ fn send(w: &World, method: &str, path: &str, json: &str) -> String {
     r.stdout
 }
 
-fn summary(r: &Ran) -> &str {
+/// The last `N passed, M failed ...` line of a run, or "".
+fn last_summary(r: &Ran) -> &str {
     r.stdout.lines().rev().find(|l| l.contains(" passed, ")).unwrap_or("")
+}
+
+/// Stops the server (proving replay cannot reach it); the unchanged build replays green with `tally`.
+fn stop_and_replay_green(w: &mut World, tally: &str) {
+    w.redis.stop();
+    let ok = w.replay(None);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(last_summary(&ok).starts_with(tally), "{ok:?}");
+}
+
+/// The changed build fails with `needle` in its output and `tally` in its summary.
+fn changed_build_fails(w: &World, needle: &str, tally: &str) {
+    let bad = w.replay(Some("changed"));
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stdout.contains(needle), "{bad:?}");
+    assert!(last_summary(&bad).starts_with(tally), "{bad:?}");
 }
 
 #[test]
@@ -220,15 +214,8 @@ fn redis_py_over_resp2_record_replay_and_catch_a_change() {
     }
     assert!(!mocks.contains("kind: tcp"), "every connection was parsed as Redis");
 
-    w.redis.stop();
-    let ok = w.replay(None);
-    assert_eq!(ok.code, 0, "{ok:?}");
-    assert!(summary(&ok).starts_with("17 passed, 0 failed"), "{ok:?}");
-
-    let bad = w.replay(Some("changed"));
-    assert_eq!(bad.code, 1, "{bad:?}");
-    assert!(bad.stdout.contains("body $.total changed: expected 7.25 got 7.98"), "{bad:?}");
-    assert!(summary(&bad).starts_with("16 passed, 1 failed"), "{bad:?}");
+    stop_and_replay_green(&mut w, "17 passed, 0 failed");
+    changed_build_fails(&w, "body $.total changed: expected 7.25 got 7.98", "16 passed, 1 failed");
 
     // A build that reads another key: its command has no recording, the app gets a Redis error naming it,
     // and the test fails with the miss.
@@ -236,7 +223,7 @@ fn redis_py_over_resp2_record_replay_and_catch_a_change() {
     assert_eq!(renamed.code, 1, "{renamed:?}");
     let miss = format!("mock miss: redis GET {p}:user:42 (to 127.0.0.1:{})", w.redis.port);
     assert!(renamed.stdout.contains(&miss), "{renamed:?}");
-    assert!(summary(&renamed).starts_with("16 passed, 1 failed"), "{renamed:?}");
+    assert!(last_summary(&renamed).starts_with("16 passed, 1 failed"), "{renamed:?}");
 }
 
 #[test]
@@ -252,10 +239,7 @@ fn redis_py_over_tls_is_decrypted_and_replayed() {
     let mocks = w.mocks();
     assert!(mocks.contains("kind: redis") && mocks.contains("HSET"), "decrypted commands expected:\n{mocks}");
     assert!(!mocks.contains("kind: tcp"), "{mocks}");
-    w.redis.stop();
-    let ok = w.replay(None);
-    assert_eq!(ok.code, 0, "{ok:?}");
-    assert!(summary(&ok).starts_with("3 passed, 0 failed"), "{ok:?}");
+    stop_and_replay_green(&mut w, "3 passed, 0 failed");
     let bad = w.replay(Some("changed"));
     assert!(bad.stdout.contains("body $.total changed: expected 7.0 got 7.7"), "{bad:?}");
 }
@@ -284,16 +268,11 @@ fn resp3_auth_and_redis_cli() {
         assert!(mocks.contains(expected), "missing {expected:?} in\n{mocks}");
     }
 
-    w.redis.stop();
-    let ok = w.replay(None);
-    assert_eq!(ok.code, 0, "{ok:?}");
-    assert!(summary(&ok).starts_with("4 passed, 0 failed"), "{ok:?}");
+    stop_and_replay_green(&mut w, "4 passed, 0 failed");
 
     // The changed build makes redis-cli send INCRBY instead of INCR: a miss, and the test fails.
-    let bad = w.replay(Some("changed"));
-    assert_eq!(bad.code, 1, "{bad:?}");
-    assert!(bad.stdout.contains(&format!("mock miss: redis INCRBY t{}:cli:n 1", w.app_port)), "{bad:?}");
-    assert!(summary(&bad).starts_with("3 passed, 1 failed"), "{bad:?}");
+    let miss = format!("mock miss: redis INCRBY t{}:cli:n 1", w.app_port);
+    changed_build_fails(&w, &miss, "3 passed, 1 failed");
 }
 
 #[test]
@@ -316,13 +295,6 @@ fn node_redis_record_replay_and_catch_a_change() {
     let sub = format!("command: [subscribe, {p}:events]");
     assert!(mocks.contains(&sub) && mocks.contains("pushed:"), "{mocks}");
 
-    w.redis.stop();
-    let ok = w.replay(None);
-    assert_eq!(ok.code, 0, "{ok:?}");
-    assert!(summary(&ok).starts_with("8 passed, 0 failed"), "{ok:?}");
-
-    let bad = w.replay(Some("changed"));
-    assert_eq!(bad.code, 1, "{bad:?}");
-    assert!(bad.stdout.contains("body $.total changed: expected 6.5 got 7.15"), "{bad:?}");
-    assert!(summary(&bad).starts_with("7 passed, 1 failed"), "{bad:?}");
+    stop_and_replay_green(&mut w, "8 passed, 0 failed");
+    changed_build_fails(&w, "body $.total changed: expected 6.5 got 7.15", "7 passed, 1 failed");
 }

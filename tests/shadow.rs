@@ -2,27 +2,19 @@
 //! once, then its requests sent to a primary, a secondary copy of it and a candidate build. The changed
 //! fields are reported; random tokens, timestamps and jittering numbers are classified as noise.
 
-#[path = "common/chromium.rs"]
-mod chromium;
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn catalog(dir: &Path, name: &str, variant: Option<&str>) -> (Bg, String) {
     let port = free_port();
     let mut c = Command::new("python3");
     c.arg(repo().join("examples/load/catalog.py")).env("APP_PORT", port.to_string()).env("PYTHONUNBUFFERED", "1");
-    match variant {
-        Some(v) => c.env("APP_VARIANT", v),
-        None => c.env_remove("APP_VARIANT"),
-    };
-    let bg = Bg::spawn(&mut c, dir, name);
+    app_variant(&mut c, variant);
     let url = format!("http://127.0.0.1:{port}");
-    wait_http_ok(&format!("{url}/health"), Duration::from_secs(30), &bg);
+    let bg = Bg::spawn_answering(&mut c, dir, name, &format!("{url}/health"), Duration::from_secs(30));
     (bg, url)
 }
 
@@ -34,9 +26,8 @@ fn record(dir: &Path) -> PathBuf {
     c.arg("record").arg("--path").arg(&path).args(["--no-sandbox", "--port", &format!("{exposed}:{app}")]);
     c.arg("--").arg("python3").arg(repo().join("examples/load/catalog.py"));
     c.env("APP_PORT", app.to_string()).env_remove("APP_VARIANT");
-    let mut rec = Bg::spawn(&mut c, dir, "record");
     let url = format!("http://127.0.0.1:{exposed}");
-    wait_http_ok(&format!("{url}/health"), Duration::from_secs(30), &rec);
+    let mut rec = Bg::spawn_answering(&mut c, dir, "record", &format!("{url}/health"), Duration::from_secs(30));
     for target in ["/api/items/1", "/api/items/7", "/api/items/3", "/api/items"] {
         let r = curl(&[&format!("{url}{target}")]);
         assert!(r.stdout.contains("token"), "{r:?}");
@@ -47,8 +38,7 @@ fn record(dir: &Path) -> PathBuf {
     let r =
         curl(&["-H", "Content-Type: application/json", "-d", r#"{"sku":"A-1","qty":2}"#, &format!("{url}/api/orders")]);
     assert!(r.stdout.contains("order_id"), "{r:?}");
-    rec.signal(libc::SIGINT);
-    assert_eq!(rec.wait(Duration::from_secs(30)), 0, "{}", rec.explain());
+    stop_recording(&mut rec);
     assert!(rec.stdout().contains("recorded 7 tests"), "{}", rec.explain());
     path
 }
@@ -60,18 +50,9 @@ fn diff(path: &Path, args: &[&str]) -> Ran {
 }
 
 fn field<'a>(report: &'a serde_json::Value, endpoint: &str, name: &str) -> &'a serde_json::Value {
-    let e = report["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["endpoint"] == endpoint)
+    let e = find_by(&report["endpoints"], "endpoint", endpoint)
         .unwrap_or_else(|| panic!("no endpoint {endpoint}: {report:#}"));
-    e["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["field"] == name)
-        .unwrap_or_else(|| panic!("no field {name} under {endpoint}: {e:#}"))
+    find_by(&e["fields"], "field", name).unwrap_or_else(|| panic!("no field {name} under {endpoint}: {e:#}"))
 }
 
 #[test]
@@ -85,21 +66,13 @@ fn the_changed_field_is_reported_and_nondeterministic_fields_are_noise() {
 
     let json = dir.path().join("diff.json");
     let html = dir.path().join("diff.html");
-    let r = diff(
-        &path,
-        &[
-            "--primary",
-            &primary,
-            "--secondary",
-            &secondary,
-            "--candidate",
-            &changed,
-            "--json",
-            json.to_str().unwrap(),
-            "--html",
-            html.to_str().unwrap(),
-        ],
-    );
+    // Primary and secondary against a candidate, then `extra`.
+    let diff3 = |candidate: &str, extra: &[&str]| {
+        let mut args: Vec<&str> = vec!["--primary", &primary, "--secondary", &secondary, "--candidate", candidate];
+        args.extend_from_slice(extra);
+        diff(&path, &args)
+    };
+    let r = diff3(&changed, &["--json", json.to_str().unwrap(), "--html", html.to_str().unwrap()]);
     assert_eq!(r.code, 1, "the candidate changed prices: exit 1\n{r:?}");
     let line =
         |needle: &str| r.stdout.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle:?}\n{r:?}"));
@@ -125,7 +98,7 @@ fn the_changed_field_is_reported_and_nondeterministic_fields_are_noise() {
     assert_eq!(field(&report, "GET /api/items/{id}", "body $.description")["kind"], "difference");
     assert_eq!(field(&report, "GET /api/items/{id}", "body $.token")["kind"], "noise");
     assert_eq!(field(&report, "GET /api/items", "body $.items[*].token")["kind"], "noise");
-    let health = report["endpoints"].as_array().unwrap().iter().find(|e| e["endpoint"] == "GET /health").unwrap();
+    let health = find_by(&report["endpoints"], "endpoint", "GET /health").unwrap();
     assert_eq!(health["fields"].as_array().unwrap().len(), 0, "the same answer everywhere: {health:#}");
 
     // The page renders with the verdict, the fields and the examples side by side, everything escaped.
@@ -137,20 +110,7 @@ fn the_changed_field_is_reported_and_nondeterministic_fields_are_noise() {
     assert!(!dom.contains("<script>alert("), "the candidate's markup must not become part of the page");
 
     // The same build as candidate: only noise, exit 0. Writes go through with --allow-writes.
-    let r = diff(
-        &path,
-        &[
-            "--primary",
-            &primary,
-            "--secondary",
-            &secondary,
-            "--candidate",
-            &same,
-            "--allow-writes",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-    );
+    let r = diff3(&same, &["--allow-writes", "--json", json.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("result: no differences beyond noise in 7 compared requests"), "{r:?}");
     assert!(!r.stdout.contains("skipped writes"), "{r:?}");

@@ -1,12 +1,10 @@
 //! The spine under stress and misuse: large bodies, kill -9 while recording, DNS, explicit mode, and every
 //! error that must be clear (exit 2, nothing overwritten).
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn fifty_megabyte_bodies_are_streamed_not_held() {
@@ -78,7 +76,7 @@ fn kill_9_during_recording_keeps_every_completed_exchange() {
     let set = w.path().join("test-set-0");
     let journal = read_all(&set.join("tests.journal"));
     assert_eq!(journal.matches("\n...\n").count(), 6, "health + 5 items, not the in-flight one:\n{journal}");
-    let list = run(Command::new(doppel_bin()).args(["list", "--path"]).arg(w.path()));
+    let list = w.list();
     assert!(list.stdout.contains("test-set-0: 6 tests, 5 mocks"), "{list:?}");
     let names: Vec<String> =
         std::fs::read_dir(set.join("tests")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -129,8 +127,7 @@ fn dns_answers_are_recorded_and_replayed() {
         None,
     );
     c.env("CATALOG_URL", &catalog);
-    let rec = Bg::spawn(&mut c, w.dir.path(), "record");
-    wait_http_ok(&w.url("/health"), Duration::from_secs(30), &rec);
+    let rec = w.spawn_recording(&mut c, "record");
     let r = curl(&[&w.url("/api/items/5")]);
     assert!(r.stdout.contains("item-5"), "{r:?}\n{}", rec.explain());
     let out = w.stop_recording(rec);
@@ -165,9 +162,8 @@ fn explicit_mode_records_and_mocks_declared_dependencies() {
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let mut c = w.doppel("record", &args, None);
     with_env(&mut c);
-    let rec = Bg::spawn(&mut c, w.dir.path(), "record");
     let via = |p: &str| format!("http://127.0.0.1:{exposed}{p}");
-    wait_http_ok(&via("/health"), Duration::from_secs(30), &rec);
+    let rec = Bg::spawn_answering(&mut c, w.dir.path(), "record", &via("/health"), Duration::from_secs(30));
     assert!(rec.stderr().contains("DOPPEL_DEP_CATALOG"), "{}", rec.explain());
     curl(&[&via("/api/items/2")]);
     curl(&["-H", "Content-Type: application/json", "-d", r#"{"sku":"X","qty":2}"#, &via("/api/orders")]);
@@ -250,31 +246,24 @@ fn malformed_and_unknown_files_are_named_with_their_line() {
 #[test]
 fn clear_errors_for_commands_apps_and_ports() {
     let w = recorded_world();
-    let mut c = Command::new(doppel_bin());
-    c.current_dir(w.dir.path()).args(["test", "--path"]).arg(w.path()).args(["--", "/no/such/program"]);
+    let mut c = doppel_cmd(w.dir.path(), "test", &w.path());
+    c.args(["--", "/no/such/program"]);
     expect_input_error(&run(&mut c), "command not found: /no/such/program");
 
-    let mut c = Command::new(doppel_bin());
-    c.current_dir(w.dir.path()).args(["test", "--path"]).arg(w.path());
+    let mut c = doppel_cmd(w.dir.path(), "test", &w.path());
     c.args(["--", "python3", "-c", "import sys; print('database unreachable', file=sys.stderr); sys.exit(3)"]);
     let r = run(&mut c);
     expect_input_error(&r, "the app exited before it was ready (exit code 3)");
     assert!(r.stderr.contains("database unreachable"), "{r:?}");
 
-    let mut c = Command::new(doppel_bin());
-    c.current_dir(w.dir.path()).args(["test", "--path"]).arg(w.path()).args([
-        "--ready-timeout",
-        "1",
-        "--",
-        "sleep",
-        "30",
-    ]);
+    let mut c = doppel_cmd(w.dir.path(), "test", &w.path());
+    c.args(["--ready-timeout", "1", "--", "sleep", "30"]);
     expect_input_error(&run(&mut c), &format!("the app did not open port {}", w.app_port));
 
     let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let mut c = Command::new(doppel_bin());
-    c.current_dir(w.dir.path()).args(["record", "--path"]).arg(w.path()).args(["--port", &port, "--", "sleep", "30"]);
+    let mut c = doppel_cmd(w.dir.path(), "record", &w.path());
+    c.args(["--port", &port, "--", "sleep", "30"]);
     expect_input_error(&run(&mut c), &format!("port {port} is already in use"));
 
     let r = run(Command::new(doppel_bin()).args(["test", "--bogus"]));

@@ -1,6 +1,5 @@
 //! Renders an HTML report in headless Chromium: a screenshot (to look at) and the DOM after rendering (to
 //! check). scripts/test installs Chromium when it is missing.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,19 @@
+//! doppel's integration tests, one binary (ripgrep's layout): each suite is a module in its own file,
+//! `tests/<suite>.rs`, sharing the helpers of `tests/common/`. `cargo test --test integration http_spine::`
+//! runs one suite.
+
+mod common;
+
+mod faults;
+mod fuzz_smoke;
+mod grpc;
+mod http2;
+mod http_spine;
+mod https;
+mod load;
+mod mysql;
+mod noise;
+mod postgres;
+mod redis;
+mod shadow;
+mod spine_faults;
