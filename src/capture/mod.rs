@@ -3,8 +3,8 @@
 //! app at). Record and replay only see a `Session`: captured outbound connections, captured DNS, and a link
 //! to the app's own ports.
 
-pub mod explicit;
-pub mod sandbox;
+pub(crate) mod explicit;
+pub(crate) mod sandbox;
 
 use std::future::Future;
 use std::io;

@@ -14,7 +14,7 @@
 //! each template takes the value the app produced this time ([`Bindings`]), or the recorded one when the
 //! producing test gave none (or with `--no-chain`).
 
-pub mod detect;
+pub(crate) mod detect;
 
 use std::collections::BTreeMap;
 

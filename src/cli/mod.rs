@@ -50,7 +50,7 @@ enum Command {
     /// Record, replay and catch a change on a bundled demo service (self-contained).
     ///
     /// Example: doppel demo
-    Demo(DemoArgs),
+    Demo(crate::demo::DemoArgs),
     /// List the test sets under --path with their tests and mocks.
     ///
     /// Example: doppel list
@@ -391,16 +391,6 @@ struct DedupArgs {
     dry_run: bool,
 }
 
-#[derive(Args, Debug)]
-pub struct DemoArgs {
-    /// Keep the demo's recordings in this directory (default: a temporary directory, removed afterwards).
-    #[arg(long, value_name = "DIR")]
-    pub keep: Option<PathBuf>,
-    /// Use explicit mode instead of the sandbox.
-    #[arg(long)]
-    pub no_sandbox: bool,
-}
-
 fn secs(s: f64, flag: &str) -> Result<Duration> {
     if s.is_finite() && s >= 0.0 {
         Ok(Duration::from_secs_f64(s))
@@ -447,15 +437,15 @@ pub fn main() -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("doppel: error: cannot start the async runtime: {e}");
-            return 2;
+            eprintln!("doppel: error: environment error: cannot start the async runtime: {e}");
+            return crate::error::EXIT_CANNOT_RUN;
         }
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{} {}", console::style("doppel: error:").red().bold(), e);
-            2
+            eprintln!("{} {}", console::style("doppel: error:").red().bold(), e.labelled());
+            e.exit_code()
         }
     }
 }
@@ -495,7 +485,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
 fn load_protos(c: &CaptureArgs, config: &Config) -> Result<()> {
     let files: Vec<PathBuf> = c.protos.iter().cloned().chain(config.proto.iter().map(PathBuf::from)).collect();
     let dirs: Vec<PathBuf> = c.proto_paths.iter().cloned().chain(config.proto_path.iter().map(PathBuf::from)).collect();
-    crate::protocols::http2::grpc::load_schema(&files, &dirs).map_err(Error::input)
+    crate::protocols::http2::grpc::load_schema(&files, &dirs)
 }
 
 async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32> {
@@ -549,7 +539,7 @@ async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32
     };
     let capture = capture_of(explicit, &tls);
     let outcome = record::record(capture.as_ref(), opts).await?;
-    print_record_summary(&outcome);
+    outcome.print_summary();
     if outcome.summary.failed > 0 {
         return Ok(2);
     }
@@ -561,51 +551,6 @@ async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32
         return Ok(2);
     }
     Ok(0)
-}
-
-pub fn print_record_summary(o: &record::RecordOutcome) {
-    let mocks: usize = o.summary.mocks_by_kind.values().sum();
-    let kinds: Vec<String> = o.summary.mocks_by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect();
-    println!(
-        "doppel: recorded {} test{} and {} mock{}{} into {}",
-        o.summary.tests,
-        if o.summary.tests == 1 { "" } else { "s" },
-        mocks,
-        if mocks == 1 { "" } else { "s" },
-        if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(", ")) },
-        o.dir.display()
-    );
-    if o.summary.failed > 0 {
-        println!(
-            "doppel: {} exchange{} could not be stored (first error: {}); everything listed above is complete and loadable",
-            o.summary.failed,
-            if o.summary.failed == 1 { "" } else { "s" },
-            o.summary.errors.first().map(String::as_str).unwrap_or("unknown")
-        );
-    }
-    let a = &o.annotated;
-    if a.chained_values > 0 {
-        println!(
-            "doppel: chained {} value{} from earlier responses into {} test{} (templates {{{{ chain.* }}}}; `chain:` \
-             in the test files)",
-            a.chained_values,
-            if a.chained_values == 1 { "" } else { "s" },
-            a.chained_tests,
-            if a.chained_tests == 1 { "" } else { "s" }
-        );
-    }
-    if a.volatile_fields > 0 {
-        println!(
-            "doppel: flagged {} volatile field{} in {} test{} (timestamps, ids, tokens; `volatile:` in the test files)",
-            a.volatile_fields,
-            if a.volatile_fields == 1 { "" } else { "s" },
-            a.volatile_tests,
-            if a.volatile_tests == 1 { "" } else { "s" }
-        );
-    }
-    for (host, why) in &o.undecrypted {
-        println!("doppel: TLS to {host} could not be decrypted ({why}); later connections were recorded encrypted");
-    }
 }
 
 async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
@@ -682,14 +627,8 @@ async fn cmd_load(args: LoadArgs, config: Config, quiet: bool) -> Result<i32> {
         (_, Some(r), _) => Pace::parse_rate(r),
         (_, _, Some(words)) => Pace::parse_ramp(&words.join(" ")),
         _ => Ok(Pace::Speed(1.0)),
-    }
-    .map_err(Error::input)?;
-    let gates = args
-        .fail_if
-        .iter()
-        .map(|g| Gate::parse(g))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(Error::input)?;
+    }?;
+    let gates = args.fail_if.iter().map(|g| Gate::parse(g)).collect::<Result<Vec<_>>>()?;
     let timeout = duration_flag(&args.timeout, "--timeout")?;
     if timeout.is_zero() {
         return Err(Error::input("--timeout must be above 0"));

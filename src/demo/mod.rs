@@ -3,8 +3,8 @@
 //! shuts the dependencies down, replays the recording (green), then replays against a "new build" with a
 //! rounding bug and shows the field that regressed.
 
-pub mod app;
-pub mod deps;
+pub(crate) mod app;
+pub(crate) mod deps;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,6 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::capture::explicit::{DepSpec, Explicit};
 use crate::capture::sandbox::Sandbox;
 use crate::capture::{AppCommand, Capture};
-use crate::cli::DemoArgs;
 use crate::error::{Error, Kind, Result};
 use crate::protocols::http::client;
 use crate::protocols::http::{Header, HttpRequest};
@@ -49,7 +48,9 @@ fn request(method: &str, target: &str, port: u16, body: Option<&str>) -> HttpReq
 async fn call(port: u16, req: &HttpRequest) -> std::result::Result<(u16, String), String> {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
     let sink = SpillBuffer::new(std::env::temp_dir(), Arc::new(0.into()));
-    let resp = client::exchange(&mut conn, req, std::path::Path::new("."), sink, Duration::from_secs(10)).await?;
+    let resp = client::exchange(&mut conn, req, std::path::Path::new("."), sink, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
     let body = resp.body.bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
     Ok((resp.head.status, body))
 }
@@ -79,6 +80,17 @@ impl Setup {
         }
         Ok(AppCommand { argv: vec![exe.display().to_string(), "__demo-app".into()], env, quiet: true })
     }
+}
+
+/// `doppel demo`'s options.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Keep the demo's recordings in this directory (default: a temporary directory, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<std::path::PathBuf>,
+    /// Use explicit mode instead of the sandbox.
+    #[arg(long)]
+    pub no_sandbox: bool,
 }
 
 pub async fn run(args: DemoArgs) -> Result<i32> {
@@ -131,7 +143,7 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
             record_step(&explicit, &setup, &store).await?
         }
     };
-    crate::cli::print_record_summary(&recorded);
+    recorded.print_summary();
 
     println!("\n{} shut the real dependencies down", style("2.").bold());
     for d in deps {

@@ -63,7 +63,7 @@ impl Noise {
 
     /// `rules`: global rules (from doppel.yaml) followed by the test's own. `default_headers`: also ignore
     /// the default noisy headers. A bad JSONPath is an Err naming the rule, e.g. "noise rule body: \"$.[\": <why>".
-    pub fn compile(rules: &[NoiseRule], default_headers: bool) -> Result<Noise, String> {
+    pub fn compile(rules: &[NoiseRule], default_headers: bool) -> crate::error::Result<Noise> {
         Self::build(rules.iter().map(|r| (r, None)), default_headers)
     }
 
@@ -74,7 +74,7 @@ impl Noise {
         extra: &[NoiseRule],
         origin: &str,
         default_headers: bool,
-    ) -> Result<Noise, String> {
+    ) -> crate::error::Result<Noise> {
         let all = rules.iter().map(|r| (r, None)).chain(extra.iter().map(|r| (r, Some(origin))));
         Self::build(all, default_headers)
     }
@@ -82,18 +82,18 @@ impl Noise {
     fn build<'r>(
         rules: impl Iterator<Item = (&'r NoiseRule, Option<&'r str>)>,
         default_headers: bool,
-    ) -> Result<Noise, String> {
+    ) -> crate::error::Result<Noise> {
         let mut header_rules = Vec::new();
         let mut body_rules = Vec::new();
         let mut labels = Vec::new();
         let mut shapes = Vec::new();
         for (rule, origin) in rules {
             if rule.header.is_none() && rule.body.is_none() {
-                return Err("noise rule has neither header nor body".to_string());
+                return Err(crate::error::Error::input("noise rule has neither header nor body"));
             }
             let shape = rule.like.as_deref().map(Shape::parse).transpose()?;
             if shape.is_some() && rule.ignore_order {
-                return Err("a noise rule cannot have both like and ignore_order".to_string());
+                return Err(crate::error::Error::input("a noise rule cannot have both like and ignore_order"));
             }
             // How the rule came about, for reports: a learned rule says so.
             let mut suffix = String::new();
@@ -109,17 +109,22 @@ impl Noise {
             if let Some(header) = &rule.header {
                 let name = header.trim().to_ascii_lowercase();
                 if name.is_empty() || name.contains(char::is_whitespace) || name.contains(':') {
-                    return Err(format!("noise rule header: {header:?}: not a header name"));
+                    return Err(crate::error::Error::input(format!(
+                        "noise rule header: {header:?}: not a header name"
+                    )));
                 }
                 if rule.ignore_order && rule.body.is_none() {
-                    return Err(format!("noise rule header: {header:?}: ignore_order needs a body JSONPath"));
+                    return Err(crate::error::Error::input(format!(
+                        "noise rule header: {header:?}: ignore_order needs a body JSONPath"
+                    )));
                 }
                 header_rules.push((name.clone(), labels.len()));
                 labels.push(format!("header {name}{suffix}"));
                 shapes.push(shape.clone());
             }
             if let Some(body) = &rule.body {
-                let path = JsonPath::parse(body.trim()).map_err(|e| format!("noise rule body: {body:?}: {e}"))?;
+                let path = JsonPath::parse(body.trim())
+                    .map_err(|e| crate::error::Error::input(format!("noise rule body: {body:?}: {e}")))?;
                 body_rules.push(BodyRule { path, ignore_order: rule.ignore_order, id: labels.len() });
                 labels.push(if rule.ignore_order {
                     format!("body {} (ignore order){suffix}", body.trim())

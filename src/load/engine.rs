@@ -21,7 +21,7 @@ use super::gate::format_ms;
 use super::schedule::Schedule;
 use super::stats::{Aggregate, Batch, ErrorClass, MismatchExample, Sample};
 use crate::diff::Noise;
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Kind, Result};
 use crate::protocols::http::{client, wire};
 use crate::replay::Target;
 use crate::store::{SpillBuffer, TestCase};
@@ -210,7 +210,7 @@ async fn open_connections(cfg: &EngineConfig) -> Result<Vec<Option<Conn>>> {
         match r {
             Ok(Ok(s)) => streams.push(Some(s)),
             Ok(Err(e)) => {
-                first_error.get_or_insert(e);
+                first_error.get_or_insert(e.to_string());
                 streams.push(None);
             }
             Err(e) => {
@@ -385,7 +385,7 @@ async fn send_once(
     }
     let Some(conn) = stream.as_mut() else { return Err(ErrorClass::Connect) };
     let exchange = async {
-        conn.write_all(wire).await.map_err(|e| format!("sending failed: {e}"))?;
+        conn.write_all(wire).await.context(Kind::App, || "sending failed".into())?;
         match &request.check {
             None if !request.produces.is_empty() => {
                 // Keep the (small) body: later requests use values from it.
@@ -405,7 +405,7 @@ async fn send_once(
                 let started = Instant::now();
                 let mut body = SpillBuffer::new(cfg.tmp.clone(), crate::replay::spill_counter());
                 let (head, trailers) = client::read_response(conn, &request.method, buf, |piece| {
-                    body.push(piece).map_err(|e| format!("cannot buffer the response body: {e}"))
+                    body.push(piece).context(Kind::Environment, || "cannot buffer the response body".into())
                 })
                 .await?;
                 let response = client::Response { head: head.clone(), body, trailers, elapsed: started.elapsed() };
@@ -418,7 +418,7 @@ async fn send_once(
                     Some((_, expected)) => {
                         crate::replay::compare_response(&check.set_dir, &check.test, expected, &response, &check.noise)
                     }
-                    None => Err(format!("a {} test is not an HTTP request", check.test.kind)),
+                    None => Err(Error::input(format!("a {} test is not an HTTP request", check.test.kind))),
                 };
                 response.body.discard();
                 Ok((head, Some(compared)))
@@ -460,7 +460,7 @@ async fn send_once(
             Some(MismatchExample { endpoint: String::new(), test: check.test.name.clone(), difference: shown })
         }
         (Some(check), Some(Err(e))) => {
-            Some(MismatchExample { endpoint: String::new(), test: check.test.name.clone(), difference: e })
+            Some(MismatchExample { endpoint: String::new(), test: check.test.name.clone(), difference: e.to_string() })
         }
         _ => None,
     };

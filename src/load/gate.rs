@@ -53,9 +53,10 @@ const USAGE: &str = "expected METRIC>VALUE with METRIC one of p50, p90, p99, p99
                      rps (achieved requests per second); operators > >= < <=";
 
 impl Gate {
-    pub fn parse(text: &str) -> Result<Gate, String> {
+    pub fn parse(text: &str) -> crate::error::Result<Gate> {
         let expr: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-        let at = expr.find(['>', '<']).ok_or_else(|| format!("--fail-if {text:?}: {USAGE}"))?;
+        let at =
+            expr.find(['>', '<']).ok_or_else(|| crate::error::Error::input(format!("--fail-if {text:?}: {USAGE}")))?;
         let (name, rest) = expr.split_at(at);
         let (op, value) = if let Some(v) = rest.strip_prefix(">=") {
             (Op::AtLeast, v)
@@ -75,9 +76,12 @@ impl Gate {
             "mean" => Metric::Mean,
             "errors" => Metric::Errors,
             "rps" => Metric::Rps,
-            _ => return Err(format!("--fail-if {text:?}: unknown metric {name:?}; {USAGE}")),
+            _ => {
+                return Err(crate::error::Error::input(format!("--fail-if {text:?}: unknown metric {name:?}; {USAGE}")));
+            }
         };
-        let bad = || format!("--fail-if {text:?}: cannot read the value {value:?}; {USAGE}");
+        let bad =
+            || crate::error::Error::input(format!("--fail-if {text:?}: cannot read the value {value:?}; {USAGE}"));
         let threshold = match metric {
             Metric::Errors => match value.strip_suffix('%') {
                 Some(p) => Threshold::Percent(p.parse().map_err(|_| bad())?),

@@ -9,8 +9,8 @@ mod gate;
 mod report;
 mod schedule;
 mod stats;
-pub mod svg;
-pub mod target_server;
+pub(crate) mod svg;
+pub(crate) mod target_server;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -16,82 +16,92 @@ pub enum Pace {
 }
 
 /// `60s`, `500ms`, `2m`, `1h`, `1.5s`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> crate::error::Result<Duration> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration (like 30s, 500ms, 2m)"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| crate::error::Error::input(format!("{text:?} is not a duration (like 30s, 500ms, 2m)")))?;
     let seconds = match unit.trim() {
         "" | "s" | "sec" | "secs" => value,
         "ms" => value / 1000.0,
         "us" | "µs" => value / 1_000_000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("{text:?}: unknown unit {other:?} (use ms, s, m or h)")),
+        other => {
+            return Err(crate::error::Error::input(format!("{text:?}: unknown unit {other:?} (use ms, s, m or h)")));
+        }
     };
     if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("{text:?} is not a duration"));
+        return Err(crate::error::Error::input(format!("{text:?} is not a duration")));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
 
 /// `500/s`, `500`, `30/m`, `500rps`: requests per second.
-fn parse_per_second(text: &str) -> Result<f64, String> {
+fn parse_per_second(text: &str) -> crate::error::Result<f64> {
     let t = text.trim();
     let (number, per) = match t.split_once('/') {
         Some((n, p)) => (n, p.trim()),
         None => (t.strip_suffix("rps").unwrap_or(t), "s"),
     };
-    let value: f64 = number.trim().parse().map_err(|_| format!("{text:?} is not a rate (like 500/s)"))?;
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| crate::error::Error::input(format!("{text:?} is not a rate (like 500/s)")))?;
     let factor = match per {
         "s" | "sec" => 1.0,
         "m" | "min" => 1.0 / 60.0,
         "h" => 1.0 / 3600.0,
-        other => return Err(format!("{text:?}: unknown unit /{other} (use /s, /m or /h)")),
+        other => return Err(crate::error::Error::input(format!("{text:?}: unknown unit /{other} (use /s, /m or /h)"))),
     };
     if !value.is_finite() || value < 0.0 {
-        return Err(format!("{text:?} is not a rate"));
+        return Err(crate::error::Error::input(format!("{text:?} is not a rate")));
     }
     Ok(value * factor)
 }
 
 impl Pace {
     /// `2x`, `0.5x`, `2`.
-    pub fn parse_speed(text: &str) -> Result<Pace, String> {
+    pub fn parse_speed(text: &str) -> crate::error::Result<Pace> {
         let t = text.trim();
-        let factor: f64 = t
-            .strip_suffix(['x', 'X'])
-            .unwrap_or(t)
-            .parse()
-            .map_err(|_| format!("--speed {text:?}: expected a factor like 2x or 0.5x"))?;
+        let factor: f64 =
+            t.strip_suffix(['x', 'X']).unwrap_or(t).parse().map_err(|_| {
+                crate::error::Error::input(format!("--speed {text:?}: expected a factor like 2x or 0.5x"))
+            })?;
         if !factor.is_finite() || factor <= 0.0 {
-            return Err(format!("--speed {text:?}: the factor must be above 0"));
+            return Err(crate::error::Error::input(format!("--speed {text:?}: the factor must be above 0")));
         }
         Ok(Pace::Speed(factor))
     }
 
     /// `500/s`.
-    pub fn parse_rate(text: &str) -> Result<Pace, String> {
-        let rate = parse_per_second(text).map_err(|e| format!("--rate {e}"))?;
+    pub fn parse_rate(text: &str) -> crate::error::Result<Pace> {
+        let rate = parse_per_second(text).map_err(|e| crate::error::Error::input(format!("--rate {e}")))?;
         if rate <= 0.0 {
-            return Err(format!("--rate {text:?}: the rate must be above 0"));
+            return Err(crate::error::Error::input(format!("--rate {text:?}: the rate must be above 0")));
         }
         Ok(Pace::Rate(rate))
     }
 
     /// `10/s..1000/s over 60s`.
-    pub fn parse_ramp(text: &str) -> Result<Pace, String> {
-        let usage = || format!("--ramp {text:?}: expected FROM..TO over DURATION, like '10/s..1000/s over 60s'");
+    pub fn parse_ramp(text: &str) -> crate::error::Result<Pace> {
+        let usage = || {
+            crate::error::Error::input(format!(
+                "--ramp {text:?}: expected FROM..TO over DURATION, like '10/s..1000/s over 60s'"
+            ))
+        };
         let (rates, over) = text.split_once(" over ").ok_or_else(usage)?;
         let (from, to) = rates.split_once("..").ok_or_else(usage)?;
-        let from = parse_per_second(from).map_err(|e| format!("--ramp {e}"))?;
-        let to = parse_per_second(to).map_err(|e| format!("--ramp {e}"))?;
-        let over = parse_duration(over).map_err(|e| format!("--ramp {e}"))?;
+        let from = parse_per_second(from).map_err(|e| crate::error::Error::input(format!("--ramp {e}")))?;
+        let to = parse_per_second(to).map_err(|e| crate::error::Error::input(format!("--ramp {e}")))?;
+        let over = parse_duration(over).map_err(|e| crate::error::Error::input(format!("--ramp {e}")))?;
         if to <= 0.0 {
-            return Err(format!("--ramp {text:?}: the final rate must be above 0"));
+            return Err(crate::error::Error::input(format!("--ramp {text:?}: the final rate must be above 0")));
         }
         if over.is_zero() {
-            return Err(format!("--ramp {text:?}: the ramp needs a duration above 0"));
+            return Err(crate::error::Error::input(format!("--ramp {text:?}: the ramp needs a duration above 0")));
         }
         Ok(Pace::Ramp { from, to, over })
     }

@@ -2,6 +2,6 @@
 //! (`volatile`), values that differ between replays of the same build (`learn`), and the shapes both use
 //! (`shape`). The diff applies the resulting rules; this room only finds them.
 
-pub mod learn;
-pub mod shape;
-pub mod volatile;
+pub(crate) mod learn;
+pub(crate) mod shape;
+pub(crate) mod volatile;

@@ -146,7 +146,7 @@ pub struct Shape {
 
 impl Shape {
     /// Parses `{uuid}`-style text. Unknown slot names and unbalanced braces are errors.
-    pub fn parse(text: &str) -> Result<Shape, String> {
+    pub fn parse(text: &str) -> crate::error::Result<Shape> {
         let mut parts = Vec::new();
         let mut literal = String::new();
         let mut chars = text.char_indices().peekable();
@@ -162,13 +162,15 @@ impl Shape {
                 }
                 '{' => {
                     let rest = &text[at + 1..];
-                    let end = rest.find('}').ok_or_else(|| format!("like {text:?}: a `{{` is not closed"))?;
+                    let end = rest
+                        .find('}')
+                        .ok_or_else(|| crate::error::Error::input(format!("like {text:?}: a `{{` is not closed")))?;
                     let name = &rest[..end];
                     let slot = Slot::parse(name).ok_or_else(|| {
-                        format!(
+                        crate::error::Error::input(format!(
                             "like {text:?}: unknown slot {{{name}}} (known: uuid, timestamp, http_date, epoch_s, \
                              epoch_ms, jwt, hex:N, token:N; write a literal brace as {{{{)"
-                        )
+                        ))
                     })?;
                     if !literal.is_empty() {
                         parts.push(Part::Literal(std::mem::take(&mut literal)));
@@ -178,7 +180,11 @@ impl Shape {
                         chars.next();
                     }
                 }
-                '}' => return Err(format!("like {text:?}: a lone `}}` (write a literal brace as }}}})")),
+                '}' => {
+                    return Err(crate::error::Error::input(format!(
+                        "like {text:?}: a lone `}}` (write a literal brace as }}}})"
+                    )));
+                }
                 c => literal.push(c),
             }
         }

@@ -1,7 +1,7 @@
 //! The mocks of one test set during a replay: which were used, which requests missed, and the values
 //! that stand for recorded ones.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::protocols::Mock;
@@ -46,13 +46,11 @@ impl MockPool {
 
     /// Sets the recorded -> live values of chained values known so far.
     pub fn set_rewrites(&self, rewrites: Vec<(String, String)>) {
-        if let Ok(mut r) = self.rewrites.lock() {
-            *r = rewrites;
-        }
+        *lock(&self.rewrites) = rewrites;
     }
 
     pub fn rewrites(&self) -> Vec<(String, String)> {
-        self.rewrites.lock().map(|r| r.clone()).unwrap_or_default()
+        lock(&self.rewrites).clone()
     }
 
     /// Whether a live value may stand for the value mock `i` recorded: equal; or a chained value the app
@@ -77,16 +75,14 @@ impl MockPool {
 
     /// Sets the recorded window (start and end, ms since the epoch) of the test about to run.
     pub fn set_window(&self, window: Option<(f64, f64)>) {
-        if let Ok(mut w) = self.window.lock() {
-            *w = window;
-        }
+        *lock(&self.window) = window;
     }
 
     /// Picks, among `candidates` (indexes in recorded order), the first unused one recorded during the
     /// current test's window, else the first unused one; when all were used, the last one again. Marks it
     /// used and tells whether it was a reuse.
     pub fn take(&self, candidates: &[usize]) -> Option<(usize, bool)> {
-        let mut used = self.used.lock().ok()?;
+        let mut used = lock(&self.used);
         let (i, reused) = self.choose(candidates, &used)?;
         used[i] += 1;
         Some((i, reused))
@@ -94,12 +90,12 @@ impl MockPool {
 
     /// The mock `take` would pick now, without taking it.
     pub fn peek(&self, candidates: &[usize]) -> Option<usize> {
-        let used = self.used.lock().ok()?;
+        let used = lock(&self.used);
         self.choose(candidates, &used).map(|(i, _)| i)
     }
 
     fn choose(&self, candidates: &[usize], used: &[u32]) -> Option<(usize, bool)> {
-        let window = self.window.lock().ok().and_then(|w| *w);
+        let window = *lock(&self.window);
         let in_window = |i: &usize| match (window, self.started_ms[*i]) {
             (Some((from, to)), Some(t)) => t >= from - 1.0 && t <= to + 1.0,
             _ => false,
@@ -117,21 +113,45 @@ impl MockPool {
 
     pub fn miss(&self, protocol: &'static str, dest: &str, what: String) {
         tracing::debug!("mock miss ({protocol}, {dest}): {what}");
-        if let Ok(mut m) = self.misses.lock() {
-            m.push(Miss { at: Instant::now(), what });
-        }
+        lock(&self.misses).push(Miss { at: Instant::now(), what });
     }
 
     pub fn misses(&self) -> Vec<Miss> {
-        self.misses.lock().map(|m| m.clone()).unwrap_or_default()
+        lock(&self.misses).clone()
     }
 
     /// How many times each mock was used.
     pub fn usage(&self) -> Vec<u32> {
-        self.used.lock().map(|u| u.clone()).unwrap_or_default()
+        lock(&self.used).clone()
     }
 
     pub fn of_kind(&self, kind: &str) -> impl Iterator<Item = (usize, &Mock)> {
         self.mocks.iter().enumerate().filter(move |(_, m)| m.kind == kind)
+    }
+}
+
+/// The pool's locks survive a panic on another connection's task: what they hold (which mocks were used,
+/// the misses) stays true, and losing a miss would turn a failing test green.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_miss_is_kept_after_a_panic_while_the_pool_was_locked() {
+        let pool = std::sync::Arc::new(MockPool::new(Vec::new(), std::env::temp_dir()));
+        let p = pool.clone();
+        let crashed = std::thread::spawn(move || {
+            let _held = p.misses.lock();
+            panic!("a mock server task panics while it holds the lock");
+        })
+        .join();
+        assert!(crashed.is_err());
+        pool.miss("http", "api:80", "GET /x was not recorded".into());
+        assert_eq!(pool.misses().len(), 1, "the miss must not be dropped");
+        assert_eq!(pool.take(&[]), None);
     }
 }

@@ -1,8 +1,9 @@
 //! `doppel record`: runs the app under capture, exposes its ports, proxies every connection while the
 //! protocol observers turn it into test cases and mocks, and stops cleanly on Ctrl-C, SIGTERM or app exit.
 
-pub mod annotate;
+pub(crate) mod annotate;
 mod proxy;
+mod summary;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv6Addr, SocketAddr};
@@ -62,13 +63,11 @@ pub struct RecordOptions {
 }
 
 pub struct RecordOutcome {
-    pub set: String,
     pub dir: std::path::PathBuf,
     pub summary: WriteSummary,
     pub app_exit: Option<AppExit>,
     /// The app stopped by itself (not asked by doppel).
     pub app_exited_by_itself: bool,
-    pub exposed: Vec<PortMap>,
     /// Servers whose TLS could not be decrypted (their client refused doppel's CA), and why.
     pub undecrypted: Vec<(String, String)>,
     /// What the pass after the recording marked in the tests.
@@ -176,16 +175,7 @@ pub(crate) async fn record(capture: &dyn Capture, opts: RecordOptions) -> Result
     } else {
         annotate::Annotated::default()
     };
-    Ok(RecordOutcome {
-        set: set_name,
-        dir,
-        summary,
-        app_exit: Some(exit),
-        app_exited_by_itself: by_itself,
-        exposed: exposed_now,
-        undecrypted,
-        annotated,
-    })
+    Ok(RecordOutcome { dir, summary, app_exit: Some(exit), app_exited_by_itself: by_itself, undecrypted, annotated })
 }
 
 /// A lock that outlives a panic elsewhere: the data behind it stays usable.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::Answer;
 use crate::diff::{self, Actual, Expected, Noise};
+use crate::error::{Context, Kind};
 use crate::protocols::http::client;
 use crate::protocols::http::{Header, HttpResponse};
 use crate::protocols::http2;
@@ -52,7 +53,7 @@ pub(crate) fn judge(
     test: &TestCase,
     expected: &HttpResponse,
     noise: &Noise,
-    outcome: std::result::Result<client::Response, String>,
+    outcome: crate::error::Result<client::Response>,
     misses: Vec<String>,
     took: Duration,
 ) -> TestResult {
@@ -60,7 +61,7 @@ pub(crate) fn judge(
     result.misses = misses;
     result.duration_ms = took.as_secs_f64() * 1000.0;
     match outcome {
-        Err(e) => result.error = Some(e),
+        Err(e) => result.error = Some(e.to_string()),
         Ok(resp) => {
             result.actual_status = Some(resp.head.status);
             match compare_response(&set.dir, test, expected, &resp, noise) {
@@ -68,7 +69,7 @@ pub(crate) fn judge(
                     result.differences = c.differences;
                     result.applied_noise = c.applied_noise;
                 }
-                Err(e) => result.error = Some(e),
+                Err(e) => result.error = Some(e.to_string()),
             }
             resp.body.discard();
         }
@@ -112,7 +113,7 @@ pub(crate) fn compare_response(
     expected: &HttpResponse,
     resp: &client::Response,
     noise: &Noise,
-) -> std::result::Result<diff::Comparison, String> {
+) -> crate::error::Result<diff::Comparison> {
     // gRPC: messages compared as decoded JSON, field by field.
     if test.kind == http2::KIND
         && http2::client::is_grpc_response(expected)
@@ -141,12 +142,10 @@ pub(crate) enum SideBody<'a> {
 
 impl<'a> Side<'a> {
     /// A recorded response (file bodies live in `set_dir`).
-    pub(crate) fn recorded(set_dir: &Path, expected: &'a HttpResponse) -> std::result::Result<Side<'a>, String> {
+    pub(crate) fn recorded(set_dir: &Path, expected: &'a HttpResponse) -> crate::error::Result<Side<'a>> {
         let body = match expected.body.as_ref().and_then(|b| b.file.as_ref()) {
             Some(file) => SideBody::File { path: set_dir.join(file), len: store::body_len(&expected.body) },
-            None => {
-                SideBody::Memory(Cow::Owned(store::body_bytes(set_dir, &expected.body).map_err(|e| e.to_string())?))
-            }
+            None => SideBody::Memory(Cow::Owned(store::body_bytes(set_dir, &expected.body)?)),
         };
         Ok(Side { status: expected.status, headers: &expected.headers, trailers: &expected.trailers, body })
     }
@@ -162,11 +161,7 @@ impl<'a> Side<'a> {
 }
 
 /// Compares two responses under noise rules; bodies too large for memory are compared by streaming.
-pub(crate) fn compare_sides(
-    expected: &Side,
-    actual: &Side,
-    noise: &Noise,
-) -> std::result::Result<diff::Comparison, String> {
+pub(crate) fn compare_sides(expected: &Side, actual: &Side, noise: &Noise) -> crate::error::Result<diff::Comparison> {
     let compare_with = |expected_body: &[u8], actual_body: &[u8]| {
         diff::compare(
             &Expected {
@@ -186,7 +181,7 @@ pub(crate) fn compare_sides(
             let mut c = compare_with(&[], &[]);
             let body_diff = match (e, a) {
                 (SideBody::File { path: e, .. }, SideBody::File { path: a, .. }) => {
-                    diff::compare_files(e, a).map_err(|err| format!("comparing bodies: {err}"))?
+                    diff::compare_files(e, a).context(Kind::Environment, || "comparing bodies".into())?
                 }
                 _ => {
                     let len = |b: &SideBody| match b {

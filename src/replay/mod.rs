@@ -140,7 +140,7 @@ pub(crate) struct Rules {
 }
 
 impl Rules {
-    fn new(config: &Config, test: &TestCase, freeze_time: bool) -> std::result::Result<Rules, String> {
+    fn new(config: &Config, test: &TestCase, freeze_time: bool) -> crate::error::Result<Rules> {
         let list: Vec<NoiseRule> = config.noise.iter().chain(&test.noise).chain(&test.volatile).cloned().collect();
         let noise = Noise::compile(&list, default_headers(config))?
             .with_clock_tolerance(freeze_time.then_some(freeze::TOLERANCE_S));
@@ -292,10 +292,10 @@ async fn run_set(
         };
         let request = chain::render_request(test, recorded_request, &bindings);
         let outcome = if let Some(exit) = harness.app.exited() {
-            Err(format!(
+            Err(crate::error::Error::input(format!(
                 "the app exited before this test ({exit}); its last stderr lines:\n{}",
                 harness.app.stderr_tail()
-            ))
+            )))
         } else {
             let sink = SpillBuffer::new(tmp.to_path_buf(), Arc::new(0.into()));
             target::send_to_app(harness.link.as_ref(), test, &request, set, opts, sink).await

@@ -187,7 +187,7 @@ async fn resend(
             Ok(r) => r,
             Err(e) => {
                 println!("  {} {}  {}", console::style("NO ANSWER").red().bold(), test.name, e);
-                fresh.push(Fresh { index: i, test: test.clone(), differences: Vec::new(), error: Some(e) });
+                fresh.push(Fresh { index: i, test: test.clone(), differences: Vec::new(), error: Some(e.to_string()) });
                 continue;
             }
         };
@@ -244,7 +244,7 @@ fn compare(
             change: diff::Change::Changed,
             expected: None,
             actual: None,
-            detail: Some(e),
+            detail: Some(e.to_string()),
         }],
     }
 }

@@ -92,21 +92,29 @@ impl Target {
     }
 
     /// Opens a connection (TLS for https, negotiating h2 or http/1.1).
-    pub async fn connect(&self, timeout: Duration, http2: bool) -> std::result::Result<Conn, String> {
+    pub async fn connect(&self, timeout: Duration, http2: bool) -> Result<Conn> {
         let conn = tokio::time::timeout(timeout, TcpStream::connect(&self.authority))
             .await
             .map_err(|_| {
-                format!("cannot connect to {}: no answer within {:.1}s", self.authority, timeout.as_secs_f64())
+                Error::dependency(format!(
+                    "cannot connect to {}: no answer within {:.1}s",
+                    self.authority,
+                    timeout.as_secs_f64()
+                ))
             })?
-            .map_err(|e| format!("cannot connect to {}: {e}", self.authority))?;
+            .map_err(|e| Error::dependency(format!("cannot connect to {}: {e}", self.authority)))?;
         let _ = conn.set_nodelay(true);
         let Some(tls) = &self.tls else { return Ok(Box::new(conn)) };
         let config = if http2 { tls.http2.clone() } else { tls.http1.clone() };
         let handshake = tokio_rustls::TlsConnector::from(config).connect(tls.name.clone(), conn);
         match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(stream)) => Ok(Box::new(stream)),
-            Ok(Err(e)) => Err(format!("TLS with {} failed: {e}", self.url())),
-            Err(_) => Err(format!("TLS with {} did not complete within {:.1}s", self.url(), timeout.as_secs_f64())),
+            Ok(Err(e)) => Err(Error::dependency(format!("TLS with {} failed: {e}", self.url()))),
+            Err(_) => Err(Error::dependency(format!(
+                "TLS with {} did not complete within {:.1}s",
+                self.url(),
+                timeout.as_secs_f64()
+            ))),
         }
     }
 
@@ -118,7 +126,7 @@ impl Target {
         dir: &Path,
         tmp: &Path,
         timeout: Duration,
-    ) -> std::result::Result<client::Response, String> {
+    ) -> Result<client::Response> {
         let mut conn = self.connect(timeout, false).await?;
         let sink = SpillBuffer::new(tmp.to_path_buf(), spill_counter());
         client::exchange(&mut conn, request, dir, sink, timeout).await
@@ -132,10 +140,10 @@ pub(crate) fn split_scheme(url: &str) -> Option<(&str, bool)> {
 
 /// Speaks TLS to the app's own port, as the recorded client did, with the server name it asked for. The
 /// app's certificate is accepted whatever it is: it is the app under test, not a server to be trusted.
-pub(crate) async fn tls_to_app(conn: TcpStream, name: &str, http2: bool) -> std::result::Result<Conn, String> {
+pub(crate) async fn tls_to_app(conn: TcpStream, name: &str, http2: bool) -> Result<Conn> {
     let name = if name.is_empty() { "localhost" } else { name };
     let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
-        .map_err(|e| format!("the recorded TLS server name {name:?}: {e}"))?;
+        .map_err(|e| Error::dependency(format!("the recorded TLS server name {name:?}: {e}")))?;
     // Built once: every test of a TLS port connects anew.
     static CONFIGS: std::sync::OnceLock<[Arc<rustls::ClientConfig>; 2]> = std::sync::OnceLock::new();
     let [http1_config, http2_config] = CONFIGS.get_or_init(|| {
@@ -146,7 +154,7 @@ pub(crate) async fn tls_to_app(conn: TcpStream, name: &str, http2: bool) -> std:
     let stream = tokio_rustls::TlsConnector::from(config.clone())
         .connect(server_name, conn)
         .await
-        .map_err(|e| format!("TLS with the app (as {name}) failed: {e}"))?;
+        .map_err(|e| Error::dependency(format!("TLS with the app (as {name}) failed: {e}")))?;
     Ok(Box::new(stream))
 }
 
@@ -166,10 +174,13 @@ pub(crate) async fn send_to_app(
     set: &LoadedSet,
     opts: &ReplayOptions,
     sink: SpillBuffer,
-) -> std::result::Result<client::Response, String> {
+) -> Result<client::Response> {
     let port = test.port;
     let http2 = test.kind == http2::KIND;
-    let conn = link.connect(port).await.map_err(|e| format!("cannot connect to the app's port {port}: {e}"))?;
+    let conn = link
+        .connect(port)
+        .await
+        .map_err(|e| Error::dependency(format!("cannot connect to the app's port {port}: {e}")))?;
     let _ = conn.set_nodelay(true);
     let mut conn: Conn = match &test.tls {
         Some(name) => tls_to_app(conn, name, http2).await?,
@@ -189,7 +200,7 @@ async fn send_to_target(
     opts: &ReplayOptions,
     tmp: &std::path::Path,
     http2: bool,
-) -> std::result::Result<client::Response, String> {
+) -> Result<client::Response> {
     let request = target.request_for(request);
     if http2 {
         let conn = target.connect(opts.request_timeout, true).await?;
@@ -207,10 +218,10 @@ async fn http2_exchange(
     dir: &std::path::Path,
     mut body: SpillBuffer,
     timeout: Duration,
-) -> std::result::Result<client::Response, String> {
+) -> Result<client::Response> {
     let began = Instant::now();
     let answer = http2::client::exchange(conn, request, dir, timeout).await?;
-    body.push(&answer.body).map_err(|e| format!("cannot buffer the response body: {e}"))?;
+    body.push(&answer.body).map_err(|e| Error::dependency(format!("cannot buffer the response body: {e}")))?;
     Ok(client::Response {
         head: ResponseHead {
             status: answer.status,

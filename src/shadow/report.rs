@@ -64,7 +64,7 @@ impl Example {
         }
     }
 
-    pub fn failed(test: &TestCase, request: &str, left: &client::Response, error: &str) -> Example {
+    pub fn failed(test: &TestCase, request: &str, left: &client::Response, error: &dyn std::fmt::Display) -> Example {
         Example {
             test: test.name.clone(),
             request: request.to_string(),
@@ -176,8 +176,13 @@ pub struct DiffReport {
 }
 
 impl DiffReport {
-    pub fn note_error(&mut self, endpoint: &str, test: &TestCase, side: &str, message: String) {
-        self.errors.push(SendError { endpoint: endpoint.into(), test: test.name.clone(), side: side.into(), message });
+    pub fn note_error(&mut self, endpoint: &str, test: &TestCase, side: &str, message: impl std::fmt::Display) {
+        self.errors.push(SendError {
+            endpoint: endpoint.into(),
+            test: test.name.clone(),
+            side: side.into(),
+            message: message.to_string(),
+        });
     }
 
     /// Classifies every field and orders endpoints and fields: differences first.

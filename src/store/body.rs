@@ -155,17 +155,17 @@ impl Body {
     }
 
     /// Checks that exactly one form is set.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::error::Result<()> {
         let forms = [self.json.is_some(), self.text.is_some(), self.base64.is_some(), self.file.is_some()];
         match forms.iter().filter(|x| **x).count() {
             1 => Ok(()),
-            0 => Err("a body needs one of json, text, base64 or file".into()),
-            _ => Err("a body must have only one of json, text, base64 or file".into()),
+            0 => Err(crate::error::Error::input("a body needs one of json, text, base64 or file")),
+            _ => Err(crate::error::Error::input("a body must have only one of json, text, base64 or file")),
         }
     }
 
     /// The recorded bytes of an inline body; `None` for file bodies (read those through the store).
-    pub fn inline_bytes(&self) -> Result<Option<Vec<u8>>, String> {
+    pub fn inline_bytes(&self) -> crate::error::Result<Option<Vec<u8>>> {
         if let Some(v) = &self.json {
             return Ok(Some(self.json_style.unwrap_or(JsonStyle::Compact).encode(v)));
         }
@@ -173,7 +173,10 @@ impl Body {
             return Ok(Some(t.as_bytes().to_vec()));
         }
         if let Some(b) = &self.base64 {
-            return B64.decode(b.trim()).map(Some).map_err(|e| format!("body base64 is invalid: {e}"));
+            return B64
+                .decode(b.trim())
+                .map(Some)
+                .map_err(|e| crate::error::Error::input(format!("body base64 is invalid: {e}")));
         }
         Ok(None)
     }

@@ -208,7 +208,7 @@ macro_rules! sections {
             }
 
             /// Checks that `kind` names the one protocol section that is set.
-            pub(crate) fn validate(&self) -> Result<(), String> {
+            pub(crate) fn validate(&self) -> $crate::error::Result<()> {
                 let set: Vec<&str> =
                     [$((stringify!($kind), self.$kind.is_some())),*].iter().filter(|(_, on)| *on).map(|(k, _)| *k).collect();
                 match set.as_slice() {
@@ -217,6 +217,7 @@ macro_rules! sections {
                     [] => Err(format!("mock {} has no {} section", self.id, self.kind)),
                     _ => Err(format!("mock {} holds more than one protocol section", self.id)),
                 }
+                .map_err($crate::error::Error::input)
             }
         }
 

@@ -16,8 +16,8 @@
 //! cut short by a crash is recognised and dropped on load. The tests' journal becomes one file per test
 //! when the recording ends (or on the next load after a kill).
 
-pub mod body;
-pub mod format;
+pub(crate) mod body;
+pub(crate) mod format;
 pub(crate) mod journal;
 mod spill;
 
@@ -354,7 +354,7 @@ impl LoadedSet {
 
 pub fn body_bytes(dir: &Path, body: &Option<Body>) -> Result<Vec<u8>> {
     let Some(b) = body else { return Ok(Vec::new()) };
-    if let Some(bytes) = b.inline_bytes().map_err(Error::input)? {
+    if let Some(bytes) = b.inline_bytes()? {
         return Ok(bytes);
     }
     let file = b.file.as_deref().unwrap_or_default();
@@ -793,7 +793,7 @@ pub fn body_pieces(
     body: &Option<Body>,
 ) -> Result<Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send>> {
     let Some(b) = body else { return Ok(Box::new(std::iter::empty())) };
-    if let Some(bytes) = b.inline_bytes().map_err(Error::input)? {
+    if let Some(bytes) = b.inline_bytes()? {
         return Ok(Box::new(std::iter::once(Ok(bytes))));
     }
     let file = b.file.as_deref().unwrap_or_default();

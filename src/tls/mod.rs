@@ -4,7 +4,7 @@
 //! environment variables common runtimes read).
 
 mod ca;
-pub mod trust;
+pub(crate) mod trust;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

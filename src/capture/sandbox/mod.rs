@@ -2,7 +2,7 @@
 //! and every DNS query of the app is redirected by nf_tables to listeners that the helper hands to doppel.
 //! doppel's sockets for those listeners live in the namespace; its upstream connections live on the host.
 
-pub mod helper;
+pub(crate) mod helper;
 mod netlink;
 mod wire;
 

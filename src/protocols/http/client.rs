@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::parse::{Event, Parser, ResponseHead, Side};
 use super::wire;
+use crate::error::{Error, Result};
 use crate::protocols::http::{Header, HttpRequest};
 use crate::store::{self, SpillBuffer};
 
@@ -26,11 +27,11 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     dir: &std::path::Path,
     body_sink: SpillBuffer,
     timeout: Duration,
-) -> Result<Response, String> {
+) -> Result<Response> {
     let started = Instant::now();
     match tokio::time::timeout(timeout, exchange_inner(conn, req, dir, body_sink, started)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no complete response within {:.1}s", timeout.as_secs_f64())),
+        Err(_) => Err(Error::app(format!("no complete response within {:.1}s", timeout.as_secs_f64()))),
     }
 }
 
@@ -40,17 +41,17 @@ async fn exchange_inner<S: AsyncRead + AsyncWrite + Unpin>(
     dir: &std::path::Path,
     mut body: SpillBuffer,
     started: Instant,
-) -> Result<Response, String> {
-    let mut pieces = store::body_pieces(dir, &req.body).map_err(|e| e.to_string())?;
+) -> Result<Response> {
+    let mut pieces = store::body_pieces(dir, &req.body)?;
     let send = async {
         conn.write_all(&wire::request_head(req)).await?;
         wire::write_body(conn, wire::is_chunked(&req.headers), &mut pieces, &req.trailers).await?;
         conn.flush().await
     };
-    send.await.map_err(|e| format!("sending the request failed: {e}"))?;
+    send.await.map_err(|e| Error::app(format!("sending the request failed: {e}")))?;
     let mut buf = vec![0u8; 64 * 1024];
     let (head, trailers) = read_response(conn, &req.method, &mut buf, |piece| {
-        body.push(piece).map_err(|e| format!("cannot buffer the response body: {e}"))
+        body.push(piece).map_err(|e| Error::app(format!("cannot buffer the response body: {e}")))
     })
     .await?;
     Ok(Response { head, body, trailers, elapsed: started.elapsed() })
@@ -58,12 +59,12 @@ async fn exchange_inner<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// The exact bytes `exchange` sends for `req` (head, framed body, trailers) in one buffer, for senders that
 /// repeat a request many times (`doppel load`). Bodies stored as files are read whole.
-pub async fn encode_request(req: &HttpRequest, dir: &std::path::Path) -> Result<Vec<u8>, String> {
+pub async fn encode_request(req: &HttpRequest, dir: &std::path::Path) -> Result<Vec<u8>> {
     let mut out = wire::request_head(req);
-    let mut pieces = store::body_pieces(dir, &req.body).map_err(|e| e.to_string())?;
+    let mut pieces = store::body_pieces(dir, &req.body)?;
     wire::write_body(&mut out, wire::is_chunked(&req.headers), &mut pieces, &req.trailers)
         .await
-        .map_err(|e| format!("cannot read the request body: {e}"))?;
+        .map_err(|e| Error::app(format!("cannot read the request body: {e}")))?;
     Ok(out)
 }
 
@@ -74,25 +75,27 @@ pub async fn read_response<S: AsyncRead + Unpin>(
     conn: &mut S,
     method: &str,
     buf: &mut [u8],
-    mut on_body: impl FnMut(&[u8]) -> Result<(), String>,
-) -> Result<(ResponseHead, Vec<Header>), String> {
+    mut on_body: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<(ResponseHead, Vec<Header>)> {
     let mut parser = Parser::new(Side::Response);
     parser.expect_response_to(method);
     let mut events = Vec::new();
     let mut head = None;
     let mut trailers = Vec::new();
     loop {
-        let n = conn.read(buf).await.map_err(|e| format!("reading the response failed: {e}"))?;
+        let n = conn.read(buf).await.map_err(|e| Error::app(format!("reading the response failed: {e}")))?;
         if n == 0 {
             parser.finish(&mut events).map_err(|_| {
-                if head.is_none() {
-                    "the app closed the connection without answering".to_string()
+                Error::app(if head.is_none() {
+                    "the app closed the connection without answering"
                 } else {
-                    "the app closed the connection in the middle of the response".to_string()
-                }
+                    "the app closed the connection in the middle of the response"
+                })
             })?;
         } else {
-            parser.feed(&buf[..n], &mut events).map_err(|e| format!("the app's response is not valid HTTP: {e}"))?;
+            parser
+                .feed(&buf[..n], &mut events)
+                .map_err(|e| Error::app(format!("the app's response is not valid HTTP: {e}")))?;
         }
         for ev in events.drain(..) {
             match ev {
@@ -100,14 +103,14 @@ pub async fn read_response<S: AsyncRead + Unpin>(
                 Event::Body(b) => on_body(&b)?,
                 Event::Trailers(t) => trailers = t,
                 Event::End | Event::Upgrade => {
-                    let head = head.take().ok_or("response ended before its head")?;
+                    let head = head.take().ok_or_else(|| Error::app("response ended before its head"))?;
                     return Ok((head, trailers));
                 }
                 Event::Request(_) => {}
             }
         }
         if n == 0 {
-            return Err("the app closed the connection without answering".into());
+            return Err(Error::app("the app closed the connection without answering"));
         }
     }
 }

@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{from_header_map, grpc, read_body, to_header_map};
 use crate::diff::{self, Actual, Comparison, Expected, Noise};
+use crate::error::{Error, Result};
 use crate::protocols::http::{Header, HeaderList, HttpRequest, HttpResponse};
 use crate::store::{self};
 
@@ -27,10 +28,10 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     req: &HttpRequest,
     dir: &std::path::Path,
     timeout: Duration,
-) -> Result<Answer, String> {
+) -> Result<Answer> {
     match tokio::time::timeout(timeout, exchange_inner(io, req, dir)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no complete response within {:.1}s", timeout.as_secs_f64())),
+        Err(_) => Err(Error::app(format!("no complete response within {:.1}s", timeout.as_secs_f64()))),
     }
 }
 
@@ -38,14 +39,11 @@ async fn exchange_inner<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: S,
     req: &HttpRequest,
     dir: &std::path::Path,
-) -> Result<Answer, String> {
-    let body = if req.messages.is_empty() {
-        store::body_bytes(dir, &req.body).map_err(|e| e.to_string())?
-    } else {
-        grpc::body_of(&req.messages)?
-    };
-    let (sender, connection) =
-        h2::client::handshake(io).await.map_err(|e| format!("the app did not accept an HTTP/2 connection: {e}"))?;
+) -> Result<Answer> {
+    let body = if req.messages.is_empty() { store::body_bytes(dir, &req.body)? } else { grpc::body_of(&req.messages)? };
+    let (sender, connection) = h2::client::handshake(io)
+        .await
+        .map_err(|e| Error::app(format!("the app did not accept an HTTP/2 connection: {e}")))?;
     let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -54,26 +52,27 @@ async fn exchange_inner<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let authority = req.headers.get_str(":authority").unwrap_or_else(|| "localhost".into());
         let uri = format!("{scheme}://{authority}{}", req.target);
         let mut request = http::Request::new(());
-        *request.method_mut() =
-            http::Method::from_bytes(req.method.as_bytes()).map_err(|e| format!("method {:?}: {e}", req.method))?;
-        *request.uri_mut() = uri.parse().map_err(|e| format!("request target {uri:?}: {e}"))?;
+        *request.method_mut() = http::Method::from_bytes(req.method.as_bytes())
+            .map_err(|e| Error::app(format!("method {:?}: {e}", req.method)))?;
+        *request.uri_mut() = uri.parse().map_err(|e| Error::app(format!("request target {uri:?}: {e}")))?;
         *request.version_mut() = http::Version::HTTP_2;
         *request.headers_mut() = to_header_map(&req.headers);
-        let mut sender = sender.ready().await.map_err(|e| format!("the app refused a stream: {e}"))?;
+        let mut sender = sender.ready().await.map_err(|e| Error::app(format!("the app refused a stream: {e}")))?;
         let end_now = body.is_empty() && req.trailers.is_empty();
-        let (response, mut stream) =
-            sender.send_request(request, end_now).map_err(|e| format!("sending the request failed: {e}"))?;
+        let (response, mut stream) = sender
+            .send_request(request, end_now)
+            .map_err(|e| Error::app(format!("sending the request failed: {e}")))?;
         if !body.is_empty() {
             stream
                 .send_data(Bytes::from(body), req.trailers.is_empty())
-                .map_err(|e| format!("sending the body failed: {e}"))?;
+                .map_err(|e| Error::app(format!("sending the body failed: {e}")))?;
         }
         if !req.trailers.is_empty() {
             stream
                 .send_trailers(to_header_map(&req.trailers))
-                .map_err(|e| format!("sending the trailers failed: {e}"))?;
+                .map_err(|e| Error::app(format!("sending the trailers failed: {e}")))?;
         }
-        let response = response.await.map_err(|e| format!("the app did not answer: {e}"))?;
+        let response = response.await.map_err(|e| Error::app(format!("the app did not answer: {e}")))?;
         let (parts, mut recv) = response.into_parts();
         let (body, trailers) = read_body(&mut recv, RESPONSE_LIMIT).await?;
         Ok(Answer { status: parts.status.as_u16(), headers: from_header_map(&parts.headers), body, trailers })

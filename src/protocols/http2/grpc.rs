@@ -22,7 +22,7 @@ pub const MAX_DECODED_BODY: usize = 16 << 20;
 static SCHEMA: OnceLock<DescriptorPool> = OnceLock::new();
 
 /// Compiles `.proto` files (imports resolved in `include` directories, then the files' own directories).
-pub fn load_schema(files: &[std::path::PathBuf], include: &[std::path::PathBuf]) -> Result<(), String> {
+pub fn load_schema(files: &[std::path::PathBuf], include: &[std::path::PathBuf]) -> crate::error::Result<()> {
     if files.is_empty() {
         return Ok(());
     }
@@ -35,8 +35,9 @@ pub fn load_schema(files: &[std::path::PathBuf], include: &[std::path::PathBuf])
             }
         }
     }
-    let set = protox::compile(files, &dirs).map_err(|e| format!("--proto: {e}"))?;
-    let pool = DescriptorPool::from_file_descriptor_set(set).map_err(|e| format!("--proto: {e}"))?;
+    let set = protox::compile(files, &dirs).map_err(|e| crate::error::Error::input(format!("--proto: {e}")))?;
+    let pool = DescriptorPool::from_file_descriptor_set(set)
+        .map_err(|e| crate::error::Error::input(format!("--proto: {e}")))?;
     let _ = SCHEMA.set(pool);
     Ok(())
 }
@@ -61,15 +62,15 @@ fn message_type(pool: &DescriptorPool, path: &str, request: bool) -> Option<Mess
 }
 
 /// Splits a body into its messages: `(compressed, bytes)`. An error when it is not gRPC framing.
-pub fn split(mut body: &[u8]) -> Result<Vec<(bool, &[u8])>, String> {
+pub fn split(mut body: &[u8]) -> crate::error::Result<Vec<(bool, &[u8])>> {
     let mut out = Vec::new();
     while !body.is_empty() {
         let Some((head, rest)) = body.split_first_chunk::<5>() else {
-            return Err(format!("{} bytes left after the last gRPC message", body.len()));
+            return Err(crate::error::Error::input(format!("{} bytes left after the last gRPC message", body.len())));
         };
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         if head[0] > 1 || rest.len() < len {
-            return Err("not gRPC message framing".into());
+            return Err(crate::error::Error::input("not gRPC message framing"));
         }
         let (msg, rest) = rest.split_at(len);
         out.push((head[0] == 1, msg));
@@ -115,23 +116,27 @@ fn encode_with(desc: &MessageDescriptor, json: &Value) -> Option<Vec<u8>> {
 
 /// The bytes of a stored message: the kept bytes, else its JSON encoded (with the .proto when it names a
 /// type, else as a field-number tree).
-pub fn message_bytes(m: &GrpcMessage) -> Result<Vec<u8>, String> {
+pub fn message_bytes(m: &GrpcMessage) -> crate::error::Result<Vec<u8>> {
     if let Some(b) = &m.base64 {
-        return B64.decode(b.trim()).map_err(|e| format!("gRPC message base64 is invalid: {e}"));
+        return B64
+            .decode(b.trim())
+            .map_err(|e| crate::error::Error::input(format!("gRPC message base64 is invalid: {e}")));
     }
-    let json = m.json.as_ref().ok_or("a gRPC message needs json or base64")?;
+    let json = m.json.as_ref().ok_or_else(|| crate::error::Error::input("a gRPC message needs json or base64"))?;
     match &m.type_name {
         Some(name) => {
-            let pool = schema().ok_or_else(|| format!("message of type {name}: give its .proto with --proto"))?;
-            let desc =
-                pool.get_message_by_name(name).ok_or_else(|| format!("type {name} is not in the .proto files"))?;
-            DynamicMessage::deserialize(desc, json.clone())
-                .map(|m| m.encode_to_vec())
-                .map_err(|e| format!("message of type {name} does not match its .proto: {e}"))
+            let pool = schema().ok_or_else(|| {
+                crate::error::Error::input(format!("message of type {name}: give its .proto with --proto"))
+            })?;
+            let desc = pool
+                .get_message_by_name(name)
+                .ok_or_else(|| crate::error::Error::input(format!("type {name} is not in the .proto files")))?;
+            DynamicMessage::deserialize(desc, json.clone()).map(|m| m.encode_to_vec()).map_err(|e| {
+                crate::error::Error::input(format!("message of type {name} does not match its .proto: {e}"))
+            })
         }
-        None => {
-            pbwire::encode(json).ok_or_else(|| "a field-number message holds a value protobuf cannot encode".into())
-        }
+        None => pbwire::encode(json)
+            .ok_or_else(|| crate::error::Error::input("a field-number message holds a value protobuf cannot encode")),
     }
 }
 
@@ -150,7 +155,7 @@ pub fn missing_schema(set: &crate::store::LoadedSet) -> Option<String> {
 }
 
 /// A whole gRPC body from stored messages.
-pub fn body_of(messages: &[GrpcMessage]) -> Result<Vec<u8>, String> {
+pub fn body_of(messages: &[GrpcMessage]) -> crate::error::Result<Vec<u8>> {
     let mut out = Vec::new();
     for m in messages {
         let bytes = message_bytes(m)?;

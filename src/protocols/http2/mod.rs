@@ -140,17 +140,18 @@ fn to_header_map(headers: &[Header]) -> http::HeaderMap {
 }
 
 /// Reads a whole body and its trailers from an `h2` stream, giving flow-control credit back as it goes.
-async fn read_body(recv: &mut h2::RecvStream, limit: usize) -> Result<(Vec<u8>, Vec<Header>), String> {
+async fn read_body(recv: &mut h2::RecvStream, limit: usize) -> crate::error::Result<(Vec<u8>, Vec<Header>)> {
     let mut body = Vec::new();
     while let Some(chunk) = recv.data().await {
-        let chunk: Bytes = chunk.map_err(|e| format!("reading the body failed: {e}"))?;
+        let chunk: Bytes = chunk.map_err(|e| crate::error::Error::app(format!("reading the body failed: {e}")))?;
         let _ = recv.flow_control().release_capacity(chunk.len());
         if body.len() + chunk.len() > limit {
-            return Err(format!("body larger than {limit} bytes"));
+            return Err(crate::error::Error::app(format!("body larger than {limit} bytes")));
         }
         body.extend_from_slice(&chunk);
     }
-    let trailers = recv.trailers().await.map_err(|e| format!("reading the trailers failed: {e}"))?;
+    let trailers =
+        recv.trailers().await.map_err(|e| crate::error::Error::app(format!("reading the trailers failed: {e}")))?;
     Ok((body, trailers.as_ref().map(from_header_map).unwrap_or_default()))
 }
 

@@ -287,7 +287,7 @@ impl Paced {
             if !due {
                 break;
             }
-            let framed = grpc::body_of(std::slice::from_ref(m))?;
+            let framed = grpc::body_of(std::slice::from_ref(m)).map_err(|e| e.to_string())?;
             playing.stream.send_data(Bytes::from(framed), false).map_err(|e| e.to_string())?;
             playing.sent += 1;
         }
@@ -433,7 +433,7 @@ fn send_recorded(
     let body = if recorded.messages.is_empty() {
         store::body_bytes(&ctx.pool.dir, &recorded.body).map_err(|e| e.to_string())?
     } else {
-        grpc::body_of(&recorded.messages)?
+        grpc::body_of(&recorded.messages).map_err(|e| e.to_string())?
     };
     let mut response = http::Response::new(());
     *response.status_mut() = http::StatusCode::from_u16(recorded.status).map_err(|e| e.to_string())?;

@@ -9,7 +9,7 @@ use crate::protocols::mysql::{MysqlColumn, MysqlError, MysqlValue};
 
 /// Capability flags: MySQL's in the low 32 bits, MariaDB's extensions (sent in the handshake's filler
 /// bytes) in the high 32 bits.
-pub mod caps {
+pub(crate) mod caps {
     /// MariaDB calls this bit CLIENT_MYSQL: when it is clear, MariaDB extension flags are exchanged.
     pub const LONG_PASSWORD: u64 = 1;
     pub const CONNECT_WITH_DB: u64 = 1 << 3;
@@ -75,7 +75,7 @@ pub mod caps {
 }
 
 /// Server status flags of OK and EOF packets.
-pub mod status {
+pub(crate) mod status {
     pub const MORE_RESULTS_EXISTS: u16 = 0x0008;
     pub const SESSION_STATE_CHANGED: u16 = 0x4000;
 
@@ -98,7 +98,7 @@ pub mod status {
 }
 
 /// Column definition flags.
-pub mod column_flags {
+pub(crate) mod column_flags {
     pub const UNSIGNED: u16 = 32;
 
     pub const NAMES: &[(u64, &str)] = &[
@@ -122,7 +122,7 @@ pub mod column_flags {
 }
 
 /// Column and parameter wire types.
-pub mod types {
+pub(crate) mod types {
     pub const TINY: u8 = 0x01;
     pub const SHORT: u8 = 0x02;
     pub const LONG: u8 = 0x03;

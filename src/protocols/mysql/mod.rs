@@ -27,7 +27,7 @@ pub const NATIVE_PASSWORD: &str = "mysql_native_password";
 pub const DEFAULT_PORT: u16 = 3306;
 
 /// Command bytes (the first byte of a client packet in the command phase).
-pub mod command {
+pub(crate) mod command {
     pub const QUIT: u8 = 0x01;
     pub const INIT_DB: u8 = 0x02;
     pub const QUERY: u8 = 0x03;

@@ -602,7 +602,7 @@ impl Server {
             for (i, v) in row.iter().enumerate() {
                 let (oid, recorded) = cols.get(i).copied().unwrap_or((0, Format::Text));
                 let format = formats.map(|f| Format::nth(f, i)).unwrap_or(recorded);
-                cells.push(types::encode_cell(oid, format, v)?);
+                cells.push(types::encode_cell(oid, format, v).map_err(|e| e.to_string())?);
             }
             wire::encode_data_row(cells.iter().map(|c| c.as_deref()), &mut self.out);
         }

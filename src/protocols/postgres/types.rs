@@ -130,16 +130,16 @@ pub fn encode(oid: u32, format: Format, v: &Value) -> Option<Vec<u8>> {
 }
 
 /// An encoded cell: `Value::Null` is SQL NULL.
-pub fn encode_cell(oid: u32, format: Format, v: &Value) -> Result<Option<Vec<u8>>, String> {
+pub fn encode_cell(oid: u32, format: Format, v: &Value) -> crate::error::Result<Option<Vec<u8>>> {
     if v.is_null() {
         return Ok(None);
     }
     encode(oid, format, v).map(Some).ok_or_else(|| {
-        format!(
+        crate::error::Error::input(format!(
             "cannot write {v} as {} in {} format",
             type_name(oid),
             if format == Format::Binary { "binary" } else { "text" }
-        )
+        ))
     })
 }
 

@@ -35,11 +35,13 @@ impl Chunk {
         }
     }
 
-    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+    pub fn bytes(&self) -> crate::error::Result<Vec<u8>> {
         match (&self.text, &self.base64) {
             (Some(t), None) => Ok(t.as_bytes().to_vec()),
-            (None, Some(b)) => B64.decode(b.trim()).map_err(|e| format!("chunk base64 is invalid: {e}")),
-            _ => Err("a chunk needs exactly one of text or base64".into()),
+            (None, Some(b)) => {
+                B64.decode(b.trim()).map_err(|e| crate::error::Error::input(format!("chunk base64 is invalid: {e}")))
+            }
+            _ => Err(crate::error::Error::input("a chunk needs exactly one of text or base64")),
         }
     }
 }
