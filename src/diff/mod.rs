@@ -2,7 +2,7 @@
 //!
 //! Status is compared exactly; headers and trailers by case-insensitive name, skipping framing headers and
 //! those the noise rules ignore; bodies structurally when both are JSON, as a line diff when both are text,
-//! else byte for byte. [`compare_files`] compares bodies too large to hold in memory.
+//! else byte for byte. [`compare_streams`] compares bodies too large to hold in memory.
 
 mod json;
 mod noise;
@@ -12,7 +12,6 @@ mod tests;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -280,11 +279,14 @@ fn binary_difference(expected: &[u8], actual: &[u8]) -> Difference {
     }
 }
 
-/// Compares two large bodies held in files, streaming (never reading both fully into memory):
-/// equal -> no difference; otherwise one Difference at "body" saying the size differs or the first differing byte offset.
-pub fn compare_files(expected: &Path, actual: &Path) -> std::io::Result<Option<Difference>> {
-    let expected_len = std::fs::metadata(expected)?.len();
-    let actual_len = std::fs::metadata(actual)?.len();
+/// Compares two large bodies as streams of known length (never holding both in memory): equal -> no
+/// difference; otherwise one Difference at "body" saying the size differs or the first differing byte offset.
+pub fn compare_streams(
+    mut ef: impl Read,
+    expected_len: u64,
+    mut af: impl Read,
+    actual_len: u64,
+) -> std::io::Result<Option<Difference>> {
     if expected_len != actual_len {
         return Ok(Some(Difference {
             location: "body".to_string(),
@@ -295,8 +297,6 @@ pub fn compare_files(expected: &Path, actual: &Path) -> std::io::Result<Option<D
         }));
     }
     const CHUNK: usize = 64 * 1024;
-    let mut ef = std::fs::File::open(expected)?;
-    let mut af = std::fs::File::open(actual)?;
     let mut eb = vec![0u8; CHUNK];
     let mut ab = vec![0u8; CHUNK];
     let mut offset: u64 = 0;

@@ -376,6 +376,12 @@ fn temp_file(bytes: &[u8]) -> tempfile::NamedTempFile {
     f
 }
 
+fn compare_files(e: &std::path::Path, a: &std::path::Path) -> std::io::Result<Option<Difference>> {
+    let (ef, af) = (std::fs::File::open(e)?, std::fs::File::open(a)?);
+    let (el, al) = (ef.metadata()?.len(), af.metadata()?.len());
+    compare_streams(ef, el, af, al)
+}
+
 #[test]
 fn compare_files_equal_different_and_size() {
     let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();

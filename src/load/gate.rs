@@ -77,7 +77,9 @@ impl Gate {
             "errors" => Metric::Errors,
             "rps" => Metric::Rps,
             _ => {
-                return Err(crate::error::Error::input(format!("--fail-if {text:?}: unknown metric {name:?}; {USAGE}")));
+                return Err(crate::error::Error::input(format!(
+                    "--fail-if {text:?}: unknown metric {name:?}; {USAGE}"
+                )));
             }
         };
         let bad =

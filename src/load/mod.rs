@@ -76,7 +76,7 @@ pub async fn run(opts: LoadOptions) -> Result<i32> {
         );
     }
     let started_at = store::now_rfc3339();
-    let tmp = std::env::temp_dir().join(format!("doppel-load-{}", std::process::id()));
+    let scratch = store::scratch("load")?;
     let facts_schedule = schedule.clone();
     let outcome = engine::run(
         schedule,
@@ -88,11 +88,11 @@ pub async fn run(opts: LoadOptions) -> Result<i32> {
             max_inflight: opts.max_inflight,
             timeout: opts.timeout,
             quiet: opts.quiet,
-            tmp: tmp.clone(),
+            tmp: scratch.path().to_path_buf(),
         },
     )
     .await;
-    let _ = std::fs::remove_dir_all(&tmp);
+    drop(scratch);
     let outcome = outcome?;
     let facts = report::RunFacts {
         target: opts.target.url(),

@@ -325,10 +325,7 @@ pub fn write_json(r: &LoadReport, path: &Path) -> Result<()> {
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    std::fs::write(path, text).map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))
+    crate::store::write_report(path, text.as_bytes())
 }
 
 /// A row of the HTML tables, already formatted.

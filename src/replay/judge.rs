@@ -181,7 +181,8 @@ pub(crate) fn compare_sides(expected: &Side, actual: &Side, noise: &Noise) -> cr
             let mut c = compare_with(&[], &[]);
             let body_diff = match (e, a) {
                 (SideBody::File { path: e, .. }, SideBody::File { path: a, .. }) => {
-                    diff::compare_files(e, a).context(Kind::Environment, || "comparing bodies".into())?
+                    let ((ef, el), (af, al)) = (store::open_body_file(e)?, store::open_body_file(a)?);
+                    diff::compare_streams(ef, el, af, al).context(Kind::Environment, || "comparing bodies".into())?
                 }
                 _ => {
                     let len = |b: &SideBody| match b {

@@ -80,20 +80,19 @@ pub(crate) async fn run(capture: Option<&dyn Capture>, opts: &ReplayOptions) -> 
         ..RunReport::default()
     };
     let sets = load_sets(opts)?;
-    let tmp = std::env::temp_dir().join(format!("doppel-replay-{}", std::process::id()));
+    let scratch = store::scratch("replay")?;
+    let tmp = scratch.path();
     for (set, rules, plan) in &sets {
         let set_report = match opts.learn_runs {
-            Some(runs) => learn::learn_set(capture, set, plan, rules, opts, &tmp, runs).await?,
-            None => run_once(capture, set, plan, rules, opts, &tmp, opts.quiet).await?.report,
+            Some(runs) => learn::learn_set(capture, set, plan, rules, opts, tmp, runs).await?,
+            None => run_once(capture, set, plan, rules, opts, tmp, opts.quiet).await?.report,
         };
         report.sets.push(set_report);
     }
-    let _ = std::fs::remove_dir_all(&tmp);
+    drop(scratch);
     report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     report.tally();
-    let stamp = report.started_at.replace([':', '.'], "-");
-    let dir = opts.report_dir.clone().unwrap_or_else(|| opts.store.reports_dir());
-    report::write_json(&report, &dir.join(format!("run-{stamp}.json")))?;
+    report::write_json(&report, &opts.store.run_report_path(opts.report_dir.as_deref(), &report.started_at))?;
     if let Some(j) = &opts.junit {
         report::write_junit(&report, j)?;
     }

@@ -52,17 +52,11 @@ struct SetRefresh {
 /// Returns the exit code: 0 written or nothing to change, 1 changes left unwritten.
 pub(crate) async fn run(capture: &dyn Capture, opts: &ReplayOptions, rr: &Rerecord) -> Result<i32> {
     let sets = load_sets(opts)?;
-    let tmp = std::env::temp_dir().join(format!("doppel-rerecord-{}", std::process::id()));
+    // The new recordings wait in a scratch directory (removed on every way out) until they are written.
+    let scratch = store::scratch("rerecord")?;
     let mut refreshed = Vec::new();
     for (set, rules, plan) in sets {
-        let r = refresh_set(capture, set, &rules, &plan, opts, rr, &tmp).await;
-        match r {
-            Ok(r) => refreshed.push(r),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e);
-            }
-        }
+        refreshed.push(refresh_set(capture, set, &rules, &plan, opts, rr, scratch.path()).await?);
     }
     let changed: Vec<&SetRefresh> =
         refreshed.iter().filter(|r| r.mocks_changed || r.fresh.iter().any(|f| !f.differences.is_empty())).collect();
@@ -81,7 +75,7 @@ pub(crate) async fn run(capture: &dyn Capture, opts: &ReplayOptions, rr: &Rereco
     } else {
         1
     };
-    let _ = std::fs::remove_dir_all(&tmp);
+    drop(scratch);
     Ok(code)
 }
 

@@ -180,11 +180,8 @@ pub fn summary_line(report: &RunReport) -> String {
 }
 
 pub fn write_json(report: &RunReport, path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
-    }
     let text = serde_json::to_string_pretty(report).map_err(|e| Error::internal(e.to_string()))?;
-    std::fs::write(path, text).map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))
+    crate::store::write_report(path, text.as_bytes())
 }
 
 pub fn write_junit(report: &RunReport, path: &Path) -> Result<()> {
@@ -216,9 +213,6 @@ pub fn write_junit(report: &RunReport, path: &Path) -> Result<()> {
         }
         junit.add_test_suite(suite);
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
-    }
     let xml = junit.to_string().map_err(|e| Error::internal(format!("cannot write JUnit XML: {e}")))?;
-    std::fs::write(path, xml).map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))
+    crate::store::write_report(path, xml.as_bytes())
 }

@@ -138,7 +138,8 @@ pub async fn run(opts: DiffOptions) -> Result<i32> {
             report.secondary.as_ref().map(|s| format!(", secondary {s}")).unwrap_or_default()
         );
     }
-    let tmp = std::env::temp_dir().join(format!("doppel-diff-{}", std::process::id()));
+    let scratch = store::scratch("diff")?;
+    let tmp = scratch.path();
     let mut endpoints: BTreeMap<String, EndpointDiff> = BTreeMap::new();
     for (set, noises) in &sets {
         for (i, (_, test)) in set.tests.iter().enumerate() {
@@ -149,10 +150,10 @@ pub async fn run(opts: DiffOptions) -> Result<i32> {
                 continue;
             }
             let entry = endpoints.entry(endpoint.clone()).or_insert_with(|| EndpointDiff::new(&endpoint));
-            compare_one(&opts, &set.dir, test, &noises[i], &tmp, entry, &mut report).await;
+            compare_one(&opts, &set.dir, test, &noises[i], tmp, entry, &mut report).await;
         }
     }
-    let _ = std::fs::remove_dir_all(&tmp);
+    drop(scratch);
     report.finish(endpoints.into_values().collect());
     if report.compared == 0 {
         let why = report.errors.first().map(|e| e.message.clone()).unwrap_or_default();

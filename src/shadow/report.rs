@@ -321,10 +321,7 @@ pub fn render_text(r: &DiffReport) -> String {
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    std::fs::write(path, text).map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))
+    crate::store::write_report(path, text.as_bytes())
 }
 
 pub fn write_json(r: &DiffReport, path: &Path) -> Result<()> {

@@ -19,6 +19,7 @@
 pub(crate) mod body;
 pub(crate) mod format;
 pub(crate) mod journal;
+mod reports;
 mod spill;
 
 use std::collections::BTreeSet;
@@ -34,6 +35,7 @@ use serde::de::DeserializeOwned;
 
 pub use body::Body;
 pub use format::*;
+pub(crate) use reports::write_report;
 pub use spill::SpillBuffer;
 
 use crate::error::{Error, Result};
@@ -813,6 +815,22 @@ pub fn body_pieces(
             Err(e) => Some(Err(e)),
         }
     })))
+}
+
+/// A private scratch directory for one run (`what`: replay, load, ...), for response bodies too large to
+/// hold in memory; created fresh (mode 0700, a name nobody can guess) and removed when dropped.
+pub(crate) fn scratch(what: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new().prefix(&format!("doppel-{what}-")).tempdir().map_err(|e| {
+        Error::env(format!("cannot create a scratch directory in {}: {e}", std::env::temp_dir().display()))
+    })
+}
+
+/// A body file (of a test set, or a response spilled while replaying) to read as a stream, with its length.
+pub(crate) fn open_body_file(path: &Path) -> Result<(File, u64)> {
+    let io = |e: std::io::Error| Error::io(format!("cannot read body file {}: {e}", path.display()));
+    let f = File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    Ok((f, len))
 }
 
 /// Size of a body in bytes.
