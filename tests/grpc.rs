@@ -89,6 +89,16 @@ fn grpcio_server_recorded_as_tests_and_replayed_with_and_without_the_proto() {
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(bad.stdout.contains("message $[0].total_cents changed: expected 8750 got 8751"), "{bad:?}");
     assert!(bad.stdout.contains("message $[2].total_cents changed: expected 3750 got 3751"), "{bad:?}");
+    // Re-recorded after an intended change, the gRPC answers stay decoded messages and the changed build
+    // replays green (re-recording once wrote them as raw bodies with `messages: []`).
+    let mut args = proto_args();
+    args.extend(["--rerecord".to_string(), "--yes".to_string()]);
+    let rr = replay_server(&w, "named", &args, port, Some("changed"));
+    assert_eq!(rr.code, 0, "{rr:?}");
+    let list = read_all(&tests.join("post-shop-orders-listorders.yaml"));
+    assert!(list.contains("total_cents: 3751") && list.contains("type: shop.Order"), "{list}");
+    let again = replay_server(&w, "named", &proto_args(), port, Some("changed"));
+    assert!(again.stdout.contains("5 passed, 0 failed"), "{again:?}");
 
     // Without the .proto: field numbers, still compared field by field.
     let port = free_port();

@@ -7,6 +7,7 @@ mod common;
 mod faults;
 mod fuzz_smoke;
 mod grpc;
+mod house;
 mod http2;
 mod http_spine;
 mod https;

@@ -38,7 +38,16 @@ pub fn load_schema(files: &[std::path::PathBuf], include: &[std::path::PathBuf])
     let set = protox::compile(files, &dirs).map_err(|e| crate::error::Error::input(format!("--proto: {e}")))?;
     let pool = DescriptorPool::from_file_descriptor_set(set)
         .map_err(|e| crate::error::Error::input(format!("--proto: {e}")))?;
-    let _ = SCHEMA.set(pool);
+    let names = |p: &DescriptorPool| p.files().map(|f| f.name().to_string()).collect::<Vec<_>>();
+    let wanted = names(&pool);
+    let loaded = SCHEMA.get_or_init(|| pool);
+    if names(loaded) != wanted {
+        return Err(crate::error::Error::internal(format!(
+            "the gRPC schema was already loaded from {} and cannot change to {} within one run",
+            names(loaded).join(", "),
+            wanted.join(", ")
+        )));
+    }
     Ok(())
 }
 
@@ -206,7 +215,14 @@ mod tests {
     #[test]
     fn with_the_proto_messages_have_field_names_and_encode_back() {
         let proto = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/grpc/shop.proto");
-        load_schema(&[proto], &[]).unwrap();
+        load_schema(&[proto.clone()], &[]).unwrap();
+        load_schema(&[proto], &[]).expect("the same files again are the same schema");
+        // A different schema in the same process is refused, never silently ignored.
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.proto");
+        std::fs::write(&other, "syntax = \"proto3\";\npackage other;\nmessage M { int32 a = 1; }\n").unwrap();
+        let refused = load_schema(&[other], &[]).unwrap_err().to_string();
+        assert!(refused.contains("already loaded") && refused.contains("other.proto"), "{refused}");
         // Order { order_id: 7, customer: "alice", total_cents: 8750, items: ["a"] }
         let bytes = b"\x08\x07\x12\x05alice\x18\xae\x44\x22\x01a";
         let m = to_stored("/shop.Orders/GetOrder", false, false, bytes);
