@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn with_the_proto_messages_have_field_names_and_encode_back() {
         let proto = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/grpc/shop.proto");
-        load_schema(&[proto.clone()], &[]).unwrap();
+        load_schema(std::slice::from_ref(&proto), &[]).unwrap();
         load_schema(&[proto], &[]).expect("the same files again are the same schema");
         // A different schema in the same process is refused, never silently ignored.
         let dir = tempfile::tempdir().unwrap();
