@@ -13,15 +13,16 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::protocols::Conn;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use super::gate::format_ms;
 use super::schedule::Schedule;
 use super::stats::{Aggregate, Batch, ErrorClass, MismatchExample, Sample};
-use crate::diff::Noise;
+use crate::diff::{Comparison, Noise};
 use crate::error::{Context, Error, Kind, Result};
+use crate::protocols::Conn;
+use crate::protocols::http::parse::ResponseHead;
 use crate::protocols::http::{client, wire};
 use crate::replay::Target;
 use crate::store::{SpillBuffer, TestCase};
@@ -368,17 +369,7 @@ async fn send_once(
     cfg: &EngineConfig,
     shared: &Shared,
 ) -> std::result::Result<Answer, ErrorClass> {
-    // Chained values: this send uses the latest values the target produced (the recorded ones until then).
-    let rendered = match &request.templated {
-        Some(t) => {
-            let bindings = shared.bindings.lock().map(|b| b.clone()).unwrap_or_default();
-            let (recorded, _) = t.test.http().ok_or(ErrorClass::Io)?;
-            let req = cfg.target.request_for(&crate::chain::render_request(&t.test, recorded, &bindings));
-            let req = crate::protocols::http2::as_http1(req);
-            Some(Bytes::from(client::encode_request(&req, &t.set_dir).await.map_err(|_| ErrorClass::Io)?))
-        }
-        None => None,
-    };
+    let rendered = render(request, cfg, shared).await?;
     let wire = rendered.as_ref().unwrap_or(&request.wire);
     if stream.is_none() {
         *stream = Some(cfg.target.connect(cfg.timeout, false).await.map_err(|_| ErrorClass::Connect)?);
@@ -386,44 +377,7 @@ async fn send_once(
     let Some(conn) = stream.as_mut() else { return Err(ErrorClass::Connect) };
     let exchange = async {
         conn.write_all(wire).await.context(Kind::App, || "sending failed".into())?;
-        match &request.check {
-            None if !request.produces.is_empty() => {
-                // Keep the (small) body: later requests use values from it.
-                let mut body = Vec::new();
-                let (head, _) = client::read_response(conn, &request.method, buf, |piece| {
-                    if body.len() < 1 << 20 {
-                        body.extend_from_slice(piece);
-                    }
-                    Ok(())
-                })
-                .await?;
-                bind(&request.produces, &head.headers, &body, shared);
-                Ok((head, None))
-            }
-            None => client::read_response(conn, &request.method, buf, |_| Ok(())).await.map(|(head, _)| (head, None)),
-            Some(check) => {
-                let started = Instant::now();
-                let mut body = SpillBuffer::new(cfg.tmp.clone(), crate::replay::spill_counter());
-                let (head, trailers) = client::read_response(conn, &request.method, buf, |piece| {
-                    body.push(piece).context(Kind::Environment, || "cannot buffer the response body".into())
-                })
-                .await?;
-                let response = client::Response { head: head.clone(), body, trailers, elapsed: started.elapsed() };
-                if !request.produces.is_empty()
-                    && let Some(bytes) = response.body.bytes()
-                {
-                    bind(&request.produces, &head.headers, bytes, shared);
-                }
-                let compared = match check.test.http() {
-                    Some((_, expected)) => {
-                        crate::replay::compare_response(&check.set_dir, &check.test, expected, &response, &check.noise)
-                    }
-                    None => Err(Error::input(format!("a {} test is not an HTTP request", check.test.kind))),
-                };
-                response.body.discard();
-                Ok((head, Some(compared)))
-            }
-        }
+        read_answer(conn, request, buf, cfg, shared).await
     };
     let (head, compared) = match tokio::time::timeout(cfg.timeout, exchange).await {
         Err(_) => {
@@ -442,6 +396,74 @@ async fn send_once(
     {
         *stream = None;
     }
+    Ok(classify(request, &head, compared))
+}
+
+/// The bytes to send when the request carries chained values: filled with the latest values the target
+/// produced (the recorded ones until then). `None`: the prepared bytes as they are.
+async fn render(
+    request: &Prepared,
+    cfg: &EngineConfig,
+    shared: &Shared,
+) -> std::result::Result<Option<Bytes>, ErrorClass> {
+    let Some(t) = &request.templated else { return Ok(None) };
+    let bindings = shared.bindings.lock().map(|b| b.clone()).unwrap_or_default();
+    let (recorded, _) = t.test.http().ok_or(ErrorClass::Io)?;
+    let req = cfg.target.request_for(&crate::chain::render_request(&t.test, recorded, &bindings));
+    let req = crate::protocols::http2::as_http1(req);
+    Ok(Some(Bytes::from(client::encode_request(&req, &t.set_dir).await.map_err(|_| ErrorClass::Io)?)))
+}
+
+/// Reads the response: its head, and with `--check` how it compares with the recording. The body is kept
+/// only as long as something needs it (chained values, the comparison).
+async fn read_answer(
+    conn: &mut Conn,
+    request: &Prepared,
+    buf: &mut [u8],
+    cfg: &EngineConfig,
+    shared: &Shared,
+) -> Result<(ResponseHead, Option<Result<Comparison>>)> {
+    let Some(check) = &request.check else {
+        if request.produces.is_empty() {
+            return client::read_response(conn, &request.method, buf, |_| Ok(())).await.map(|(head, _)| (head, None));
+        }
+        // Keep the (small) body: later requests use values from it.
+        let mut body = Vec::new();
+        let (head, _) = client::read_response(conn, &request.method, buf, |piece| {
+            if body.len() < 1 << 20 {
+                body.extend_from_slice(piece);
+            }
+            Ok(())
+        })
+        .await?;
+        bind(&request.produces, &head.headers, &body, shared);
+        return Ok((head, None));
+    };
+    let started = Instant::now();
+    let mut body = SpillBuffer::new(cfg.tmp.clone(), crate::replay::spill_counter());
+    let (head, trailers) = client::read_response(conn, &request.method, buf, |piece| {
+        body.push(piece).context(Kind::Environment, || "cannot buffer the response body".into())
+    })
+    .await?;
+    let response = client::Response { head: head.clone(), body, trailers, elapsed: started.elapsed() };
+    if !request.produces.is_empty()
+        && let Some(bytes) = response.body.bytes()
+    {
+        bind(&request.produces, &head.headers, bytes, shared);
+    }
+    let compared = match check.test.http() {
+        Some((_, expected)) => {
+            crate::replay::compare_response(&check.set_dir, &check.test, expected, &response, &check.noise)
+        }
+        None => Err(Error::input(format!("a {} test is not an HTTP request", check.test.kind))),
+    };
+    response.body.discard();
+    Ok((head, Some(compared)))
+}
+
+/// What an answer counts as: an error status the recording did not have, or (with `--check`) a mismatch,
+/// with an example of it.
+fn classify(request: &Prepared, head: &ResponseHead, compared: Option<Result<Comparison>>) -> Answer {
     let status = head.status;
     let status_error = (status >= 400 && status != request.recorded_status).then_some(if status >= 500 {
         ErrorClass::Status5xx
@@ -465,7 +487,7 @@ async fn send_once(
         _ => None,
     };
     let error = status_error.or(mismatch.as_ref().map(|_| ErrorClass::Mismatch));
-    Ok(Answer { error, mismatch: if status_error.is_none() { mismatch } else { None } })
+    Answer { error, mismatch: if status_error.is_none() { mismatch } else { None } }
 }
 
 /// The live line on stderr, once a second; also closes seconds the live view no longer needs.

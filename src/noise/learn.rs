@@ -3,8 +3,6 @@
 //! Only differences between answers of the same build count, never a difference with the recording, so a
 //! regression cannot be learned away.
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
 use crate::diff::{self, Actual, Change, Expected, Noise};
@@ -43,16 +41,7 @@ pub fn learn(observations: &[Observation], existing: &[NoiseRule], default_heade
         return out;
     }
     // First the arrays that only changed order, so their elements are not each learned as changed.
-    let mut order_rules: Vec<String> = Vec::new();
-    if let Some(b) = json_of(base) {
-        for o in others {
-            if let Some(v) = json_of(o) {
-                reordered_arrays(&b, &v, &mut Vec::new(), &mut order_rules);
-            }
-        }
-    }
-    order_rules.sort();
-    order_rules.dedup();
+    let order_rules = reordered(base, others);
     let mut rules: Vec<NoiseRule> = existing.to_vec();
     rules.extend(order_rules.iter().map(|p| NoiseRule {
         body: Some(p.clone()),
@@ -77,46 +66,7 @@ pub fn learn(observations: &[Observation], existing: &[NoiseRule], default_heade
             ..NoiseRule::default()
         });
     }
-    // Location -> values seen there, in order of discovery.
-    let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut order: Vec<String> = Vec::new();
-    for o in others {
-        let c = diff::compare(
-            &Expected { status: base.status, headers: &base.headers, body: &base.body, trailers: &base.trailers },
-            &Actual { status: o.status, headers: &o.headers, body: &o.body, trailers: &o.trailers },
-            &noise,
-        );
-        for d in c.differences {
-            let key = match location_rule(&d.location) {
-                Some(k) => k,
-                None => {
-                    let what = format!("{} differs between answers of the same build", d.location);
-                    if !out.unlearnable.contains(&what) {
-                        out.unlearnable.push(what);
-                    }
-                    continue;
-                }
-            };
-            if !found.contains_key(&key) {
-                order.push(key.clone());
-            }
-            let seen = found.entry(key).or_default();
-            for v in [&d.expected, &d.actual].into_iter().flatten() {
-                let v = shorten(v);
-                if !seen.contains(&v) && seen.len() < SEEN_KEPT {
-                    seen.push(v);
-                }
-            }
-            if d.change != Change::Changed && seen.len() < SEEN_KEPT {
-                let absent = "(absent)".to_string();
-                if !seen.contains(&absent) {
-                    seen.push(absent);
-                }
-            }
-        }
-    }
-    for key in order {
-        let seen = found.remove(&key).unwrap_or_default();
+    for (key, seen) in differing(base, others, &noise, &mut out.unlearnable) {
         let (header, body) = match key.strip_prefix("header ") {
             Some(h) => (Some(h.to_string()), None),
             None => (None, key.strip_prefix("body ").map(str::to_string)),
@@ -130,6 +80,65 @@ pub fn learn(observations: &[Observation], existing: &[NoiseRule], default_heade
         });
     }
     out
+}
+
+/// JSONPaths of the arrays whose elements came in another order in some answer.
+fn reordered(base: &Observation, others: &[Observation]) -> Vec<String> {
+    let mut paths: Vec<String> = Vec::new();
+    if let Some(b) = json_of(base) {
+        for o in others {
+            if let Some(v) = json_of(o) {
+                reordered_arrays(&b, &v, &mut Vec::new(), &mut paths);
+            }
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// The places (`header x`, `body $.y`) where the answers differ under `noise`, in order of discovery, each
+/// with a few of the values seen there. A difference no rule can describe is said in `unlearnable`.
+fn differing(
+    base: &Observation,
+    others: &[Observation],
+    noise: &Noise,
+    unlearnable: &mut Vec<String>,
+) -> Vec<(String, Vec<String>)> {
+    let mut found: Vec<(String, Vec<String>)> = Vec::new();
+    for o in others {
+        let c = diff::compare(
+            &Expected { status: base.status, headers: &base.headers, body: &base.body, trailers: &base.trailers },
+            &Actual { status: o.status, headers: &o.headers, body: &o.body, trailers: &o.trailers },
+            noise,
+        );
+        for d in c.differences {
+            let Some(key) = location_rule(&d.location) else {
+                let what = format!("{} differs between answers of the same build", d.location);
+                if !unlearnable.contains(&what) {
+                    unlearnable.push(what);
+                }
+                continue;
+            };
+            let k = match found.iter().position(|(k, _)| *k == key) {
+                Some(k) => k,
+                None => {
+                    found.push((key, Vec::new()));
+                    found.len() - 1
+                }
+            };
+            let seen = &mut found[k].1;
+            let absent = (d.change != Change::Changed).then(|| "(absent)".to_string());
+            for v in
+                [d.expected.as_deref().map(shorten), d.actual.as_deref().map(shorten), absent].into_iter().flatten()
+            {
+                if !seen.contains(&v) && seen.len() < SEEN_KEPT {
+                    seen.push(v);
+                }
+            }
+        }
+    }
+    found
 }
 
 fn json_of(o: &Observation) -> Option<Value> {

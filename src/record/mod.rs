@@ -134,18 +134,7 @@ pub(crate) async fn record(capture: &dyn Capture, opts: RecordOptions) -> Result
         harness.attach(watch_ports(inbound.clone(), exposed.clone(), fatal_tx, opts.quiet));
     }
 
-    // Run until asked to stop, or the app stops.
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::internal(format!("cannot watch SIGTERM: {e}")))?;
-    let mut by_itself = false;
-    let mut fatal = None;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = sigterm.recv() => {}
-        _ = harness.app.wait() => { by_itself = true; }
-        e = fatal_rx.recv() => { fatal = e; }
-        _ = async { match &opts.stop { Some(n) => n.notified().await, None => std::future::pending().await } } => {}
-    }
+    let (by_itself, fatal) = run_until_stopped(&harness, &mut fatal_rx, opts.stop.as_deref()).await?;
     if !opts.quiet && !by_itself {
         eprintln!("doppel: stopping the app");
     }
@@ -153,8 +142,7 @@ pub(crate) async fn record(capture: &dyn Capture, opts: RecordOptions) -> Result
     drop(sink);
     drop(inbound);
     let summary = writer.finish();
-    let exposed_now = lock(&exposed).clone();
-    let mut ports: Vec<u16> = exposed_now.iter().map(|p| p.app).collect();
+    let mut ports: Vec<u16> = lock(&exposed).iter().map(|p| p.app).collect();
     ports.sort_unstable();
     ports.dedup();
     if let Err(e) = opts.store.set_app_ports(&set_name, ports) {
@@ -163,7 +151,6 @@ pub(crate) async fn record(capture: &dyn Capture, opts: RecordOptions) -> Result
     if let Some(e) = fatal {
         return Err(e);
     }
-    let dir = opts.store.root().join(&set_name);
     let mut undecrypted = opts.tls.as_ref().map(|t| t.refused_hosts()).unwrap_or_default();
     undecrypted.extend(opts.ingress_tls.as_ref().map(|t| t.refused_hosts()).unwrap_or_default());
     // The tests are on disk: mark chained values and volatile fields across the whole set.
@@ -175,7 +162,32 @@ pub(crate) async fn record(capture: &dyn Capture, opts: RecordOptions) -> Result
     } else {
         annotate::Annotated::default()
     };
+    let dir = opts.store.root().join(&set_name);
     Ok(RecordOutcome { dir, summary, app_exit: Some(exit), app_exited_by_itself: by_itself, undecrypted, annotated })
+}
+
+/// Runs until Ctrl-C, SIGTERM, `stop`, the app's exit (then `by_itself` is true) or a fatal error met on
+/// the way (a port the app opened that cannot be exposed).
+async fn run_until_stopped(
+    harness: &Harness,
+    fatal: &mut mpsc::Receiver<Error>,
+    stop: Option<&tokio::sync::Notify>,
+) -> Result<(bool, Option<Error>)> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::internal(format!("cannot watch SIGTERM: {e}")))?;
+    let stopped = async {
+        match stop {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    Ok(tokio::select! {
+        _ = tokio::signal::ctrl_c() => (false, None),
+        _ = sigterm.recv() => (false, None),
+        _ = harness.app.wait() => (true, None),
+        e = fatal.recv() => (false, e),
+        _ = stopped => (false, None),
+    })
 }
 
 /// A lock that outlives a panic elsewhere: the data behind it stays usable.

@@ -116,6 +116,28 @@ impl Capture for Sandbox {
 }
 
 async fn start(cmd: AppCommand, mounts: Vec<(String, String)>) -> Result<Session> {
+    let (ours, stderr) = spawn_helper(&cmd)?;
+    let ours = Arc::new(ours);
+    let (helper_pid, tcp_port, [tcp4, tcp6, udp4, udp6]) = helper_ready(&ours).await?;
+    let (helper, exit_rx) = read_replies(ours)?;
+    let pid = spawn_app(&helper, &cmd, mounts).await?;
+    let (egress_tx, egress_rx) = mpsc::channel(1024);
+    let tasks = [tcp4, tcp6]
+        .into_iter()
+        .map(|l| Ok(accept_egress(tcp_listener(l)?, egress_tx.clone())))
+        .collect::<Result<_>>()?;
+    let link = Arc::new(SandboxLink { helper: helper.clone(), helper_pid, own_port: tcp_port });
+    Ok(Session {
+        egress: egress_rx,
+        datagrams: vec![(53, udp_socket(udp4)?), (53, udp_socket(udp6)?)],
+        app: AppHandle::new(pid, exit_rx, stderr),
+        link,
+        guard: Box::new((helper, super::TaskGuard(tasks))),
+    })
+}
+
+/// Starts doppel's own binary as the sandbox helper (`__sandbox`), its end of a socket pair on fd 3.
+fn spawn_helper(cmd: &AppCommand) -> Result<(OwnedFd, Arc<Mutex<super::StderrTail>>)> {
     let (ours, theirs) = nix::sys::socket::socketpair(
         nix::sys::socket::AddressFamily::Unix,
         nix::sys::socket::SockType::SeqPacket,
@@ -148,34 +170,39 @@ async fn start(cmd: AppCommand, mounts: Vec<(String, String)>) -> Result<Session
     tokio::spawn(async move {
         let _ = child.wait().await;
     });
+    Ok((ours, stderr))
+}
 
-    let ours = Arc::new(ours);
-    let sock = ours.clone();
+/// Waits for the helper to have set up the namespace: its pid, its listener's port, and the listeners it
+/// hands over (TCP v4 and v6, UDP v4 and v6).
+async fn helper_ready(sock: &Arc<OwnedFd>) -> Result<(i32, u16, [OwnedFd; 4])> {
+    let sock = sock.clone();
     let (reply, fds) = tokio::task::spawn_blocking(move || wire::recv::<Reply>(sock.as_fd()))
         .await
         .map_err(|e| Error::internal(e.to_string()))?
         .map_err(|e| Error::env(format!("sandbox helper: {e}")))?
         .ok_or_else(|| Error::env("the sandbox helper exited during set-up"))?;
-    let (helper_pid, tcp_port) = match reply {
-        Reply::Ready { helper_pid, tcp_port, .. } if fds.len() == 4 => (helper_pid, tcp_port),
-        Reply::Failed { stage, error, errno } => return Err(setup_error(&stage, &error, errno)),
-        other => return Err(Error::internal(format!("unexpected sandbox helper reply {other:?}"))),
-    };
-    let mut fds = fds.into_iter();
-    let mut next_fd = || fds.next().ok_or_else(|| Error::internal("sandbox helper sent too few descriptors"));
-    let tcp4 = tcp_listener(next_fd()?)?;
-    let tcp6 = tcp_listener(next_fd()?)?;
-    let udp4 = udp_socket(next_fd()?)?;
-    let udp6 = udp_socket(next_fd()?)?;
+    match reply {
+        Reply::Ready { helper_pid, tcp_port, .. } => {
+            let fds: [OwnedFd; 4] =
+                fds.try_into().map_err(|_| Error::internal("sandbox helper sent the wrong number of descriptors"))?;
+            Ok((helper_pid, tcp_port, fds))
+        }
+        Reply::Failed { stage, error, errno } => Err(setup_error(&stage, &error, errno)),
+        other => Err(Error::internal(format!("unexpected sandbox helper reply {other:?}"))),
+    }
+}
 
-    // Reader thread: exit events to the watch channel, everything else to the requester.
+/// A reader thread for the helper's messages: exit events go to the returned watch channel, everything
+/// else to whoever made the request.
+fn read_replies(sock: Arc<OwnedFd>) -> Result<(Arc<Helper>, watch::Receiver<Option<AppExit>>)> {
     let (exit_tx, exit_rx) = watch::channel(None);
     let (reply_tx, reply_rx) = std_mpsc::channel();
-    let sock = ours.clone();
+    let reader = sock.clone();
     std::thread::Builder::new()
         .name("doppel-sandbox".into())
         .spawn(move || {
-            while let Ok(Some((reply, fds))) = wire::recv::<Reply>(sock.as_fd()) {
+            while let Ok(Some((reply, fds))) = wire::recv::<Reply>(reader.as_fd()) {
                 match reply {
                     Reply::Exited { code, signal } => {
                         let exit = match (code, signal) {
@@ -202,8 +229,11 @@ async fn start(cmd: AppCommand, mounts: Vec<(String, String)>) -> Result<Session
             });
         })
         .map_err(|e| Error::internal(format!("cannot start the sandbox reader: {e}")))?;
-    let helper = Arc::new(Helper { sock: ours, lock: Mutex::new(()), replies: Mutex::new(reply_rx) });
+    Ok((Arc::new(Helper { sock, lock: Mutex::new(()), replies: Mutex::new(reply_rx) }), exit_rx))
+}
 
+/// Asks the helper to start the app in the sandbox; its pid.
+async fn spawn_app(helper: &Arc<Helper>, cmd: &AppCommand, mounts: Vec<(String, String)>) -> Result<i32> {
     let argv0 = cmd.argv.first().cloned().unwrap_or_default();
     let h = helper.clone();
     let spawn = Request::Spawn { argv: cmd.argv.clone(), env: cmd.env.clone(), mounts };
@@ -211,41 +241,31 @@ async fn start(cmd: AppCommand, mounts: Vec<(String, String)>) -> Result<Session
         .await
         .map_err(|e| Error::internal(e.to_string()))?
         .map_err(|e| Error::env(format!("sandbox helper: {e}")))?;
-    let pid = match reply {
-        Reply::Spawned { pid } => pid,
+    match reply {
+        Reply::Spawned { pid } => Ok(pid),
         Reply::SpawnFailed { not_found: true, .. } => {
-            return Err(Error::input(format!("command not found: {argv0} (is it installed and on PATH?)")));
+            Err(Error::input(format!("command not found: {argv0} (is it installed and on PATH?)")))
         }
-        Reply::SpawnFailed { error, .. } => return Err(Error::input(error)),
-        other => return Err(Error::internal(format!("unexpected sandbox helper reply {other:?}"))),
-    };
-
-    let (egress_tx, egress_rx) = mpsc::channel(1024);
-    let mut tasks = Vec::new();
-    for listener in [tcp4, tcp6] {
-        let tx = egress_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let stream = super::accept(&listener).await;
-                let dest = original_dst(&stream);
-                match dest {
-                    Ok(dest) => {
-                        if tx.send(Egress { stream, dest: dest.to_string(), port: dest.port() }).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => tracing::warn!("captured connection without an original destination: {e}"),
-                }
-            }
-        }));
+        Reply::SpawnFailed { error, .. } => Err(Error::input(error)),
+        other => Err(Error::internal(format!("unexpected sandbox helper reply {other:?}"))),
     }
-    let link = Arc::new(SandboxLink { helper: helper.clone(), helper_pid, own_port: tcp_port });
-    Ok(Session {
-        egress: egress_rx,
-        datagrams: vec![(53, udp4), (53, udp6)],
-        app: AppHandle::new(pid, exit_rx, stderr),
-        link,
-        guard: Box::new((helper, super::TaskGuard(tasks))),
+}
+
+/// Hands every connection the app opens (redirected to `listener` in the sandbox) on with its original
+/// destination.
+fn accept_egress(listener: TcpListener, tx: mpsc::Sender<Egress>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let stream = super::accept(&listener).await;
+            match original_dst(&stream) {
+                Ok(dest) => {
+                    if tx.send(Egress { stream, dest: dest.to_string(), port: dest.port() }).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => tracing::warn!("captured connection without an original destination: {e}"),
+            }
+        }
     })
 }
 
