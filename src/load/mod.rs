@@ -55,13 +55,7 @@ pub async fn run(opts: LoadOptions) -> Result<i32> {
     if opts.connections == 0 || opts.max_inflight == 0 {
         return Err(Error::input("--connections and --max-inflight must be at least 1"));
     }
-    let names = if opts.sets.is_empty() { opts.store.list_sets()? } else { opts.sets.clone() };
-    if names.is_empty() {
-        return Err(Error::input(format!(
-            "no test sets in {} (record some with `doppel record -- <command>`)",
-            opts.store.root().display()
-        )));
-    }
+    let names = opts.store.chosen_sets(&opts.sets)?;
     let plan = Plan::build(&opts, &names).await?;
     let schedule = Schedule::new(opts.pace.clone(), plan.offsets, opts.duration);
     if !opts.quiet {

@@ -27,7 +27,7 @@ use crate::capture::BoxFuture;
 use crate::store::RecordSink;
 pub(crate) use pool::{Miss, MockPool};
 pub(crate) use registry::{Mock, TEST_KINDS, TestRequest, TestResponse, fallback, registry};
-pub(crate) use stream::{Conn, Prefixed, Stream};
+pub(crate) use stream::{Conn, Prefixed, Stream, write_through_inner};
 
 /// What the first bytes of a connection say about a protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,19 @@ impl RecordCtx {
     /// The wall-clock time of an instant during this connection, as written in test and mock files.
     pub fn time_of(&self, at: Instant) -> String {
         crate::store::format_time(time::OffsetDateTime::from(self.wall(at)))
+    }
+
+    /// Milliseconds from `from` to `to`, to the microsecond, as durations and latencies are written.
+    pub fn ms(from: Instant, to: Instant) -> f64 {
+        (to.saturating_duration_since(from).as_secs_f64() * 1_000_000.0).round() / 1000.0
+    }
+
+    /// A mock of `kind` for an exchange of this (outbound) connection from `started` to `done`, its envelope
+    /// filled in; the caller sets its protocol section. `None` on an inbound connection.
+    pub fn mock(&self, kind: &str, started: Instant, done: Instant) -> Option<Mock> {
+        let Role::Egress { dest } = &self.role else { return None };
+        let id = self.sink.next_mock_id();
+        Some(Mock::new(kind, id, dest, self.connection, self.time_of(started), RecordCtx::ms(started, done)))
     }
 }
 

@@ -102,13 +102,7 @@ pub(crate) async fn run(capture: Option<&dyn Capture>, opts: &ReplayOptions) -> 
 /// Loads and checks every selected set first (a malformed file stops the run before the app starts), with
 /// each test's rules and the tests the selection runs. Sets with no selected test are left out.
 pub(crate) fn load_sets(opts: &ReplayOptions) -> Result<Vec<(LoadedSet, Vec<Rules>, Plan)>> {
-    let names = if opts.sets.is_empty() { opts.store.list_sets()? } else { opts.sets.clone() };
-    if names.is_empty() {
-        return Err(Error::input(format!(
-            "no test sets in {} (record some with `doppel record -- <command>`)",
-            opts.store.root().display()
-        )));
-    }
+    let names = opts.store.chosen_sets(&opts.sets)?;
     let mut sets = Vec::new();
     for name in &names {
         let set = opts.store.load_set(name)?;

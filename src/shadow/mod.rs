@@ -82,13 +82,7 @@ fn within_threshold(d: &Difference, relative: f64, absolute: f64) -> bool {
 }
 
 pub async fn run(opts: DiffOptions) -> Result<i32> {
-    let names = if opts.sets.is_empty() { opts.store.list_sets()? } else { opts.sets.clone() };
-    if names.is_empty() {
-        return Err(Error::input(format!(
-            "no test sets in {} (record some with `doppel record -- <command>`)",
-            opts.store.root().display()
-        )));
-    }
+    let names = opts.store.chosen_sets(&opts.sets)?;
     let mut sets = Vec::new();
     for name in &names {
         let set = opts.store.load_set(name)?;

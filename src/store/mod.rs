@@ -152,6 +152,18 @@ impl Store {
         Ok(sets)
     }
 
+    /// The sets a command works on: those named (`--test-set`), else every set; an error when there are none.
+    pub fn chosen_sets(&self, named: &[String]) -> Result<Vec<String>> {
+        let names = if named.is_empty() { self.list_sets()? } else { named.to_vec() };
+        if names.is_empty() {
+            return Err(Error::input(format!(
+                "no test sets in {} (record some with `doppel record -- <command>`)",
+                self.root.display()
+            )));
+        }
+        Ok(names)
+    }
+
     /// Creates a new test set directory; never reuses an existing one.
     pub fn create_set(&self, name: Option<&str>, meta: &SetMeta) -> Result<SetWriter> {
         fs::create_dir_all(&self.root)

@@ -141,11 +141,17 @@ impl ClientTrust {
         let builder = ClientConfig::builder();
         let webpki = rustls::client::WebPkiServerVerifier::builder(self.roots.clone()).build().ok();
         let verifying = match (self.insecure, webpki) {
-            (false, Some(webpki)) if !self.pinned.is_empty() => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { webpki, pinned: self.pinned.clone() })),
+            (false, Some(webpki)) if !self.pinned.is_empty() => {
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(UpstreamVerifier {
+                    webpki: Some(webpki),
+                    pinned: self.pinned.clone(),
+                }))
+            }
             (false, _) => builder.with_root_certificates(self.roots.clone()),
-            (true, _) => builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyServer)),
+            (true, _) => builder.dangerous().with_custom_certificate_verifier(Arc::new(UpstreamVerifier {
+                webpki: None,
+                pinned: self.pinned.clone(),
+            })),
         };
         let mut config = match note {
             Some(note) => verifying.with_client_cert_resolver(note),
@@ -383,41 +389,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
+crate::protocols::write_through_inner!(Watched);
 
 /// Accepts the app's TLS in replay with a certificate for the name it asks for; `alpn` picks the protocol
 /// among those the app offers.
@@ -440,15 +412,21 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((tls, name))
 }
 
-/// Web PKI verification, except that a server presenting exactly a certificate the user gave with
-/// `--upstream-ca` or `--target-ca` is trusted as is.
+/// How doppel verifies an upstream server when the usual web PKI check is not the whole story: with
+/// `webpki` set, web PKI except that a server presenting exactly a certificate the user gave with
+/// `--upstream-ca` or `--target-ca` is trusted as is; without it (`--upstream-insecure`,
+/// `--target-insecure`), any certificate is accepted. Handshake signatures are always checked.
 #[derive(Debug)]
-struct PinnedOrWebPki {
-    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+struct UpstreamVerifier {
+    webpki: Option<Arc<rustls::client::WebPkiServerVerifier>>,
     pinned: Arc<Vec<CertificateDer<'static>>>,
 }
 
-impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
+fn signature_algorithms() -> rustls::crypto::WebPkiSupportedAlgorithms {
+    rustls::crypto::ring::default_provider().signature_verification_algorithms
+}
+
+impl rustls::client::danger::ServerCertVerifier for UpstreamVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -457,7 +435,8 @@ impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
         ocsp: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        let Some(webpki) = &self.webpki else { return Ok(rustls::client::danger::ServerCertVerified::assertion()) };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(_) if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
                 Ok(rustls::client::danger::ServerCertVerified::assertion())
             }
@@ -471,7 +450,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &signature_algorithms())
     }
 
     fn verify_tls13_signature(
@@ -480,61 +459,11 @@ impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &signature_algorithms())
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// `--upstream-insecure`: any certificate is accepted from upstream servers (signatures are still checked
-/// for well-formedness by rustls' provider).
-#[derive(Debug)]
-struct AcceptAnyServer;
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        signature_algorithms().supported_schemes()
     }
 }
 

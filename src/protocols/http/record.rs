@@ -5,10 +5,9 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::parse::{Event, Parser, RequestHead, ResponseHead, Side};
-use crate::protocols::Mock;
 use crate::protocols::http::{Header, HttpMock, HttpRequest, HttpResponse};
 use crate::protocols::{Observer, ParseError, RecordCtx, Role};
-use crate::store::{FORMAT_VERSION, Record, SpillBuffer, TestCase, format_time};
+use crate::store::{Record, SpillBuffer, TestCase};
 
 struct Pending {
     head: RequestHead,
@@ -158,32 +157,10 @@ impl HttpObserver {
     /// Emits one exchange; `cut_short` when the server closed the connection before the response ended
     /// (or before answering at all, which only outbound mocks keep).
     fn emit_as(&self, p: Pending, done_at: Instant, cut_short: bool) {
-        let Some((head, response_at)) = p.response else {
-            if let Role::Egress { dest } = &self.ctx.role
-                && p.complete
-            {
-                let request = HttpRequest {
-                    method: p.head.method,
-                    target: p.head.target,
-                    version: p.head.version,
-                    headers: p.head.headers,
-                    body: p.body.into_body(),
-                    messages: Vec::new(),
-                    trailers: p.trailers,
-                };
-                let started_at = format_time(time::OffsetDateTime::from(self.ctx.wall(p.started)));
-                let mut mock =
-                    Mock::new("http", self.ctx.sink.next_mock_id(), dest, self.ctx.connection, started_at, 0.0);
-                mock.duration_ms = ms(done_at.saturating_duration_since(p.started));
-                mock.http = Some(HttpMock { request, response: None, cut_short: true });
-                self.ctx.sink.submit(Record::Mock(Box::new(mock)));
-            } else {
-                p.body.discard();
-            }
-            return;
-        };
-        if cut_short && matches!(self.ctx.role, Role::Ingress { .. }) {
-            // A test needs a whole response to compare with.
+        let unanswered = p.response.is_none();
+        let egress = matches!(self.ctx.role, Role::Egress { .. });
+        // A test needs a whole response to compare with; a mock may keep a request never (fully) answered.
+        if (unanswered && !(egress && p.complete)) || (cut_short && !egress) {
             p.body.discard();
             if let Some(b) = p.response_body {
                 b.discard();
@@ -203,45 +180,43 @@ impl HttpObserver {
             messages: Vec::new(),
             trailers: p.trailers,
         };
-        let response = HttpResponse {
-            status: head.status,
-            reason: head.reason,
-            version: head.version,
-            headers: head.headers,
-            body: p.response_body.and_then(|b| b.into_body()),
-            messages: Vec::new(),
-            trailers: p.response_trailers,
-        };
-        let started_at = format_time(time::OffsetDateTime::from(self.ctx.wall(p.started)));
-        let record = match &self.ctx.role {
-            Role::Ingress { port, tls } => Record::Test(Box::new(TestCase::new_http(
-                "http",
-                started_at,
-                ms(response_at.saturating_duration_since(p.started)),
-                *port,
-                tls.clone(),
-                request,
-                response,
-            ))),
-            Role::Egress { dest } => Record::Mock(Box::new(Mock {
-                version: FORMAT_VERSION,
-                id: self.ctx.sink.next_mock_id(),
-                kind: "http".into(),
-                dest: dest.clone(),
-                connection: self.ctx.connection,
-                started_at,
-                duration_ms: ms(done_at.saturating_duration_since(p.started)),
-                http: Some(HttpMock { request, response: Some(response), cut_short }),
-                tcp: None,
-                ..Mock::default()
-            })),
+        let response = p.response.map(|(head, at)| {
+            let response = HttpResponse {
+                status: head.status,
+                reason: head.reason,
+                version: head.version,
+                headers: head.headers,
+                body: p.response_body.and_then(|b| b.into_body()),
+                messages: Vec::new(),
+                trailers: p.response_trailers,
+            };
+            (response, at)
+        });
+        let started_at = self.ctx.time_of(p.started);
+        let record = match (&self.ctx.role, response) {
+            (Role::Ingress { port, tls }, Some((response, response_at))) => {
+                let latency = RecordCtx::ms(p.started, response_at);
+                Record::Test(Box::new(TestCase::new_http(
+                    "http",
+                    started_at,
+                    latency,
+                    *port,
+                    tls.clone(),
+                    request,
+                    response,
+                )))
+            }
+            (Role::Ingress { .. }, None) => return,
+            (Role::Egress { .. }, response) => {
+                let Some(mut mock) = self.ctx.mock("http", p.started, done_at) else { return };
+                // Never answered: the dependency closed the connection, which replay does too.
+                let cut_short = cut_short || response.is_none();
+                mock.http = Some(HttpMock { request, response: response.map(|(r, _)| r), cut_short });
+                Record::Mock(Box::new(mock))
+            }
         };
         self.ctx.sink.submit(record);
     }
-}
-
-fn ms(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
 
 /// A request that asked for `Upgrade: h2c` and got `101 Switching Protocols` to it.

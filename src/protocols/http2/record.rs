@@ -12,7 +12,6 @@ use std::time::Instant;
 use super::frame::{self, Frame, FrameReader};
 use super::grpc;
 use super::hpack::{Decoder, Field};
-use crate::protocols::Mock;
 use crate::protocols::http::{Header, HttpMock, HttpRequest, HttpResponse};
 use crate::protocols::{Observer, ParseError, RecordCtx, Role};
 use crate::store::{Record, SpillBuffer, TestCase, format_time};
@@ -318,21 +317,14 @@ impl H2Observer {
             Role::Ingress { port, tls } => Record::Test(Box::new(TestCase::new_http(
                 super::KIND,
                 started_at,
-                ms(response_at.saturating_duration_since(x.started)),
+                RecordCtx::ms(x.started, response_at),
                 *port,
                 tls.clone(),
                 request,
                 response,
             ))),
-            Role::Egress { dest } => {
-                let mut mock = Mock::new(
-                    super::KIND,
-                    self.ctx.sink.next_mock_id(),
-                    dest,
-                    self.ctx.connection,
-                    started_at,
-                    ms(done_at.saturating_duration_since(x.started)),
-                );
+            Role::Egress { .. } => {
+                let Some(mut mock) = self.ctx.mock(super::KIND, x.started, done_at) else { return };
                 mock.http2 = Some(HttpMock { request, response: Some(response), cut_short: false });
                 Record::Mock(Box::new(mock))
             }
@@ -379,10 +371,6 @@ fn split_request(headers: Vec<Header>) -> (String, String, Vec<Header>) {
 fn split_response(headers: Vec<Header>) -> (u16, Vec<Header>) {
     let status = status_of(&headers).unwrap_or(0);
     (status, headers.into_iter().filter(|h| h.name != ":status").collect())
-}
-
-fn ms(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
 
 impl Observer for H2Observer {

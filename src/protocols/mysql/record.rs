@@ -13,12 +13,11 @@ use super::message::{
 };
 use super::packet::{Framer, Packet};
 use super::{CACHING_SHA2, command};
-use crate::protocols::Mock;
 use crate::protocols::mysql::{
     MysqlColumn, MysqlHandshake, MysqlLocalInfile, MysqlMock, MysqlPrepared, MysqlResult, MysqlValue,
 };
-use crate::protocols::{Observer, ParseError, RecordCtx, Role};
-use crate::store::{Record, format_time};
+use crate::protocols::{Observer, ParseError, RecordCtx};
+use crate::store::Record;
 
 /// An answer beyond this many bytes is not decoded: the rest of the connection is recorded opaque (which
 /// has the same limit), so a huge result set cannot exhaust doppel's memory. The traffic itself flows on.
@@ -570,15 +569,7 @@ impl MysqlObserver {
     }
 
     fn emit(&self, mysql: MysqlMock, started: Instant, done: Instant) {
-        let Role::Egress { dest } = &self.ctx.role else { return };
-        let mut mock = Mock::new(
-            "mysql",
-            self.ctx.sink.next_mock_id(),
-            dest,
-            self.ctx.connection,
-            format_time(time::OffsetDateTime::from(self.ctx.wall(started))),
-            ms(done.saturating_duration_since(started)),
-        );
+        let Some(mut mock) = self.ctx.mock("mysql", started, done) else { return };
         mock.mysql = Some(mysql);
         self.ctx.sink.submit(Record::Mock(Box::new(mock)));
     }
@@ -594,10 +585,6 @@ fn result_of_ok(ok: message::OkPacket, columns: Vec<MysqlColumn>, rows: Vec<Vec<
         status: message::flag_names(u64::from(ok.status), status::NAMES),
         info: ok.info,
     }
-}
-
-fn ms(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 impl Observer for MysqlObserver {

@@ -12,12 +12,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use super::types;
 use super::wire::{self, Backend, Column, Format, Framer, Frontend, Startup};
 use super::{column_to_store, error_from_fields};
-use crate::protocols::Mock;
 use crate::protocols::postgres::{
     PgCopy, PgError, PgNotification, PgProtocol, PgQuery, PgResult, PgStartup, PostgresMock,
 };
 use crate::protocols::{Observer, ParseError, RecordCtx, Role};
-use crate::store::{Record, format_time};
+use crate::store::Record;
 
 /// A prepared statement as the client defined it on this connection.
 #[derive(Clone)]
@@ -447,15 +446,7 @@ impl PgObserver {
     }
 
     fn submit(&self, pg: PostgresMock, started: Instant, ended: Instant) {
-        let Role::Egress { dest } = &self.ctx.role else { return };
-        let mut mock = Mock::new(
-            "postgres",
-            self.ctx.sink.next_mock_id(),
-            dest,
-            self.ctx.connection,
-            format_time(time::OffsetDateTime::from(self.ctx.wall(started))),
-            ms(ended.saturating_duration_since(started)),
-        );
+        let Some(mut mock) = self.ctx.mock("postgres", started, ended) else { return };
         mock.postgres = Some(pg);
         self.ctx.sink.submit(Record::Mock(Box::new(mock)));
     }
@@ -735,10 +726,6 @@ fn expected_name(e: &Expect) -> &'static str {
         Expect::Close => "CloseComplete",
         Expect::Sync => "ReadyForQuery",
     }
-}
-
-fn ms(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 impl Observer for PgObserver {

@@ -11,8 +11,8 @@ use crate::protocols::Mock;
 use crate::protocols::redis::{RedisMock, RedisPushed, RedisQueued, RedisValue};
 use crate::protocols::tcp::TcpObserver;
 use crate::protocols::{Observer, ParseError, RecordCtx, Role};
+use crate::store::Record;
 use crate::store::body::INLINE_LIMIT;
-use crate::store::{Record, format_time};
 
 /// A command waiting for its reply.
 struct Pending {
@@ -143,9 +143,7 @@ impl RedisObserver {
             return;
         };
         if let Some(redis) = &mut sub.mock.redis {
-            redis
-                .pushed
-                .push(RedisPushed { after_ms: ms(at.saturating_duration_since(sub.confirmed)), message: frame });
+            redis.pushed.push(RedisPushed { after_ms: RecordCtx::ms(sub.confirmed, at), message: frame });
         }
     }
 
@@ -275,7 +273,7 @@ impl RedisObserver {
     }
 
     fn mock(&self, mut redis: RedisMock, started: Instant, done: Instant) -> Mock {
-        let Role::Egress { dest } = &self.ctx.role else { return Mock::default() };
+        let Some(mut mock) = self.ctx.mock("redis", started, done) else { return Mock::default() };
         redis.command.iter_mut().for_each(|v| self.spill(v));
         for q in redis.queued.iter_mut().flatten() {
             q.command.iter_mut().for_each(|v| self.spill(v));
@@ -285,14 +283,6 @@ impl RedisObserver {
             self.spill(r);
         }
         redis.replies.iter_mut().for_each(|v| self.spill(v));
-        let mut mock = Mock::new(
-            "redis",
-            self.ctx.sink.next_mock_id(),
-            dest,
-            self.ctx.connection,
-            format_time(time::OffsetDateTime::from(self.ctx.wall(started))),
-            ms(done.saturating_duration_since(started)),
-        );
         mock.redis = Some(redis);
         mock
     }
@@ -347,10 +337,6 @@ fn frame_name(frame: &RedisValue) -> String {
             .unwrap_or_default(),
         _ => String::new(),
     }
-}
-
-fn ms(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 impl RedisObserver {

@@ -121,7 +121,7 @@ impl Observer for TcpObserver {
             return;
         }
         self.done = true;
-        let Role::Egress { dest } = &self.ctx.role else {
+        let Role::Egress { .. } = &self.ctx.role else {
             if !self.chunks.is_empty() {
                 tracing::info!("a connection to the app's port is not HTTP; it was forwarded but not recorded");
             }
@@ -130,12 +130,9 @@ impl Observer for TcpObserver {
         let chunks = self
             .chunks
             .iter()
-            .map(|(dir, t, data)| Chunk::new(*dir, ms(t.saturating_duration_since(self.ctx.opened)), data))
+            .map(|(dir, t, data)| Chunk::new(*dir, RecordCtx::ms(self.ctx.opened, *t), data))
             .collect();
-        let ctx = &self.ctx;
-        let duration = ms(at.saturating_duration_since(ctx.opened));
-        let mut mock =
-            Mock::new("tcp", ctx.sink.next_mock_id(), dest, ctx.connection, ctx.time_of(ctx.opened), duration);
+        let Some(mut mock) = self.ctx.mock("tcp", self.ctx.opened, at) else { return };
         mock.tcp = Some(TcpMock {
             chunks,
             note: self.note.clone(),
@@ -144,10 +141,6 @@ impl Observer for TcpObserver {
         });
         self.ctx.sink.submit(Record::Mock(Box::new(mock)));
     }
-}
-
-fn ms(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 /// Picks the recorded connection to replay: same destination, unused, whose first bytes agree with `first`.
