@@ -18,6 +18,7 @@ pub(crate) mod tcp;
 #[cfg(test)]
 pub(crate) mod testing;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -143,12 +144,18 @@ pub(crate) trait MockServer: Send + Sync {
     fn serve(&self, conn: Conn, ctx: ServeCtx) -> BoxFuture<'static, ()>;
 }
 
-/// A mock server that keeps nothing between connections.
-pub(crate) struct Stateless(pub fn(Conn, ServeCtx) -> BoxFuture<'static, ()>);
+/// A mock server that keeps nothing between connections: each is served by `serve`.
+pub(crate) fn stateless<F: Future<Output = ()> + Send + 'static>(
+    serve: fn(Conn, ServeCtx) -> F,
+) -> Arc<dyn MockServer> {
+    Arc::new(Stateless(serve))
+}
 
-impl MockServer for Stateless {
+struct Stateless<F>(fn(Conn, ServeCtx) -> F);
+
+impl<F: Future<Output = ()> + Send + 'static> MockServer for Stateless<F> {
     fn serve(&self, conn: Conn, ctx: ServeCtx) -> BoxFuture<'static, ()> {
-        (self.0)(conn, ctx)
+        Box::pin((self.0)(conn, ctx))
     }
 }
 

@@ -1,31 +1,30 @@
 //! `--learn-noise`: the same build replayed several times; what differs between its answers is noise.
 
 use super::judge::rejudge;
-use super::{Plan, ReplayOptions, Rules, default_headers, header_line, run_once};
+use super::{Planned, ReplayOptions, Rules, default_headers, header_line, run_once};
 use crate::capture::Capture;
 use crate::error::{Error, Result};
 use crate::noise::learn::{self, Observation};
 use crate::report::{self, SetReport};
-use crate::store::{self, LoadedSet, NoiseRule, Store};
+use crate::store::{self, NoiseRule, Store};
 
 /// Replays a set `runs` times against the same build, writes the fields that differ between the runs into
 /// the test files as learned rules, and judges the last run with them.
 pub(crate) async fn learn_set(
     capture: Option<&dyn Capture>,
-    set: &LoadedSet,
-    plan: &Plan,
-    rules: &[Rules],
+    planned: &Planned,
     opts: &ReplayOptions,
     tmp: &std::path::Path,
     runs: usize,
 ) -> Result<SetReport> {
+    let Planned { set, rules, plan } = planned;
     if !opts.quiet {
         header_line(set, plan, if opts.target.is_some() { 0 } else { set.mocks.len() });
         println!("  learning noise: {runs} runs of the same build");
     }
     let mut all = Vec::new();
     for _ in 0..runs {
-        all.push(run_once(capture, set, plan, rules, opts, tmp, true).await?);
+        all.push(run_once(capture, planned, opts, tmp, true).await?);
     }
     let today = store::now_rfc3339().chars().take(10).collect::<String>();
     let mut rules = rules.to_vec();

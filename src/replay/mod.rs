@@ -82,10 +82,10 @@ pub(crate) async fn run(capture: Option<&dyn Capture>, opts: &ReplayOptions) -> 
     let sets = load_sets(opts)?;
     let scratch = store::scratch("replay")?;
     let tmp = scratch.path();
-    for (set, rules, plan) in &sets {
+    for planned in &sets {
         let set_report = match opts.learn_runs {
-            Some(runs) => learn::learn_set(capture, set, plan, rules, opts, tmp, runs).await?,
-            None => run_once(capture, set, plan, rules, opts, tmp, opts.quiet).await?.report,
+            Some(runs) => learn::learn_set(capture, planned, opts, tmp, runs).await?,
+            None => run_once(capture, planned, opts, tmp, opts.quiet).await?.report,
         };
         report.sets.push(set_report);
     }
@@ -101,7 +101,7 @@ pub(crate) async fn run(capture: Option<&dyn Capture>, opts: &ReplayOptions) -> 
 
 /// Loads and checks every selected set first (a malformed file stops the run before the app starts), with
 /// each test's rules and the tests the selection runs. Sets with no selected test are left out.
-pub(crate) fn load_sets(opts: &ReplayOptions) -> Result<Vec<(LoadedSet, Vec<Rules>, Plan)>> {
+pub(crate) fn load_sets(opts: &ReplayOptions) -> Result<Vec<Planned>> {
     let names = opts.store.chosen_sets(&opts.sets)?;
     let mut sets = Vec::new();
     for name in &names {
@@ -116,13 +116,20 @@ pub(crate) fn load_sets(opts: &ReplayOptions) -> Result<Vec<(LoadedSet, Vec<Rule
         let plan = Plan::new(&set, &opts.selection);
         // A set with no test at all still runs when nothing was selected (its app must start cleanly).
         if !plan.tests.is_empty() || opts.selection.is_all() {
-            sets.push((set, rules, plan));
+            sets.push(Planned { set, rules, plan });
         }
     }
     if sets.is_empty() {
         return Err(Error::input(format!("no test matches {} (in {})", opts.selection.describe(), names.join(", "))));
     }
     Ok(sets)
+}
+
+/// A test set ready to replay: its files, each test's rules, and which tests run.
+pub(crate) struct Planned {
+    pub set: LoadedSet,
+    pub rules: Vec<Rules>,
+    pub plan: Plan,
 }
 
 /// The rules of one test: doppel.yaml's, the test's own, and its volatile flags, compiled.
@@ -200,16 +207,14 @@ pub(crate) struct SetRun {
 /// Replays a set once, against the app under capture or against the target.
 pub(crate) async fn run_once(
     capture: Option<&dyn Capture>,
-    set: &LoadedSet,
-    plan: &Plan,
-    rules: &[Rules],
+    planned: &Planned,
     opts: &ReplayOptions,
     tmp: &std::path::Path,
     quiet: bool,
 ) -> Result<SetRun> {
     match (&opts.target, capture) {
-        (Some(target), _) => Ok(target::run_against_target(set, plan, rules, target, opts, tmp, quiet).await),
-        (None, Some(capture)) => run_set(capture, set, plan, rules, opts, tmp, quiet).await,
+        (Some(target), _) => Ok(target::run_against_target(planned, target, opts, tmp, quiet).await),
+        (None, Some(capture)) => run_set(capture, planned, opts, tmp, quiet).await,
         (None, None) => Err(Error::input("give a command after -- or a --target")),
     }
 }
@@ -229,13 +234,12 @@ pub(crate) fn answer_of(resp: &client::Response, expected: &HttpResponse, bindin
 
 async fn run_set(
     capture: &dyn Capture,
-    set: &LoadedSet,
-    plan: &Plan,
-    rules: &[Rules],
+    planned: &Planned,
     opts: &ReplayOptions,
     tmp: &std::path::Path,
     quiet: bool,
 ) -> Result<SetRun> {
+    let Planned { set, rules, plan } = planned;
     let mut command = opts.command.clone().ok_or_else(|| Error::input("give the command to test after --"))?;
     let pool = Arc::new(MockPool::new(set.mocks.clone(), set.dir.clone()));
     // The frozen clock starts at the first test's recorded time, before the app reads any clock.

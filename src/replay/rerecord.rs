@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::judge::compare_response;
 use super::ready::{app_ports, wait_ready};
 use super::target::send_to_app;
-use super::{Plan, ReplayOptions, Rules, bind, load_sets};
+use super::{Plan, Planned, ReplayOptions, Rules, bind, load_sets};
 use crate::capture::Capture;
 use crate::chain::{self, Bindings};
 use crate::diff;
@@ -55,8 +55,8 @@ pub(crate) async fn run(capture: &dyn Capture, opts: &ReplayOptions, rr: &Rereco
     // The new recordings wait in a scratch directory (removed on every way out) until they are written.
     let scratch = store::scratch("rerecord")?;
     let mut refreshed = Vec::new();
-    for (set, rules, plan) in sets {
-        refreshed.push(refresh_set(capture, set, &rules, &plan, opts, rr, scratch.path()).await?);
+    for planned in sets {
+        refreshed.push(refresh_set(capture, planned, opts, rr, scratch.path()).await?);
     }
     let changed: Vec<&SetRefresh> =
         refreshed.iter().filter(|r| r.mocks_changed || r.fresh.iter().any(|f| !f.differences.is_empty())).collect();
@@ -104,13 +104,12 @@ fn confirm(yes: bool, changed: &[&SetRefresh]) -> Result<bool> {
 
 async fn refresh_set(
     capture: &dyn Capture,
-    set: LoadedSet,
-    rules: &[Rules],
-    plan: &Plan,
+    planned: Planned,
     opts: &ReplayOptions,
     rr: &Rerecord,
     tmp: &std::path::Path,
 ) -> Result<SetRefresh> {
+    let Planned { set, rules, plan } = planned;
     let command = opts.command.clone().ok_or_else(|| Error::input("give the command that runs the app after --"))?;
     println!(
         "{} {} ({} tests, against the real dependencies)",
@@ -130,9 +129,9 @@ async fn refresh_set(
     };
     let deps = Dependencies::Real { sink: sink.clone(), tls, dns_upstream: None, ids: Arc::new(AtomicU64::new(1)) };
     let harness = Harness::start(capture, &command, deps).await?;
-    let ready = wait_ready(&harness.app, harness.link.as_ref(), &app_ports(&set, plan), opts).await;
+    let ready = wait_ready(&harness.app, harness.link.as_ref(), &app_ports(&set, &plan), opts).await;
     let fresh = match &ready {
-        Ok(()) => resend(&harness, &set, rules, plan, opts, &sink).await,
+        Ok(()) => resend(&harness, &set, &rules, &plan, opts, &sink).await,
         Err(_) => Vec::new(),
     };
     harness.stop(opts.grace).await;

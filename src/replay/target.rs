@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use super::judge::judge;
-use super::{Plan, ReplayOptions, Rules, SetRun, answer_of, header_line};
+use super::{Planned, ReplayOptions, SetRun, answer_of, header_line};
 use crate::capture::AppLink;
 use crate::chain::{self, Bindings};
 use crate::diff::Noise;
@@ -239,14 +239,13 @@ async fn http2_exchange(
 /// goes to both; the fields that differ between their answers are noise for that test (Diffy's approach):
 /// what two identical builds disagree on cannot be a regression.
 pub(crate) async fn run_against_target(
-    set: &LoadedSet,
-    plan: &Plan,
-    rules: &[Rules],
+    planned: &Planned,
     target: &Target,
     opts: &ReplayOptions,
     tmp: &std::path::Path,
     quiet: bool,
 ) -> SetRun {
+    let Planned { set, rules, plan } = planned;
     if !quiet {
         header_line(set, plan, 0);
     }

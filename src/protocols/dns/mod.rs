@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{BoxFuture, Conn, DatagramCtx, Detect, Mock, MockPool, MockServer, Observer, ParseError, Protocol};
-use super::{RecordCtx, Role, ServeCtx, Stateless};
+use super::{RecordCtx, Role, ServeCtx};
 use crate::store::{Record, RecordSink, format_time};
 pub(crate) use format::DnsMock;
 
@@ -48,7 +48,7 @@ impl Protocol for Dns {
     }
 
     fn mock_server(&self, _pool: &Arc<MockPool>) -> Arc<dyn MockServer> {
-        Arc::new(Stateless(|conn, ctx| Box::pin(serve_stream(conn, ctx))))
+        super::stateless(serve_stream)
     }
 
     fn datagram_port(&self) -> Option<u16> {

@@ -40,7 +40,7 @@ impl Protocol for Http {
         &self,
         _pool: &std::sync::Arc<crate::protocols::MockPool>,
     ) -> std::sync::Arc<dyn crate::protocols::MockServer> {
-        std::sync::Arc::new(crate::protocols::Stateless(|conn, ctx| Box::pin(serve::serve(conn, ctx))))
+        crate::protocols::stateless(serve::serve)
     }
 
     fn alpn(&self) -> &'static [&'static [u8]] {

@@ -79,7 +79,7 @@ impl Protocol for Http2 {
         &self,
         _pool: &std::sync::Arc<crate::protocols::MockPool>,
     ) -> std::sync::Arc<dyn crate::protocols::MockServer> {
-        std::sync::Arc::new(crate::protocols::Stateless(|conn, ctx| Box::pin(serve::serve(conn, ctx))))
+        crate::protocols::stateless(serve::serve)
     }
 
     fn alpn(&self) -> &'static [&'static [u8]] {

@@ -113,7 +113,7 @@ impl Protocol for Mysql {
         &self,
         _pool: &std::sync::Arc<crate::protocols::MockPool>,
     ) -> std::sync::Arc<dyn crate::protocols::MockServer> {
-        std::sync::Arc::new(crate::protocols::Stateless(|conn, ctx| Box::pin(serve::serve(conn, ctx))))
+        crate::protocols::stateless(serve::serve)
     }
 
     fn server_first(&self) -> bool {

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::Stateless;
 use super::{Conn, Detect, Mock, MockPool, MockServer, Observer, ParseError, Protocol, RecordCtx, Role, ServeCtx};
 use crate::store::Record;
 pub(crate) use format::{Chunk, Direction, TcpMock};
@@ -36,7 +35,7 @@ impl Protocol for Tcp {
     }
 
     fn mock_server(&self, _pool: &Arc<MockPool>) -> Arc<dyn MockServer> {
-        Arc::new(Stateless(|conn, ctx| Box::pin(serve(conn, ctx))))
+        super::stateless(serve)
     }
 }
 
