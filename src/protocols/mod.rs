@@ -1,20 +1,15 @@
 //! One folder per protocol, each implementing `Protocol`: detect it from the first bytes, observe a
 //! recorded connection and turn it into exchanges, serve the app's connections from mocks in replay, and
 //! say how its mocks (and, for protocols that bring inbound tests, its test requests and responses) are
-//! written to disk. The registry (`registry.rs`) is the one list of them that record, replay, the on-disk
-//! format and the fuzz targets iterate: adding a protocol is adding its folder and one line there.
+//! written to disk. The `registry!` list below is the one list of them that record, replay, the on-disk
+//! format and the fuzz targets iterate: adding a protocol is adding its folder and one line there (the line
+//! declares the folder's module too; `registry.rs` says what a line expands to).
 
 pub(crate) mod detect;
-pub(crate) mod dns;
-pub(crate) mod http;
-pub(crate) mod http2;
-pub(crate) mod mysql;
 mod pool;
-pub(crate) mod postgres;
-pub(crate) mod redis;
+#[macro_use]
 mod registry;
 mod stream;
-pub(crate) mod tcp;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -27,8 +22,20 @@ use tokio::net::UdpSocket;
 use crate::capture::BoxFuture;
 use crate::store::RecordSink;
 pub(crate) use pool::{Miss, MockPool};
-pub(crate) use registry::{Mock, TEST_KINDS, TestRequest, TestResponse, fallback, registry};
+pub(crate) use registry::fallback;
 pub(crate) use stream::{Conn, Prefixed, Stream, write_through_inner};
+
+// The registry: one line per protocol, in detection order.
+// Redis first: an inline `GET key` line is Redis, not an HTTP request (Redis says no to HTTP lines).
+registry! {
+    redis: redis::Redis => { mock: redis::RedisMock },
+    http: http::Http => { mock: http::HttpMock, test: http::HttpRequest => http::HttpResponse },
+    http2: http2::Http2 => { mock: http::HttpMock, test: http::HttpRequest => http::HttpResponse },
+    mysql: mysql::Mysql => { mock: mysql::MysqlMock },
+    postgres: postgres::Postgres => { mock: postgres::PostgresMock },
+    dns: dns::Dns => { mock: dns::DnsMock },
+    tcp: tcp::Tcp => { mock: tcp::TcpMock },
+}
 
 /// What the first bytes of a connection say about a protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
