@@ -5,20 +5,25 @@
 //!   UUIDs, JWTs; words and short codes like `free` or `true` never are), or an integer of at least
 //!   [`MIN_DIGITS`] digits (small numbers such as `1` or `42` are too common to link anything), and
 //! - not seen in any request sent before that response: the app produced it, the client did not already
-//!   know it (an echoed name or a value the client chose is not a chain).
+//!   know it (an echoed name or a value the client chose is not a chain; form and query values count
+//!   percent-decoded).
 //!
 //! A later request that holds a source (a whole value, or a token of one: a path segment, the part after
-//! `Bearer `, a cookie value) gets a template there. A later expected response gets one only where the value
-//! also looks volatile (a UUID, a timestamp, a token): that is where the app's new value will show up again.
-//! The first response that produced a value is its source.
-
+//! `Bearer `, a cookie value) gets a template there: that is a value that flowed. The expected response of
+//! that same test gets one only where it gives back a value its own request carried (`GET /users/{id}`
+//! answering the id): there the new build's value will show up again. A value no request carried is never
+//! templated in an expectation, so a constant repeated in every answer is compared as recorded.
+//!
+//! A value produced again by a later response whose request did not carry it (two JWTs issued in the same
+//! second, a constant in every answer) was produced independently: the later test becomes its source, and
+//! the two answers are not chained to each other.
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;
 
 use super::{Reference, Source, set_cookie_value, template};
 use crate::diff::{FRAMING_HEADERS, Noise, Seg, render_path};
-use crate::noise::shape::{self, Shape};
+use crate::noise::shape;
 use crate::protocols::http::{Header, HttpRequest};
 use crate::store::{Body, TestCase};
 
@@ -51,9 +56,10 @@ const PLAIN_HEADERS: &[&str] = &[
 struct Known {
     name: String,
     value: Value,
-    /// Whether it looks volatile (then later responses are templated too).
-    volatile: bool,
 }
+
+/// Which sources a template may use at one place.
+type Allowed<'a> = &'a dyn Fn(&Known) -> bool;
 
 /// How many templates were written.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +74,6 @@ pub fn detect(tests: &mut [TestCase]) -> Detected {
     let mut seen: HashSet<String> = HashSet::new();
     let mut detected = Detected::default();
     for test in tests.iter_mut() {
-        let recorded_ms = crate::store::parse_time_ms(&test.recorded_at);
         let name = test.name.clone();
         let Some((req, resp)) = test.http_mut() else { continue };
         // What the client knew when it sent this request (before any rewriting).
@@ -77,14 +82,18 @@ pub fn detect(tests: &mut [TestCase]) -> Detected {
 
         let mut used: BTreeMap<String, Value> = BTreeMap::new();
         let mut count = 0;
-        if let Some(t) = template_text(&req.target, &sources, false, &mut used) {
+        let any: Allowed = &|_| true;
+        if let Some(t) = template_text(&req.target, &sources, any, &mut used) {
             req.target = t;
             count += 1;
         }
-        template_headers(&mut req.headers, true, &sources, &mut used, &mut count);
-        template_body(&mut req.body, &sources, false, &mut used, &mut count);
-        template_headers(&mut resp.headers, false, &sources, &mut used, &mut count);
-        template_body(&mut resp.body, &sources, true, &mut used, &mut count);
+        template_headers(&mut req.headers, true, &sources, any, &mut used, &mut count);
+        template_body(&mut req.body, &sources, any, &mut used, &mut count);
+        // The expectation follows only the values this request carried.
+        let carried = used.clone();
+        let echoed: Allowed = &|k| carried.contains_key(&k.name);
+        template_headers(&mut resp.headers, false, &sources, echoed, &mut used, &mut count);
+        template_body(&mut resp.body, &sources, echoed, &mut used, &mut count);
         if !used.is_empty() {
             detected.tests += 1;
             detected.templates += count;
@@ -92,15 +101,24 @@ pub fn detect(tests: &mut [TestCase]) -> Detected {
         }
 
         // This response's values become sources for the tests after it.
-        let around = recorded_ms.map(|ms| ms / 1000.0).unwrap_or(0.0);
+        let mut here: HashSet<String> = HashSet::new();
         for (source, value) in produced(&original_response.headers, original_response.body.as_ref()) {
             let text = super::text_of(&value);
-            if !chainable(&value) || seen.contains(&text) || sources.contains_key(&text) {
+            if !chainable(&value) || here.contains(&text) {
                 continue;
             }
+            match sources.get(&text) {
+                // Given back because the request carried it: the earlier source stays.
+                Some(k) if carried.contains_key(&k.name) => continue,
+                // Produced again on its own: the newest producer is the source.
+                Some(_) => {}
+                // The client knew it before any response produced it.
+                None if seen.contains(&text) => continue,
+                None => {}
+            }
             let name = Reference { test: name.clone(), source }.name();
-            let volatile = Shape::of_json(&value, around).is_some();
-            sources.insert(text, Known { name, value, volatile });
+            here.insert(text.clone());
+            sources.insert(text, Known { name, value });
         }
     }
     detected
@@ -177,6 +195,11 @@ fn remember_request(request: &HttpRequest, seen: &mut HashSet<String>) {
         }
     };
     add(&request.target);
+    if let Some((_, query)) = request.target.split_once('?') {
+        for (_, v) in form_urlencoded::parse(query.as_bytes()) {
+            add(&v);
+        }
+    }
     for h in &request.headers {
         add(&h.value_str());
     }
@@ -186,18 +209,30 @@ fn remember_request(request: &HttpRequest, seen: &mut HashSet<String>) {
         }
         if let Some(t) = &b.text {
             add(t);
+            if is_form(request) {
+                for (_, v) in form_urlencoded::parse(t.as_bytes()) {
+                    add(&v);
+                }
+            }
         }
     }
+}
+
+fn is_form(request: &HttpRequest) -> bool {
+    request.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("content-type")
+            && h.value_str().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded")
+    })
 }
 
 /// The text with every known source (a token, else the whole text) written as a template.
 fn template_text(
     text: &str,
     sources: &HashMap<String, Known>,
-    volatile_only: bool,
+    allowed: Allowed,
     used: &mut BTreeMap<String, Value>,
 ) -> Option<String> {
-    let usable = |k: &&Known| !volatile_only || k.volatile;
+    let usable = |k: &&Known| allowed(k);
     let mut out = String::new();
     let mut changed = false;
     for (piece, is_token) in shape::tokens(text) {
@@ -218,11 +253,12 @@ fn template_text(
     Some(template(&k.name))
 }
 
-/// Request headers take any source; response headers only volatile-looking ones.
+/// Templates header values (a request's plain headers, such as `Host`, never).
 fn template_headers(
     headers: &mut [Header],
     request: bool,
     sources: &HashMap<String, Known>,
+    allowed: Allowed,
     used: &mut BTreeMap<String, Value>,
     count: &mut usize,
 ) {
@@ -232,7 +268,7 @@ fn template_headers(
             continue;
         }
         let Ok(value) = std::str::from_utf8(&h.value) else { continue };
-        if let Some(t) = template_text(value, sources, !request, used) {
+        if let Some(t) = template_text(value, sources, allowed, used) {
             h.value = t.into_bytes();
             *count += 1;
         }
@@ -242,16 +278,16 @@ fn template_headers(
 fn template_body(
     body: &mut Option<Body>,
     sources: &HashMap<String, Known>,
-    volatile_only: bool,
+    allowed: Allowed,
     used: &mut BTreeMap<String, Value>,
     count: &mut usize,
 ) {
     let Some(b) = body.as_mut() else { return };
     if let Some(json) = b.json.as_mut() {
-        template_json(json, sources, volatile_only, used, count);
+        template_json(json, sources, allowed, used, count);
     }
     if let Some(t) = &b.text
-        && let Some(new) = template_text(t, sources, volatile_only, used)
+        && let Some(new) = template_text(t, sources, allowed, used)
     {
         b.text = Some(new);
         *count += 1;
@@ -261,32 +297,30 @@ fn template_body(
 fn template_json(
     value: &mut Value,
     sources: &HashMap<String, Known>,
-    volatile_only: bool,
+    allowed: Allowed,
     used: &mut BTreeMap<String, Value>,
     count: &mut usize,
 ) {
     match value {
         Value::Object(map) => {
             for v in map.values_mut() {
-                template_json(v, sources, volatile_only, used, count);
+                template_json(v, sources, allowed, used, count);
             }
         }
         Value::Array(items) => {
             for v in items.iter_mut() {
-                template_json(v, sources, volatile_only, used, count);
+                template_json(v, sources, allowed, used, count);
             }
         }
         Value::String(s) => {
-            if let Some(t) = template_text(s, sources, volatile_only, used) {
+            if let Some(t) = template_text(s, sources, allowed, used) {
                 *s = t;
                 *count += 1;
             }
         }
         Value::Number(n) => {
             // A whole number: its template renders back as a number.
-            if let Some(k) =
-                sources.get(&n.to_string()).filter(|k| k.value.is_number() && (!volatile_only || k.volatile))
-            {
+            if let Some(k) = sources.get(&n.to_string()).filter(|k| k.value.is_number() && allowed(k)) {
                 used.insert(k.name.clone(), k.value.clone());
                 *value = Value::String(template(&k.name));
                 *count += 1;
@@ -383,9 +417,12 @@ mod tests {
         assert_eq!(request.target, "/api/users/{{ chain.post-api-users.body.id }}?n=1");
         let body = request.body.as_ref().and_then(|b| b.json.clone()).unwrap();
         assert_eq!(body, serde_json::json!({"seq": "{{ chain.post-api-users.body.seq }}", "flag": true}));
-        // In the expected response only the volatile-looking value is templated.
+        // The expected response follows the values its request carried.
         let resp = response.body.as_ref().and_then(|b| b.json.clone()).unwrap();
-        assert_eq!(resp, serde_json::json!({"id": "{{ chain.post-api-users.body.id }}", "seq": 1234567}));
+        assert_eq!(
+            resp,
+            serde_json::json!({"id": "{{ chain.post-api-users.body.id }}", "seq": "{{ chain.post-api-users.body.seq }}"})
+        );
         assert_eq!(get.chain.get("post-api-users.body.id"), Some(&Value::String(UID.into())));
 
         // Rendering with no live values gives back exactly what was recorded.
@@ -401,7 +438,7 @@ mod tests {
         assert_eq!(r.target, "/api/users/new-uuid-0001?n=1");
         assert_eq!(r.body.and_then(|b| b.json), Some(serde_json::json!({"seq": 7654321, "flag": true})));
         let e = render_response(get, response, &live);
-        assert_eq!(e.body.and_then(|b| b.json), Some(serde_json::json!({"id": "new-uuid-0001", "seq": 1234567})));
+        assert_eq!(e.body.and_then(|b| b.json), Some(serde_json::json!({"id": "new-uuid-0001", "seq": 7654321})));
     }
 
     #[test]
@@ -425,5 +462,85 @@ mod tests {
         let (request, _) = tests[1].http().unwrap();
         assert_eq!(request.headers[0].value_str(), "theme=dark; sid={{ chain.post-login.cookie.sid }}");
         assert_eq!(request.target, "{{ chain.post-login.header.location }}");
+    }
+
+    fn json_of(t: &TestCase, request: bool) -> Value {
+        let (req, resp) = t.http().unwrap();
+        let body = if request { &req.body } else { &resp.body };
+        body.as_ref().and_then(|b| b.json.clone()).unwrap()
+    }
+
+    #[test]
+    fn a_constant_in_every_answer_is_never_chained() {
+        let pad = "0123456789abcdef0123456789abcdef";
+        let mut tests: Vec<TestCase> = (0..6)
+            .map(|i| test(&format!("get-ok-{i}"), "GET", "/ok", &[], None, serde_json::json!({"ok": true, "pad": pad})))
+            .collect();
+        let d = detect(&mut tests);
+        assert_eq!(d, Detected::default());
+        for t in &tests {
+            assert!(t.chain.is_empty(), "{} was chained: {:?}", t.name, t.chain);
+            assert_eq!(json_of(t, false)["pad"], pad);
+        }
+    }
+
+    #[test]
+    fn equal_tokens_issued_independently_are_not_chained_to_each_other() {
+        let mut tests = vec![
+            test(
+                "post-signup",
+                "POST",
+                "/signup",
+                &[],
+                Some(serde_json::json!({"email": "a@b.c"})),
+                serde_json::json!({"token": JWT}),
+            ),
+            test(
+                "post-login",
+                "POST",
+                "/login",
+                &[],
+                Some(serde_json::json!({"email": "a@b.c"})),
+                serde_json::json!({"token": JWT}),
+            ),
+            test(
+                "get-me",
+                "GET",
+                "/me",
+                &[("Authorization", &format!("Bearer {JWT}"))],
+                None,
+                serde_json::json!({"token": JWT}),
+            ),
+        ];
+        detect(&mut tests);
+        // The login's answer is compared as recorded, not filled from the sign-up's.
+        assert!(tests[1].chain.is_empty());
+        assert_eq!(json_of(&tests[1], false)["token"], JWT);
+        // The later request uses the newest producer; its answer gives back what the request carried.
+        let (request, _) = tests[2].http().unwrap();
+        assert_eq!(request.headers[0].value_str(), "Bearer {{ chain.post-login.body.token }}");
+        assert_eq!(json_of(&tests[2], false)["token"], "{{ chain.post-login.body.token }}");
+    }
+
+    #[test]
+    fn values_the_client_sent_percent_encoded_are_not_chains() {
+        let mut signup =
+            test("post-signup", "POST", "/signup?ref=ann%2B42%40example.com", &[], None, serde_json::json!({}));
+        let (request, _) = signup.http_mut().unwrap();
+        request.headers.push(Header::new("Content-Type", "application/x-www-form-urlencoded"));
+        request.body = Some(Body { text: Some("email=bob%2B7%40example.com&name=Bob".into()), ..Body::default() });
+        let answer = serde_json::json!({"email": "bob+7@example.com", "ref": "ann+42@example.com"});
+        let mut tests = vec![
+            test("get-profile", "GET", "/profile", &[], None, serde_json::json!({})),
+            signup,
+            test("get-by-email", "GET", "/users", &[], Some(answer.clone()), serde_json::json!({})),
+        ];
+        // The profile answer (before the sign-up) produced nothing; the sign-up answers what the client sent.
+        if let Some((_, resp)) = tests[1].http_mut() {
+            resp.body = Some(Body { json: Some(answer.clone()), ..Body::default() });
+        }
+        detect(&mut tests);
+        assert!(tests.iter().all(|t| t.chain.is_empty()), "{:?}", tests.iter().map(|t| &t.chain).collect::<Vec<_>>());
+        assert_eq!(json_of(&tests[2], true), answer);
     }
 }

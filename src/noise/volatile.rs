@@ -20,7 +20,7 @@ pub fn detect(response: &HttpResponse, recorded_ms: Option<f64>) -> Vec<NoiseRul
         if FRAMING_HEADERS.contains(&name.as_str()) || Noise::DEFAULT_HEADERS.contains(&name.as_str()) {
             continue;
         }
-        if let Some(shape) = Shape::of(&value, around) {
+        if let Some(shape) = Shape::of(&value, around).filter(|_| !value.contains("{{")) {
             rules.push(rule(Some(name), None, &shape));
         }
     }
@@ -86,6 +86,8 @@ fn walk(value: &Value, path: &mut Vec<Seg>, around: f64, found: &mut Vec<(Vec<Se
                 path.pop();
             }
         }
+        // A chained value is compared through its template, not by shape (and its template text is not a value).
+        Value::String(s) if s.contains("{{") => {}
         leaf => {
             if let Some(shape) = Shape::of_json(leaf, around) {
                 found.push((path.clone(), shape));
@@ -180,5 +182,20 @@ mod tests {
         let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
         assert_eq!(got, want);
         assert_eq!(rules[2].reason.as_deref(), Some("looks like a timestamp"));
+    }
+
+    #[test]
+    fn chain_templates_get_no_shape_rule() {
+        let body = serde_json::json!({"user": {"token": "{{ chain.post-signup.body.user.token }}"}, "id": "{{ chain.x.body.id }}"});
+        let response = HttpResponse {
+            status: 200,
+            reason: String::new(),
+            version: "HTTP/1.1".into(),
+            headers: vec![Header::new("X-Token", "{{ chain.post-signup.header.x-token }}")],
+            body: Some(Body { json: Some(body), ..Body::default() }),
+            messages: vec![],
+            trailers: vec![],
+        };
+        assert_eq!(detect(&response, Some(1_795_730_000_000.0)), Vec::new());
     }
 }
