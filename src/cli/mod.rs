@@ -268,6 +268,12 @@ struct TestArgs {
     /// With --rerecord: write without asking.
     #[arg(long, requires = "rerecord")]
     yes: bool,
+    /// A recorded write that a test may leave unmade, reported as tolerated instead of failing the test
+    /// (repeatable): `*`, a protocol (`redis`), a destination (`db:5432`), or the start of the statement
+    /// or request. Also `allow_missing_writes:` in doppel.yaml.
+    /// Example: --allow-missing-write 'INSERT INTO audit_log'
+    #[arg(long = "allow-missing-write", value_name = "PATTERN")]
+    allow_missing_writes: Vec<String>,
     #[command(flatten)]
     capture: CaptureArgs,
     /// The command that runs the app (not needed with --target).
@@ -553,8 +559,9 @@ async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32
     Ok(0)
 }
 
-async fn cmd_test(args: TestArgs, config: Config, quiet: bool) -> Result<i32> {
+async fn cmd_test(args: TestArgs, mut config: Config, quiet: bool) -> Result<i32> {
     load_protos(&args.capture, &config)?;
+    config.allow_missing_writes.extend(args.allow_missing_writes.iter().cloned());
     let trust = args.target_tls.trust();
     let target = args.target.as_deref().map(|u| Target::parse("--target", u, &trust)).transpose()?;
     if target.is_none() && args.command.is_empty() {

@@ -21,7 +21,7 @@ use crate::store::body::is_json_type;
 
 #[cfg(test)]
 pub use json::json_diff;
-pub(crate) use json::{Seg, render_path};
+pub(crate) use json::{Seg, diff_values, render_path};
 pub use noise::Noise;
 
 /// Headers never compared: they describe the framing of the message, which the body comparison covers.

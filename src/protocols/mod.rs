@@ -9,6 +9,7 @@ pub(crate) mod detect;
 mod pool;
 #[macro_use]
 mod registry;
+pub(crate) mod sql;
 mod stream;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -21,7 +22,7 @@ use tokio::net::UdpSocket;
 
 use crate::capture::BoxFuture;
 use crate::store::RecordSink;
-pub(crate) use pool::{Miss, MockPool};
+pub(crate) use pool::{Miss, MockPool, UnmadeWrite};
 pub(crate) use registry::fallback;
 pub(crate) use stream::{Conn, Prefixed, Stream, write_through_inner};
 
@@ -210,6 +211,11 @@ pub(crate) trait Protocol: Send + Sync + 'static {
     /// Answers the app's datagrams caught on `socket` from the mocks.
     fn serve_datagrams(&self, _socket: UdpSocket, _pool: Arc<MockPool>) -> BoxFuture<'static, ()> {
         Box::pin(async {})
+    }
+    /// A short description of the write `mock` recorded (an `INSERT`, a `POST`, a Redis `SET`), or `None`
+    /// for a read. A recorded write that a replayed test no longer makes fails that test.
+    fn recorded_write(&self, _mock: &Mock) -> Option<String> {
+        None
     }
     /// Feeds arbitrary bytes to every decoder of this protocol (`fuzz/`): nothing may panic. By default the
     /// bytes are a framed conversation given to the observer.

@@ -27,13 +27,30 @@ pub struct MockPool {
     rewrites: Mutex<Vec<(String, String)>>,
     /// Directory of the test set, for file bodies.
     pub dir: std::path::PathBuf,
+    /// What each mock wrote (see `Protocol::recorded_write`); `None` for reads.
+    writes: Vec<Option<String>>,
+}
+
+/// A write recorded during a test that the replayed build did not make.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnmadeWrite {
+    pub mock: usize,
+    /// The mock's kind and destination (`postgres`, `db:5432`).
+    pub kind: String,
+    pub dest: String,
+    pub what: String,
 }
 
 impl MockPool {
     pub fn new(mocks: Vec<Mock>, dir: std::path::PathBuf) -> MockPool {
         let n = mocks.len();
         let started_ms = mocks.iter().map(|m| crate::store::parse_time_ms(&m.started_at)).collect();
+        let writes = mocks
+            .iter()
+            .map(|m| super::registry().iter().find(|p| p.name() == m.kind).and_then(|p| p.recorded_write(m)))
+            .collect();
         MockPool {
+            writes,
             mocks,
             started_ms,
             window: Mutex::new(None),
@@ -123,6 +140,20 @@ impl MockPool {
     /// How many times each mock was used.
     pub fn usage(&self) -> Vec<u32> {
         lock(&self.used).clone()
+    }
+
+    /// The writes recorded during `window` (start and end, ms since the epoch) that no request has used.
+    pub fn unmade_writes(&self, window: (f64, f64)) -> Vec<UnmadeWrite> {
+        let used = lock(&self.used);
+        let (from, to) = window;
+        (0..self.mocks.len())
+            .filter(|&i| used[i] == 0 && self.started_ms[i].is_some_and(|t| t >= from - 1.0 && t <= to + 1.0))
+            .filter_map(|i| {
+                let what = self.writes[i].clone()?;
+                let m = &self.mocks[i];
+                Some(UnmadeWrite { mock: i, kind: m.kind.clone(), dest: m.dest.clone(), what })
+            })
+            .collect()
     }
 
     pub fn of_kind(&self, kind: &str) -> impl Iterator<Item = (usize, &Mock)> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::Answer;
 use crate::diff::{self, Actual, Expected, Noise};
 use crate::error::{Context, Kind};
+use crate::protocols::UnmadeWrite;
 use crate::protocols::http::client;
 use crate::protocols::http::{Header, HttpResponse};
 use crate::protocols::http2;
@@ -31,6 +32,8 @@ fn result_of(set: &LoadedSet, file: &Path, test: &TestCase) -> TestResult {
         differences: Vec::new(),
         misses: Vec::new(),
         applied_noise: Vec::new(),
+        missing_writes: Vec::new(),
+        tolerated: Vec::new(),
         error: None,
         duration_ms: 0.0,
         recorded_latency_ms: test.latency_ms,
@@ -78,12 +81,33 @@ pub(crate) fn judge(
     result
 }
 
+/// Adds the writes recorded during the test that the build did not make: each fails the test unless a rule
+/// (`--allow-missing-write`, `allow_missing_writes:` in doppel.yaml) allows it, and then the result says so.
+pub(crate) fn unmade_writes(result: &mut TestResult, unmade: Vec<UnmadeWrite>, allowed: &[String]) {
+    for w in unmade {
+        let line = format!("{} ({} {}, mock {})", w.what, w.kind, w.dest, w.mock);
+        match allowed.iter().find(|pattern| allows(pattern, &w)) {
+            Some(pattern) => result.tolerated.push(format!("recorded write not made, allowed by `{pattern}`: {line}")),
+            None => result.missing_writes.push(format!("recorded, not made by this build: {line}")),
+        }
+    }
+    settle(result);
+}
+
+/// Whether an allow pattern covers a write: `*`, its protocol, its destination, or the start of the
+/// statement or request (case and runs of spaces aside).
+fn allows(pattern: &str, w: &UnmadeWrite) -> bool {
+    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase();
+    let p = norm(pattern);
+    p == "*" || p == w.kind || p == w.dest.to_ascii_lowercase() || norm(&w.what).starts_with(&p)
+}
+
 fn settle(result: &mut TestResult) {
-    result.outcome = if result.error.is_some() || !result.differences.is_empty() || !result.misses.is_empty() {
-        Outcome::Failed
-    } else {
-        Outcome::Passed
-    };
+    let failed = result.error.is_some()
+        || !result.differences.is_empty()
+        || !result.misses.is_empty()
+        || !result.missing_writes.is_empty();
+    result.outcome = if failed { Outcome::Failed } else { Outcome::Passed };
 }
 
 /// Compares a kept answer again, under new rules.

@@ -308,7 +308,14 @@ async fn run_set(
         let misses: Vec<String> = all[seen_misses..].iter().filter(|m| m.at >= began).map(|m| m.what.clone()).collect();
         seen_misses = all.len();
         answers.push(outcome.as_ref().ok().and_then(|r| answer_of(r, &expected, &bindings)));
-        let result = judge(set, file, test, &expected, &rules[i].noise, outcome, misses, began.elapsed());
+        let mut result = judge(set, file, test, &expected, &rules[i].noise, outcome, misses, began.elapsed());
+        if let Some(s) = start {
+            judge::unmade_writes(
+                &mut result,
+                pool.unmade_writes((s, s + test.latency_ms)),
+                &opts.config.allow_missing_writes,
+            );
+        }
         if !quiet {
             report::print_result(&result);
         }

@@ -32,6 +32,13 @@ pub struct TestResult {
     pub misses: Vec<String>,
     /// Noise rules that hid a difference.
     pub applied_noise: Vec<String>,
+    /// Writes recorded during this test (SQL, HTTP POST/PUT/PATCH/DELETE, Redis writes) that the build did
+    /// not make: each fails the test.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_writes: Vec<String>,
+    /// Differences a rule allowed other than noise (a missing write allowed by `--allow-missing-write`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerated: Vec<String>,
     /// The request could not be completed (connection refused, timeout, invalid response).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -139,6 +146,9 @@ pub fn render(r: &TestResult) -> String {
                 r.duration_ms,
                 style(noise).dim()
             ));
+            for t in &r.tolerated {
+                out.push_str(&format!("       {}\n", style(format!("tolerated: {t}")).dim()));
+            }
         }
         Outcome::Failed => {
             out.push_str(&format!("  {} {}  {}\n", style("FAIL").red().bold(), r.name, style(label).dim()));
@@ -151,6 +161,12 @@ pub fn render(r: &TestResult) -> String {
             }
             for m in &r.misses {
                 out.push_str(&format!("       {} {}\n", style("mock miss:").yellow().bold(), m));
+            }
+            for w in &r.missing_writes {
+                out.push_str(&format!("       {} {}\n", style("missing write:").yellow().bold(), w));
+            }
+            for t in &r.tolerated {
+                out.push_str(&format!("       {}\n", style(format!("tolerated: {t}")).dim()));
             }
             out.push_str(&format!("       {}\n", style(format!("test file: {}", r.file)).dim()));
         }
@@ -200,6 +216,7 @@ pub fn write_junit(report: &RunReport, path: &Path) -> Result<()> {
                         .clone()
                         .or_else(|| r.differences.first().map(|d| format!("{} {}", d.location, change_word(&d.change))))
                         .or_else(|| r.misses.first().cloned())
+                        .or_else(|| r.missing_writes.first().map(|w| format!("missing write: {w}")))
                         .unwrap_or_else(|| "failed".into());
                     s.set_message(first);
                     s.set_description(plain);

@@ -161,6 +161,10 @@ pub struct Config {
     /// Set to false to stop flagging volatile-looking values (timestamps, ids, tokens) when recording.
     #[serde(default)]
     pub volatile: Option<bool>,
+    /// Recorded writes a test may leave unmade (as `--allow-missing-write`): `*`, a protocol, a
+    /// destination, or the start of the statement or request (`INSERT INTO audit_log`, `POST /v1/events`).
+    #[serde(default)]
+    pub allow_missing_writes: Vec<String>,
 }
 
 /// Defines the on-disk types whose parts come from the protocols: `Mock` (the envelope of every mock plus

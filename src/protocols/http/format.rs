@@ -127,6 +127,17 @@ pub struct HttpMock {
     pub cut_short: bool,
 }
 
+/// The write a recorded HTTP call made (`POST /v1/payments` to a dependency), or `None` for a read.
+/// gRPC calls are all POSTs whatever they do, so they are not counted.
+pub(crate) fn recorded_write(mock: &HttpMock) -> Option<String> {
+    let r = &mock.request;
+    let grpc = r.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("content-type") && h.value_str().to_ascii_lowercase().starts_with("application/grpc")
+    });
+    let write = matches!(r.method.to_ascii_uppercase().as_str(), "POST" | "PUT" | "PATCH" | "DELETE");
+    (write && !grpc).then(|| format!("{} {}", r.method, r.target))
+}
+
 impl crate::store::TestCase {
     /// A recorded HTTP or HTTP/2 test (`kind` is `http` or `http2`).
     pub(crate) fn new_http(

@@ -32,6 +32,10 @@ impl Protocol for Http {
         Detect::No
     }
 
+    fn recorded_write(&self, mock: &super::Mock) -> Option<String> {
+        mock.http.as_ref().and_then(format::recorded_write)
+    }
+
     fn observer(&self, ctx: RecordCtx) -> Box<dyn Observer> {
         Box::new(record::HttpObserver::new(ctx))
     }

@@ -55,9 +55,38 @@ pub fn mismatch(recorded: &HttpRequest, recorded_body: &[u8], live: &RequestHead
         return Some(format!("query (recorded {:?})", recorded.target));
     }
     if !bodies_equal(recorded_body, live_body) {
-        return Some(format!("body (recorded {} bytes, got {})", recorded_body.len(), live_body.len()));
+        return Some(body_difference(recorded_body, live_body));
     }
     None
+}
+
+/// What differs between a recorded request body and the one the app sent: JSON field by field
+/// (`body $.amount: recorded 20, sent 21`), other bodies by size.
+pub(crate) fn body_difference(recorded: &[u8], live: &[u8]) -> String {
+    const SHOWN: usize = 5;
+    if let (Ok(r), Ok(l)) = (serde_json::from_slice::<Value>(recorded), serde_json::from_slice::<Value>(live)) {
+        let (diffs, _) = crate::diff::diff_values(&r, &l, &crate::diff::Noise::none());
+        if !diffs.is_empty() {
+            let mut parts: Vec<String> = diffs
+                .iter()
+                .take(SHOWN)
+                .map(|d| {
+                    let at = d.location.strip_prefix("body ").unwrap_or(&d.location);
+                    match (&d.expected, &d.actual) {
+                        (Some(e), Some(a)) => format!("{at}: recorded {e}, sent {a}"),
+                        (Some(e), None) => format!("{at}: recorded {e}, not sent"),
+                        (None, Some(a)) => format!("{at}: not recorded, sent {a}"),
+                        (None, None) => format!("{at} differs"),
+                    }
+                })
+                .collect();
+            if diffs.len() > SHOWN {
+                parts.push(format!("and {} more", diffs.len() - SHOWN));
+            }
+            return format!("body {}", parts.join("; "));
+        }
+    }
+    format!("body (recorded {} bytes, got {})", recorded.len(), live.len())
 }
 
 pub(super) async fn serve(mut conn: Conn, ctx: ServeCtx) {
@@ -225,7 +254,7 @@ fn loose_mismatch(
         },
     };
     if !same_body {
-        return Some(format!("body (recorded {} bytes, got {})", recorded_body.len(), live_body.len()));
+        return Some(body_difference(recorded_body, live_body));
     }
     None
 }

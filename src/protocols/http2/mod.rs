@@ -71,6 +71,10 @@ impl Protocol for Http2 {
         if plausible { Detect::NeedMore } else { Detect::No }
     }
 
+    fn recorded_write(&self, mock: &super::Mock) -> Option<String> {
+        mock.http2.as_ref().and_then(crate::protocols::http::recorded_write)
+    }
+
     fn observer(&self, ctx: RecordCtx) -> Box<dyn Observer> {
         Box::new(record::H2Observer::new(ctx))
     }

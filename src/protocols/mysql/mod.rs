@@ -105,6 +105,12 @@ impl Protocol for Mysql {
         detect_greeting(first, port)
     }
 
+    fn recorded_write(&self, mock: &super::Mock) -> Option<String> {
+        let m = mock.mysql.as_ref()?;
+        let sql = m.sql.as_deref().filter(|_| matches!(m.command.as_str(), "query" | "execute"))?;
+        super::sql::is_write(sql).then(|| super::sql::short(sql))
+    }
+
     fn observer(&self, ctx: RecordCtx) -> Box<dyn Observer> {
         Box::new(record::MysqlObserver::new(ctx))
     }

@@ -39,6 +39,12 @@ impl Protocol for Postgres {
         if known && (8..=10_000).contains(&len) { Detect::Yes } else { Detect::No }
     }
 
+    fn recorded_write(&self, mock: &super::Mock) -> Option<String> {
+        let query = mock.postgres.as_ref()?.query.as_ref()?;
+        // A statement that failed to parse or bind, or was only described, changed nothing.
+        (query.stage.is_none() && super::sql::is_write(&query.sql)).then(|| super::sql::short(&query.sql))
+    }
+
     fn observer(&self, ctx: RecordCtx) -> Box<dyn Observer> {
         Box::new(record::PgObserver::new(ctx))
     }

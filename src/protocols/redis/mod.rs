@@ -23,6 +23,20 @@ impl Protocol for Redis {
         detect(first, port)
     }
 
+    fn recorded_write(&self, mock: &super::Mock) -> Option<String> {
+        let m = mock.redis.as_ref()?;
+        let writes: Vec<&[RedisValue]> = match &m.queued {
+            Some(queued) => queued.iter().map(|q| q.command.as_slice()).filter(|c| is_write(c)).collect(),
+            None => Some(m.command.as_slice()).filter(|c| is_write(c)).into_iter().collect(),
+        };
+        let described: Vec<String> = writes.iter().map(|c| describe(c)).collect();
+        match (&m.queued, described.is_empty()) {
+            (_, true) => None,
+            (Some(_), false) => Some(format!("MULTI ... EXEC ({})", described.join("; "))),
+            (None, false) => described.into_iter().next(),
+        }
+    }
+
     fn observer(&self, ctx: RecordCtx) -> Box<dyn Observer> {
         Box::new(record::RedisObserver::new(ctx))
     }
@@ -405,6 +419,31 @@ pub fn pubsub_frame(frame: &RedisValue) -> Option<PubSubFrame> {
     }
 }
 
+/// Commands that change data (or publish): a recorded one that a replayed test no longer sends is a missing
+/// side effect. Scripts (`EVAL`, `FCALL`) count as writes: doppel cannot tell what they do.
+const WRITE_COMMANDS: &[&str] = &[
+    "APPEND", "BITFIELD", "BITOP", "BLMOVE", "BLMPOP", "BLPOP", "BRPOP", "BRPOPLPUSH", "BZMPOP", "BZPOPMAX",
+    "BZPOPMIN", "COPY", "DECR", "DECRBY", "DEL", "EVAL", "EVALSHA", "EXPIRE", "EXPIREAT", "FCALL", "FLUSHALL",
+    "FLUSHDB", "GEOADD", "GETDEL", "GETEX", "GETSET", "HDEL", "HINCRBY", "HINCRBYFLOAT", "HMSET", "HSET",
+    "HSETNX", "INCR", "INCRBY", "INCRBYFLOAT", "LINSERT", "LMOVE", "LMPOP", "LPOP", "LPUSH", "LPUSHX", "LREM",
+    "LSET", "LTRIM", "MOVE", "MSET", "MSETNX", "PERSIST", "PEXPIRE", "PEXPIREAT", "PFADD", "PFMERGE", "PSETEX",
+    "PUBLISH", "RENAME", "RENAMENX", "RESTORE", "RPOP", "RPOPLPUSH", "RPUSH", "RPUSHX", "SADD", "SDIFFSTORE",
+    "SET", "SETBIT", "SETEX", "SETNX", "SETRANGE", "SINTERSTORE", "SMOVE", "SPOP", "SPUBLISH", "SREM",
+    "SUNIONSTORE", "UNLINK", "XACK", "XADD", "XAUTOCLAIM", "XCLAIM", "XDEL", "XGROUP", "XTRIM", "ZADD",
+    "ZDIFFSTORE", "ZINCRBY", "ZINTERSTORE", "ZMPOP", "ZPOPMAX", "ZPOPMIN", "ZRANGESTORE", "ZREM",
+    "ZREMRANGEBYLEX", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "ZUNIONSTORE",
+];
+
+fn is_write(command: &[RedisValue]) -> bool {
+    match command.first() {
+        Some(RedisValue::Bulk(name)) => {
+            let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+            WRITE_COMMANDS.binary_search(&name.as_str()).is_ok()
+        }
+        _ => false,
+    }
+}
+
 /// A command as a person would type it, for messages: `GET user:42`, long or binary arguments abridged.
 pub fn describe(command: &[RedisValue]) -> String {
     let mut out = String::new();
@@ -437,6 +476,13 @@ pub fn describe(command: &[RedisValue]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn write_commands_are_sorted_for_binary_search() {
+        assert!(WRITE_COMMANDS.windows(2).all(|w| w[0] < w[1]));
+        assert!(is_write(&[RedisValue::Bulk(b"set".to_vec()), RedisValue::Bulk(b"k".to_vec())]));
+        assert!(!is_write(&[RedisValue::Bulk(b"GET".to_vec())]));
+    }
     use super::*;
 
     #[test]
