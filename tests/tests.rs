@@ -16,5 +16,6 @@ mod mysql;
 mod noise;
 mod postgres;
 mod redis;
+mod regressions;
 mod shadow;
 mod spine_faults;

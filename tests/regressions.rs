@@ -1,0 +1,152 @@
+//! The regression corpus: one recording of an order service (examples/regressions/: psycopg 3 on the
+//! local PostgreSQL, a payments API over HTTP), replayed green against the unchanged build with the
+//! database dropped and the payments API stopped, then against ten builds that each carry one deliberate
+//! regression. Every one must fail, naming the field, header, status or statement that changed.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+const PSQL: [&str; 6] = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"];
+
+fn psql(db: &str, args: &[&str]) -> Ran {
+    run(Command::new("psql").args(PSQL).args(["-U", "postgres", "-d", db]).args(args))
+}
+
+struct Corpus {
+    dir: tempfile::TempDir,
+    db: String,
+    port: u16,
+    payments_port: u16,
+}
+
+impl Corpus {
+    fn new() -> Corpus {
+        let db = format!("doppel_reg_{}_{}", std::process::id(), free_port());
+        let r = psql("test", &["-c", &format!("CREATE DATABASE {db}")]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let schema = repo().join("examples/regressions/schema.sql");
+        let r = psql(&db, &["-f", &schema.display().to_string()]);
+        assert_eq!(r.code, 0, "{r:?}");
+        Corpus { dir: tempfile::tempdir().unwrap(), db, port: free_port(), payments_port: free_port() }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("recordings")
+    }
+
+    fn doppel(&self, sub: &str, regression: Option<&str>) -> Command {
+        let mut c = doppel_cmd(self.dir.path(), sub, &self.path());
+        if sub == "record" {
+            c.args(["--port", &self.port.to_string()]);
+        }
+        c.arg("--").arg("python3").arg(repo().join("examples/regressions/app.py"));
+        c.env("APP_PORT", self.port.to_string())
+            .env("PAYMENTS_URL", format!("http://127.0.0.1:{}", self.payments_port))
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", "5432")
+            .env("PGUSER", "postgres")
+            .env("PGDATABASE", &self.db)
+            .env("PGSSLMODE", "disable")
+            .env("PYTHONUNBUFFERED", "1");
+        match regression {
+            Some(kind) => c.env("REGRESSION", kind),
+            None => c.env_remove("REGRESSION"),
+        };
+        c
+    }
+
+    fn send(&self, method: &str, path: &str, json: Option<&str>) -> Ran {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let mut args = vec!["-w", " %{http_code}", "-X", method, url.as_str()];
+        if let Some(j) = json {
+            args.extend(["-H", "Content-Type: application/json", "-d", j]);
+        }
+        curl(&args)
+    }
+
+    fn record(&self) {
+        let mut payments = Command::new("python3");
+        payments
+            .arg(repo().join("examples/regressions/payments.py"))
+            .env("PAYMENTS_PORT", self.payments_port.to_string());
+        let payments = Bg::spawn(&mut payments, self.dir.path(), "payments");
+        let port = self.payments_port;
+        wait_port_open(port, Duration::from_secs(10), Duration::from_millis(20), || payments.explain());
+
+        let mut cmd = self.doppel("record", None);
+        let health = format!("http://127.0.0.1:{}/health", self.port);
+        let mut rec = Bg::spawn_answering(&mut cmd, self.dir.path(), "record", &health, Duration::from_secs(60));
+        let r = self.send("POST", "/orders", Some(r#"{"sku":"apple","qty":2}"#));
+        assert!(r.stdout.contains(r#""total":8"#) && r.stdout.ends_with(" 201"), "{r:?}\n{}", rec.explain());
+        let r = self.send("POST", "/orders", Some(r#"{"sku":"pear","qty":1}"#));
+        assert!(r.stdout.ends_with(" 201"), "{r:?}");
+        let r = self.send("GET", "/orders/ord-apple-2", None);
+        assert!(r.stdout.contains(r#""lines":["apple x2","shipping","tax"]"#), "{r:?}");
+        let r = self.send("GET", "/orders?page=0", None);
+        assert!(r.stdout.contains(r#""ids":["ord-apple-2","ord-pear-1"]"#), "{r:?}");
+        let r = self.send("GET", "/orders?page=1", None);
+        assert!(r.stdout.contains(r#""ids":[]"#), "{r:?}");
+        stop_recording(&mut rec);
+        drop(payments);
+        wait_port_closed(port, "the payments API is still up");
+        let r = psql("test", &["-c", &format!("DROP DATABASE {} WITH (FORCE)", self.db)]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+
+    fn replay(&self, regression: Option<&str>) -> Ran {
+        run(&mut self.doppel("test", regression))
+    }
+}
+
+impl Drop for Corpus {
+    fn drop(&mut self) {
+        let _ = psql("test", &["-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db)]);
+    }
+}
+
+#[test]
+fn every_kind_of_regression_is_caught_and_named_and_the_unchanged_build_is_green() {
+    let corpus = Corpus::new();
+    corpus.record();
+    let mocks = read_all(&corpus.path().join("test-set-0/mocks.yaml"));
+    assert!(mocks.contains("INSERT INTO orders") && mocks.contains("/v1/charges"), "{mocks}");
+
+    // The unchanged build, three runs in a row: green, no miss, no missing write.
+    for _ in 0..3 {
+        let ok = corpus.replay(None);
+        assert_eq!(ok.code, 0, "{ok:?}");
+        // Six tests: the five requests and the readiness probe on /health.
+        assert!(summary(&ok).starts_with("6 passed, 0 failed"), "{ok:?}");
+        assert!(!ok.stdout.contains("mock miss") && !ok.stdout.contains("missing write"), "{ok:?}");
+    }
+
+    // Each regression: (kind, how many tests fail, what the output must name).
+    let corpus_cases: [(&str, usize, &[&str]); 10] = [
+        ("constant", 3, &[r#"body $.currency changed: expected "EUR" got "USD""#]),
+        (
+            "dropped-write",
+            2,
+            &["missing write: recorded, not made by this build: INSERT INTO orders (id, sku, qty, total)"],
+        ),
+        ("wrong-amount", 2, &["mock miss:", "body $.amount: recorded 8, sent 9", "/v1/charges"]),
+        ("extra-write", 2, &["mock miss:", "UPDATE products SET sold = sold + $1 WHERE sku = $2"]),
+        ("status", 2, &["status changed: expected 201 got 200"]),
+        ("header", 6, &["header x-api-version changed: expected \"1\" got \"2\""]),
+        ("removed-field", 3, &["body $.status removed"]),
+        ("type-change", 3, &["body $.qty type changed"]),
+        ("reordered", 3, &[r#"body $.lines[0] changed: expected "apple x2" got "tax""#]),
+        ("pagination", 2, &["mock miss:", "SELECT id FROM orders ORDER BY id LIMIT $1 OFFSET $2"]),
+    ];
+    for (kind, failed, named) in corpus_cases {
+        let bad = corpus.replay(Some(kind));
+        assert_eq!(bad.code, 1, "{kind}: {bad:?}");
+        let line = summary(&bad);
+        assert!(line.starts_with(&format!("{} passed, {failed} failed", 6 - failed)), "{kind}: {line}\n{bad:?}");
+        for text in named {
+            assert!(bad.stdout.contains(text), "{kind}: the output does not name `{text}`:\n{}", bad.stdout);
+        }
+    }
+}
