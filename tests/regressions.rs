@@ -9,76 +9,41 @@ use std::time::Duration;
 
 use crate::common::*;
 
-const PSQL: [&str; 6] = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"];
+use crate::common::pg::PgService;
 
-fn psql(db: &str, args: &[&str]) -> Ran {
-    run(Command::new("psql").args(PSQL).args(["-U", "postgres", "-d", db]).args(args))
-}
-
+/// The order service and the payments API it calls.
 struct Corpus {
-    dir: tempfile::TempDir,
-    db: String,
-    port: u16,
+    service: PgService,
     payments_port: u16,
 }
 
 impl Corpus {
     fn new() -> Corpus {
-        let db = format!("doppel_reg_{}_{}", std::process::id(), free_port());
-        let r = psql("test", &["-c", &format!("CREATE DATABASE {db}")]);
-        assert_eq!(r.code, 0, "{r:?}");
-        let schema = repo().join("examples/regressions/schema.sql");
-        let r = psql(&db, &["-f", &schema.display().to_string()]);
-        assert_eq!(r.code, 0, "{r:?}");
-        Corpus { dir: tempfile::tempdir().unwrap(), db, port: free_port(), payments_port: free_port() }
+        let mut service = PgService::new("regressions");
+        let payments_port = free_port();
+        service.env.push(("PAYMENTS_URL".into(), format!("http://127.0.0.1:{payments_port}")));
+        Corpus { service, payments_port }
     }
 
     fn path(&self) -> PathBuf {
-        self.dir.path().join("recordings")
-    }
-
-    fn doppel(&self, sub: &str, regression: Option<&str>) -> Command {
-        let mut c = doppel_cmd(self.dir.path(), sub, &self.path());
-        if sub == "record" {
-            c.args(["--port", &self.port.to_string()]);
-        }
-        c.arg("--").arg("python3").arg(repo().join("examples/regressions/app.py"));
-        c.env("APP_PORT", self.port.to_string())
-            .env("PAYMENTS_URL", format!("http://127.0.0.1:{}", self.payments_port))
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", "5432")
-            .env("PGUSER", "postgres")
-            .env("PGDATABASE", &self.db)
-            .env("PGSSLMODE", "disable")
-            .env("PYTHONUNBUFFERED", "1");
-        match regression {
-            Some(kind) => c.env("REGRESSION", kind),
-            None => c.env_remove("REGRESSION"),
-        };
-        c
+        self.service.path()
     }
 
     fn send(&self, method: &str, path: &str, json: Option<&str>) -> Ran {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        let mut args = vec!["-w", " %{http_code}", "-X", method, url.as_str()];
-        if let Some(j) = json {
-            args.extend(["-H", "Content-Type: application/json", "-d", j]);
-        }
-        curl(&args)
+        self.service.send(method, path, json, &[])
     }
 
     fn record(&self) {
+        let dir = self.service.dir.path();
         let mut payments = Command::new("python3");
         payments
             .arg(repo().join("examples/regressions/payments.py"))
             .env("PAYMENTS_PORT", self.payments_port.to_string());
-        let payments = Bg::spawn(&mut payments, self.dir.path(), "payments");
+        let payments = Bg::spawn(&mut payments, dir, "payments");
         let port = self.payments_port;
         wait_port_open(port, Duration::from_secs(10), Duration::from_millis(20), || payments.explain());
 
-        let mut cmd = self.doppel("record", None);
-        let health = format!("http://127.0.0.1:{}/health", self.port);
-        let mut rec = Bg::spawn_answering(&mut cmd, self.dir.path(), "record", &health, Duration::from_secs(60));
+        let mut rec = self.service.start_recording();
         let r = self.send("POST", "/orders", Some(r#"{"sku":"apple","qty":2}"#));
         assert!(r.stdout.contains(r#""total":8"#) && r.stdout.ends_with(" 201"), "{r:?}\n{}", rec.explain());
         let r = self.send("POST", "/orders", Some(r#"{"sku":"pear","qty":1}"#));
@@ -92,18 +57,16 @@ impl Corpus {
         stop_recording(&mut rec);
         drop(payments);
         wait_port_closed(port, "the payments API is still up");
-        let r = psql("test", &["-c", &format!("DROP DATABASE {} WITH (FORCE)", self.db)]);
-        assert_eq!(r.code, 0, "{r:?}");
+        self.service.drop_database();
     }
 
     fn replay(&self, regression: Option<&str>) -> Ran {
-        run(&mut self.doppel("test", regression))
-    }
-}
-
-impl Drop for Corpus {
-    fn drop(&mut self) {
-        let _ = psql("test", &["-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db)]);
+        let mut cmd = self.service.doppel("test", &[]);
+        match regression {
+            Some(kind) => cmd.env("REGRESSION", kind),
+            None => cmd.env_remove("REGRESSION"),
+        };
+        run(&mut cmd)
     }
 }
 

@@ -18,4 +18,5 @@ mod postgres;
 mod redis;
 mod regressions;
 mod shadow;
+mod signup;
 mod spine_faults;

@@ -44,6 +44,11 @@ pub enum Slot {
     Hex(usize),
     /// A random-looking token (letters, digits, `-`, `_`) of this length.
     Token(usize),
+    /// A salted password hash in a modular-crypt or framework format: bcrypt (`$2b$12$...`), argon2
+    /// (`$argon2id$v=19$...`), scrypt, PBKDF2 (`pbkdf2_sha256$...`, `pbkdf2:sha256:...`), sha-crypt.
+    PasswordHash,
+    /// The random suffix of a slug (`how-to-train-your-dragon-z8r7nu`): lower-case letters and digits.
+    Suffix(usize),
 }
 
 impl Slot {
@@ -57,6 +62,8 @@ impl Slot {
             Slot::Jwt => "jwt".into(),
             Slot::Hex(n) => format!("hex:{n}"),
             Slot::Token(n) => format!("token:{n}"),
+            Slot::PasswordHash => "password_hash".into(),
+            Slot::Suffix(n) => format!("suffix:{n}"),
         }
     }
 
@@ -69,9 +76,12 @@ impl Slot {
             "epoch_s" => Slot::EpochSeconds,
             "epoch_ms" => Slot::EpochMillis,
             "jwt" => Slot::Jwt,
+            "password_hash" => Slot::PasswordHash,
             _ => {
                 if let Some(n) = sized("hex:") {
                     Slot::Hex(n)
+                } else if let Some(n) = sized("suffix:") {
+                    Slot::Suffix(n)
                 } else {
                     Slot::Token(sized("token:")?)
                 }
@@ -94,6 +104,8 @@ impl Slot {
             Slot::Jwt => is_jwt(s),
             Slot::Hex(n) => s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit()),
             Slot::Token(n) => s.len() == n && s.bytes().all(is_token_byte),
+            Slot::PasswordHash => is_password_hash(s),
+            Slot::Suffix(n) => s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
         }
     }
 
@@ -123,7 +135,8 @@ impl Slot {
             Slot::Uuid => fixed(36),
             Slot::HttpDate => fixed(29),
             Slot::EpochMillis => fixed(13),
-            Slot::Hex(n) | Slot::Token(n) => fixed(n),
+            Slot::Hex(n) | Slot::Token(n) | Slot::Suffix(n) => fixed(n),
+            Slot::PasswordHash => run(|b| b.is_ascii_alphanumeric() || b"$./+=,:_-".contains(&b), 20),
             Slot::EpochSeconds => run(|b| b.is_ascii_digit() || b == b'.', 10),
             Slot::Timestamp => run(|b| b.is_ascii_digit() || b"-:.+TtZz ".contains(&b), 19),
             Slot::Jwt => run(|b| is_token_byte(b) || b == b'.', 10),
@@ -194,6 +207,25 @@ impl Shape {
         Ok(Shape { parts })
     }
 
+    /// What values of this shape are, in the plural, for messages (`password hashes`, `UUIDs`).
+    pub fn plural(&self) -> &'static str {
+        let slot = self.parts.iter().find_map(|p| match p {
+            Part::Slot(s) => Some(*s),
+            Part::Literal(_) => None,
+        });
+        match slot {
+            Some(Slot::Uuid) => "UUIDs",
+            Some(Slot::Timestamp | Slot::HttpDate) => "timestamps",
+            Some(Slot::EpochSeconds | Slot::EpochMillis) => "epoch times",
+            Some(Slot::Jwt) => "JWTs",
+            Some(Slot::Hex(_)) => "hex strings",
+            Some(Slot::Token(_)) => "random tokens",
+            Some(Slot::PasswordHash) => "password hashes",
+            Some(Slot::Suffix(_)) => "random slug suffixes",
+            None => "values",
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         for p in &self.parts {
@@ -221,6 +253,10 @@ impl Shape {
         }
         if let Some(slot) = classify(value, around) {
             return Some(Shape::single(slot));
+        }
+        if let Some(at) = slug_suffix(value) {
+            let parts = vec![Part::Literal(value[..at].to_string()), Part::Slot(Slot::Suffix(value.len() - at))];
+            return Some(Shape { parts });
         }
         let mut parts = Vec::new();
         let mut literal = String::new();
@@ -384,6 +420,9 @@ pub fn tokens(s: &str) -> Vec<(&str, bool)> {
 
 /// The volatile class of a whole value, if any (record side: tokens must also look random).
 fn classify(s: &str, around: f64) -> Option<Slot> {
+    if is_password_hash(s) {
+        return Some(Slot::PasswordHash);
+    }
     if is_uuid(s) {
         return Some(Slot::Uuid);
     }
@@ -420,6 +459,55 @@ fn is_uuid(s: &str) -> bool {
             8 | 13 | 18 | 23 => *c == b'-',
             _ => c.is_ascii_hexdigit(),
         })
+}
+
+/// Prefixes of the salted password-hash formats of crypt(3), passlib, Django and Werkzeug.
+const HASH_PREFIXES: &[&str] = &[
+    "$2a$",
+    "$2b$",
+    "$2x$",
+    "$2y$",
+    "$argon2i$",
+    "$argon2d$",
+    "$argon2id$",
+    "$scrypt$",
+    "$7$",
+    "$pbkdf2",
+    "$5$",
+    "$6$",
+    "argon2$",
+    "bcrypt$",
+    "bcrypt_sha256$",
+    "pbkdf2_sha256$",
+    "pbkdf2_sha1$",
+    "scrypt$",
+    "scrypt:",
+    "pbkdf2:",
+];
+
+/// A salted password hash: a known scheme prefix, no spaces, and a digest of at least 16 characters after the
+/// last `$`.
+fn is_password_hash(s: &str) -> bool {
+    let digest = s.rsplit('$').next().unwrap_or("");
+    HASH_PREFIXES.iter().any(|p| s.starts_with(p))
+        && s.len() <= 512
+        && !s.contains(char::is_whitespace)
+        && digest.len() >= 16
+        && digest.bytes().all(|b| b.is_ascii_alphanumeric() || b"./+=".contains(&b))
+}
+
+/// `words-joined-by-dashes-z8r7nu`: a slug of at least two words whose last part is 5 to 12 lower-case letters
+/// and digits with both in it. Returns where that suffix starts.
+fn slug_suffix(s: &str) -> Option<usize> {
+    let (head, tail) = s.rsplit_once('-')?;
+    let slug_byte = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let words = head.split('-').filter(|w| !w.is_empty() && w.bytes().all(slug_byte)).count();
+    let suffix = (5..=12).contains(&tail.len())
+        && tail.bytes().all(slug_byte)
+        && tail.bytes().any(|b| b.is_ascii_digit())
+        && tail.bytes().any(|b| b.is_ascii_lowercase());
+    (suffix && words >= 2 && words == head.split('-').count() && head.bytes().any(|b| b.is_ascii_lowercase()))
+        .then(|| s.len() - tail.len())
 }
 
 fn is_token_byte(b: u8) -> bool {
@@ -567,6 +655,34 @@ pub fn parse_http_date(s: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn password_hashes_and_slug_suffixes() {
+        let hashes = [
+            "$2b$12$KIXQJQ0n1mZc5y1uE4xJ3eQ8yq9m0r8kzP1Yb4rVd6c7wQxT1hG2a",
+            "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHRzYWx0$Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4",
+            "pbkdf2_sha256$600000$abcdefghijkl$Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4PQ=",
+            "scrypt:32768:8:1$abcdefgh$0123456789abcdef0123456789abcdef",
+            "pbkdf2:sha256:600000$saltsalt$0123456789abcdef0123456789abcdef",
+            "$pbkdf2-sha256$29000$N2YuJWTMWYtRyhnDOAdgrA$O1PYuMAXu4u5zq8AFJ3uAKLj5HjxLVu2y2Iez9aKl4w",
+        ];
+        for h in hashes {
+            let shape = Shape::of(h, 0.0).unwrap_or_else(|| panic!("{h} has no shape"));
+            assert_eq!(shape.render(), "{password_hash}", "{h}");
+        }
+        let bcrypt = Shape::of(hashes[0], 0.0).unwrap();
+        assert!(bcrypt.matches("$2b$12$abcdefghijklmnopqrstuuq8yq9m0r8kzP1Yb4rVd6c7wQxT1hG2a"));
+        assert!(!bcrypt.matches("hunter2-password-in-clear"));
+        assert_eq!(Shape::of("$2b$12$short", 0.0), None);
+
+        let slug = Shape::of("how-to-train-your-dragon-z8r7nu", 0.0).unwrap();
+        assert_eq!(slug.render(), "how-to-train-your-dragon-{suffix:6}");
+        assert!(slug.matches("how-to-train-your-dragon-k2m9xq"));
+        assert!(!slug.matches("how-to-tame-your-dragon-k2m9xq"));
+        for plain in ["order-2024", "my-post-title", "ord-apple-2", "sku-a1b2"] {
+            assert_eq!(Shape::of(plain, 0.0), None, "{plain}");
+        }
+    }
     use super::*;
 
     const AROUND: f64 = 1_795_730_000.0; // 2026-11-26

@@ -48,6 +48,8 @@ fn reason(shape: &Shape) -> String {
         "timestamp" | "http_date" => "a timestamp",
         "epoch_s" | "epoch_ms" => "an epoch time",
         "jwt" => "a JWT",
+        "password_hash" => "a password hash",
+        "suffix" => "a random slug suffix",
         _ => "a random token",
     };
     format!("looks like {what}")

@@ -22,6 +22,9 @@ pub struct MockPool {
     window: Mutex<Option<(f64, f64)>>,
     used: Mutex<Vec<u32>>,
     misses: Mutex<Vec<Miss>>,
+    /// Requests answered by a mock whose recorded values differ from the live ones in volatile-looking
+    /// places (a fresh password hash, a new UUID): said under the test, never silent.
+    tolerated: Mutex<Vec<Miss>>,
     /// Recorded value -> value the app has now, for chained values (ids, tokens) that the app produced anew
     /// in this replay: a mock recorded with the old value matches a request carrying the new one.
     rewrites: Mutex<Vec<(String, String)>>,
@@ -56,6 +59,7 @@ impl MockPool {
             window: Mutex::new(None),
             used: Mutex::new(vec![0; n]),
             misses: Mutex::new(Vec::new()),
+            tolerated: Mutex::new(Vec::new()),
             rewrites: Mutex::new(Vec::new()),
             dir,
         }
@@ -83,6 +87,26 @@ impl MockPool {
         }
         let around = self.recorded_at_s(i).unwrap_or(0.0);
         crate::noise::shape::Shape::of(recorded, around).is_some_and(|s| s.matches(live))
+    }
+
+    /// What a live value that is not the recorded one stands in as, when only its shape matched (`password
+    /// hashes`): `None` when equal, a chained value the app produced anew, or not a stand-in at all.
+    pub fn stands_in_as(&self, i: usize, recorded: &str, live: &str) -> Option<&'static str> {
+        if recorded == live || self.rewrites().iter().any(|(r, l)| r == recorded && l == live) {
+            return None;
+        }
+        let around = self.recorded_at_s(i).unwrap_or(0.0);
+        crate::noise::shape::Shape::of(recorded, around).filter(|s| s.matches(live)).map(|s| s.plural())
+    }
+
+    /// Notes a request answered despite volatile-looking differences (see `stands_in_as`), for the test
+    /// running now.
+    pub fn tolerate(&self, what: String) {
+        lock(&self.tolerated).push(Miss { at: Instant::now(), what });
+    }
+
+    pub fn tolerated(&self) -> Vec<Miss> {
+        lock(&self.tolerated).clone()
     }
 
     /// When mock `i` was recorded, in seconds since the epoch.

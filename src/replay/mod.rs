@@ -264,6 +264,7 @@ async fn run_set(
     set_report.warnings = set.warnings.clone();
 
     let mut seen_misses = 0usize;
+    let mut seen_tolerated = pool.tolerated().len();
     let startup: Vec<Miss> = pool.misses();
     seen_misses += startup.len();
     set_report.startup_misses = startup.iter().map(|m| m.what.clone()).collect();
@@ -309,6 +310,9 @@ async fn run_set(
         seen_misses = all.len();
         answers.push(outcome.as_ref().ok().and_then(|r| answer_of(r, &expected, &bindings)));
         let mut result = judge(set, file, test, &expected, &rules[i].noise, outcome, misses, began.elapsed());
+        let tolerated = pool.tolerated();
+        result.tolerated.extend(tolerated[seen_tolerated..].iter().filter(|m| m.at >= began).map(|m| m.what.clone()));
+        seen_tolerated = tolerated.len();
         if let Some(s) = start {
             judge::unmade_writes(
                 &mut result,

@@ -2,6 +2,7 @@
 //! directories, and print everything they said when an assertion fails.
 
 pub mod chromium;
+pub mod pg;
 
 use std::io::Read;
 use std::net::TcpListener;

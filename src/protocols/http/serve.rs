@@ -262,6 +262,7 @@ fn loose_mismatch(
 /// Writes the answer to one request; `Ok(false)` when the connection must close afterwards.
 async fn answer(conn: &mut Conn, live: &RequestHead, body: &[u8], ctx: &ServeCtx) -> std::io::Result<bool> {
     let (mut candidates, near) = candidates(live, body, ctx, Strictness::Exact);
+    let mut found_at = Strictness::Exact;
     for strictness in [Strictness::Chained, Strictness::Volatile] {
         if !candidates.is_empty() {
             break;
@@ -270,6 +271,7 @@ async fn answer(conn: &mut Conn, live: &RequestHead, body: &[u8], ctx: &ServeCtx
             continue;
         }
         candidates = self::candidates(live, body, ctx, strictness).0;
+        found_at = strictness;
     }
     // Prefer mocks recorded for the same destination.
     let same_dest: Vec<usize> = candidates.iter().copied().filter(|i| ctx.pool.mocks[*i].dest == ctx.dest).collect();
@@ -292,6 +294,17 @@ async fn answer(conn: &mut Conn, live: &RequestHead, body: &[u8], ctx: &ServeCtx
         return Ok(!wire::wants_close(&live.version, &live.headers));
     };
     let Some(http) = &ctx.pool.mocks[i].http else { return Ok(false) };
+    if found_at == Strictness::Volatile {
+        let recorded_body = store::body_bytes(&ctx.pool.dir, &http.request.body).unwrap_or_default();
+        let what = match mismatch(&http.request, &recorded_body, live, body) {
+            Some(why) => format!("; it differs in its {why}"),
+            None => String::new(),
+        };
+        ctx.pool.tolerate(format!(
+            "matched {} {} (to {}) with mock {i} through values of the recorded ones' shape (ids, times, tokens, hashes){what}",
+            live.method, live.target, ctx.dest
+        ));
+    }
     // The dependency closed without answering while recording: close the same way.
     let Some(resp) = &http.response else { return Ok(false) };
     if http.cut_short {

@@ -345,6 +345,27 @@ impl Server {
             .unwrap_or_default()
     }
 
+    /// Says which parameters of mock `i` only matched by shape (a fresh salt in a password hash).
+    fn say_tolerated(&self, i: usize, q: &PgQuery, p: &LivePortal) {
+        let live = live_values(p, Some(q));
+        let mut places = Vec::new();
+        let mut kinds: Vec<&str> = Vec::new();
+        for (k, (recorded, live)) in q.parameters.iter().zip(&live).enumerate() {
+            if let (Some(r), Some(l)) = (param_text(recorded), param_text(live))
+                && let Some(kind) = self.ctx.pool.stands_in_as(i, &r, &l)
+            {
+                places.push(format!("${}", k + 1));
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+        }
+        if !places.is_empty() {
+            let sql = crate::protocols::sql::short(&q.sql);
+            self.ctx.pool.tolerate(format!("matched {sql} ignoring {}: {}", places.join(", "), kinds.join(", ")));
+        }
+    }
+
     fn miss(&mut self, sql: &str, params: Option<&[Value]>, why: &str) {
         let mut what = sql.to_string();
         if let Some(p) = params.filter(|p| !p.is_empty()) {
@@ -750,7 +771,8 @@ impl Server {
             .copied()
             .filter(|i| self.query(*i).is_some_and(|q| q.max_rows == max_rows && params_match(q, &p)))
             .collect();
-        if candidates.is_empty() {
+        let loose = candidates.is_empty();
+        if loose {
             // An id or a time the app generated anew in this replay stands for the recorded one.
             let pool = self.ctx.pool.clone();
             candidates = all
@@ -771,6 +793,9 @@ impl Server {
         match self.take(&p.stmt.norm, &candidates) {
             Ok(i) => {
                 let Some(q) = self.query(i).cloned() else { return };
+                if loose {
+                    self.say_tolerated(i, &q, &p);
+                }
                 if let Emitted::Failed = self.emit(&q, 0, Some(&p.result_formats)) {
                     self.skipping = true;
                 }
@@ -821,13 +846,18 @@ fn live_values(p: &LivePortal, q: Option<&PgQuery>) -> Vec<Value> {
         .collect()
 }
 
-/// Whether each live parameter equals the recorded one or may stand for it (`MockPool::stands_for`).
-fn params_stand_for(pool: &crate::protocols::MockPool, i: usize, q: &PgQuery, p: &LivePortal) -> bool {
-    let text = |v: &Value| match v {
+/// A parameter as text, for comparing by shape.
+fn param_text(v: &Value) -> Option<String> {
+    match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
-    };
+    }
+}
+
+/// Whether each live parameter equals the recorded one or may stand for it (`MockPool::stands_for`).
+fn params_stand_for(pool: &crate::protocols::MockPool, i: usize, q: &PgQuery, p: &LivePortal) -> bool {
+    let text = param_text;
     q.parameters.len() == p.params.len()
         && q.parameters.iter().enumerate().all(|(k, recorded)| {
             let live =

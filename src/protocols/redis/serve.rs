@@ -244,6 +244,27 @@ impl Session {
             })
     }
 
+    /// Says which arguments of mock `i` only matched by shape.
+    fn say_tolerated(&self, i: usize, recorded: &[RedisValue], live: &[RedisValue]) {
+        let mut places = Vec::new();
+        let mut kinds: Vec<&str> = Vec::new();
+        for (k, (r, l)) in recorded.iter().zip(live).enumerate().skip(1) {
+            if let (Some(r), Some(l)) = (r.as_bytes(), l.as_bytes())
+                && let (Ok(r), Ok(l)) = (std::str::from_utf8(r), std::str::from_utf8(l))
+                && let Some(kind) = self.ctx.pool.stands_in_as(i, r, l)
+            {
+                places.push(format!("argument {k}"));
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+        }
+        if !places.is_empty() {
+            let what = super::describe(recorded);
+            self.ctx.pool.tolerate(format!("matched {what} ignoring {}: {}", places.join(", "), kinds.join(", ")));
+        }
+    }
+
     /// Like `same_command`, with arguments that may stand for the recorded ones (`MockPool::stands_for`).
     fn stands_for(&self, i: usize, recorded: &[RedisValue], live: &[RedisValue]) -> bool {
         recorded.len() == live.len()
@@ -323,7 +344,8 @@ impl Session {
     async fn ordinary(&mut self, conn: &mut crate::protocols::Conn, command: &[RedisValue], name: &str) {
         let keep = |m: &RedisMock| m.queued.is_none() && m.db == self.db && m.resp == self.resp;
         let mut found = self.recordings_of(command, keep);
-        if found.is_empty() {
+        let loose = found.is_empty();
+        if loose {
             // A key or value holding an id the app generated anew in this replay stands for the recorded one.
             found = self
                 .candidates(name, keep)
@@ -343,6 +365,9 @@ impl Session {
             return;
         };
         let mock = &pool.mocks[i];
+        if loose && let Some(m) = &mock.redis {
+            self.say_tolerated(i, &m.command, command);
+        }
         let Some(redis) = &mock.redis else { return };
         if let Some((kind, subscribe)) = subscription_command(name) {
             for r in &redis.replies {
