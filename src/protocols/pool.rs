@@ -152,8 +152,16 @@ impl MockPool {
         }
     }
 
-    pub fn miss(&self, protocol: &'static str, dest: &str, what: String) {
+    /// Whether any mock was recorded for `dest`.
+    pub fn targets(&self, dest: &str) -> bool {
+        self.mocks.iter().any(|m| m.dest == dest)
+    }
+
+    pub fn miss(&self, protocol: &'static str, dest: &str, mut what: String) {
         tracing::debug!("mock miss ({protocol}, {dest}): {what}");
+        if !self.targets(dest) {
+            what.push_str(&format!(" (nothing was recorded for {dest}: no mock targets it)"));
+        }
         lock(&self.misses).push(Miss { at: Instant::now(), what });
     }
 
@@ -208,5 +216,16 @@ mod tests {
         pool.miss("http", "api:80", "GET /x was not recorded".into());
         assert_eq!(pool.misses().len(), 1, "the miss must not be dropped");
         assert_eq!(pool.take(&[]), None);
+    }
+
+    #[test]
+    fn a_miss_to_a_destination_nothing_targets_says_so() {
+        let mock = Mock::new("http", 1, "api:80", 1, "2026-11-27T10:00:00.000Z".into(), 1.0);
+        let pool = MockPool::new(vec![mock], std::env::temp_dir());
+        pool.miss("http", "api:80", "GET /a was not recorded".into());
+        pool.miss("http", "other:80", "GET /b was not recorded".into());
+        let misses = pool.misses();
+        assert_eq!(misses[0].what, "GET /a was not recorded");
+        assert_eq!(misses[1].what, "GET /b was not recorded (nothing was recorded for other:80: no mock targets it)");
     }
 }

@@ -281,7 +281,8 @@ async fn answer(conn: &mut Conn, live: &RequestHead, body: &[u8], ctx: &ServeCtx
         if !body.is_empty() {
             what.push_str(&format!(" with a {}-byte body", body.len()));
         }
-        if let Some(n) = near.first() {
+        // Requests recorded for other destinations are not compared with this one.
+        if let Some(n) = near.first().filter(|_| ctx.pool.targets(&ctx.dest)) {
             what.push_str(&format!("; a recorded request to the same path differs in its {n}"));
         }
         ctx.pool.miss("http", &ctx.dest, what.clone());
