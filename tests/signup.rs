@@ -1,13 +1,28 @@
 //! Values an app makes itself: a sign-up / login / article service (examples/signup/) hashes passwords with
 //! bcrypt and argon2 (a fresh salt every time) and gives users and articles slugs with a random suffix, all
-//! sent to PostgreSQL as bind parameters, on psycopg 3 and on asyncpg. Recorded once, the database dropped,
-//! it replays green three runs in a row with no hand-written rule, and each tolerated value is said.
+//! sent to PostgreSQL as bind parameters (psycopg 3, asyncpg) and to MariaDB written into the SQL text
+//! (PyMySQL). Recorded once, the database dropped, it replays green three runs in a row with no hand-written
+//! rule, and each tolerated value is said.
+
+use std::process::Command;
 
 use crate::common::pg::PgService;
 use crate::common::*;
 
-fn sign_up_flow(driver: &str) {
-    let mut service = PgService::new("signup");
+/// The statement that stores a new user, and what its tolerated line names, per database.
+struct Expect {
+    insert: &'static str,
+    user_places: &'static str,
+    article_places: &'static str,
+}
+
+const POSTGRES: Expect = Expect {
+    insert: "tolerated: matched INSERT INTO users (email, name, slug, bcrypt_hash, argon2_hash) VALUES ($1",
+    user_places: "ignoring $3, $4, $5: random slug suffixes, password hashes",
+    article_places: "ignoring $3: random slug suffixes",
+};
+
+fn sign_up_flow(mut service: PgService, driver: &str, expect: &Expect) {
     service.env.push(("DRIVER".into(), driver.into()));
     let mut rec = service.start_recording();
     let r = service.send(
@@ -33,7 +48,11 @@ fn sign_up_flow(driver: &str) {
     let mocks = read_all(&service.path().join("test-set-0/mocks.yaml"));
     assert!(mocks.contains("$2b$04$") && mocks.contains("$argon2id$"), "the hashes are in the mocks:\n{mocks}");
     assert!(!mocks.contains("kind: tcp"), "a connection fell back to opaque bytes:\n{mocks}");
-    service.drop_database();
+    if driver == "pymysql" {
+        drop_mysql_database(&service.db);
+    } else {
+        service.drop_database();
+    }
 
     for run in 1..=3 {
         let ok = service.replay(&[]);
@@ -42,22 +61,51 @@ fn sign_up_flow(driver: &str) {
         assert!(!ok.stdout.contains("mock miss"), "run {run}: {ok:?}");
         // What was tolerated is said, with the parameters and why.
         assert!(
-            ok.stdout
-                .contains("tolerated: matched INSERT INTO users (email, name, slug, bcrypt_hash, argon2_hash) VALUES")
-                && ok.stdout.contains("ignoring $3, $4, $5: random slug suffixes, password hashes"),
+            ok.stdout.contains(expect.insert) && ok.stdout.contains(expect.user_places),
             "run {run}: {}",
             ok.stdout
         );
-        assert!(ok.stdout.contains("ignoring $3: random slug suffixes"), "run {run}: {}", ok.stdout);
+        assert!(ok.stdout.contains(expect.article_places), "run {run}: {}", ok.stdout);
     }
 }
 
 #[test]
 fn bcrypt_argon2_and_slug_suffixes_replay_green_on_psycopg() {
-    sign_up_flow("psycopg");
+    sign_up_flow(PgService::new("signup"), "psycopg", &POSTGRES);
 }
 
 #[test]
 fn bcrypt_argon2_and_slug_suffixes_replay_green_on_asyncpg() {
-    sign_up_flow("asyncpg");
+    sign_up_flow(PgService::new("signup"), "asyncpg", &POSTGRES);
+}
+
+fn mysql(args: &[&str]) -> Ran {
+    run(Command::new("mysql").args(["-h", "127.0.0.1", "-P", "3306", "-u", "root"]).args(args))
+}
+
+fn drop_mysql_database(db: &str) {
+    let r = mysql(&["-e", &format!("DROP DATABASE {db}")]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+/// PyMySQL formats every query on the client: the hashes and slugs are literals in the SQL text.
+#[test]
+fn bcrypt_argon2_and_slug_suffixes_written_inline_replay_green_on_pymysql() {
+    // The service's PostgreSQL database goes unused; the app talks to a MariaDB database of the same name.
+    let mut service = PgService::new("signup");
+    let db = service.db.clone();
+    assert_eq!(mysql(&["-e", &format!("CREATE DATABASE {db}")]).code, 0);
+    let schema = read_all(&repo().join("examples/signup/schema-mysql.sql"));
+    let r = mysql(&["-D", &db, "-e", &schema]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for (k, v) in [("DB_HOST", "127.0.0.1"), ("DB_PORT", "3306"), ("DB_USER", "root"), ("DB_NAME", db.as_str())] {
+        service.env.push((k.into(), v.into()));
+    }
+    let expect = Expect {
+        insert: "tolerated: matched INSERT INTO users (email, name, slug, bcrypt_hash, argon2_hash) VALUES (?, ?, ?, ?, ?)",
+        user_places: "ignoring literal 3, literal 4, literal 5: random slug suffixes, password hashes",
+        article_places: "ignoring literal 3: random slug suffixes",
+    };
+    sign_up_flow(service, "pymysql", &expect);
+    let _ = mysql(&["-e", &format!("DROP DATABASE IF EXISTS {db}")]);
 }

@@ -2,15 +2,15 @@
 values an app makes itself replay green with no hand-written rules: bcrypt and argon2 password hashes with a
 fresh salt at every sign-up, and slugs with a random suffix, all sent to the database as bind parameters.
 
-DRIVER=psycopg (psycopg 3) or DRIVER=asyncpg. The database is named by PGHOST, PGPORT, PGUSER, PGDATABASE
-(schema: schema.sql). Tokens are HMACs of the user id, so a login answers the same token every time.
+DRIVER=psycopg (psycopg 3) or DRIVER=asyncpg on PostgreSQL, named by PGHOST, PGPORT, PGUSER, PGDATABASE
+(schema: schema.sql); DRIVER=pymysql on MySQL/MariaDB, named by DB_HOST, DB_PORT, DB_USER, DB_NAME (schema:
+schema-mysql.sql), where PyMySQL writes every value into the SQL text (inline literals). Tokens are HMACs of the user id, so a login answers the same token every time.
 """
 import asyncio
 import hashlib
 import hmac
 import os
 import secrets
-import string
 import threading
 
 import argon2
@@ -25,7 +25,7 @@ hasher = argon2.PasswordHasher()
 
 
 def random_suffix():
-    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6))
+    return secrets.token_hex(4)
 
 
 def slug_of(text):
@@ -77,7 +77,24 @@ class Asyncpg:
         return self.run(go())
 
 
-db = Asyncpg() if DRIVER == "asyncpg" else Psycopg()
+class Pymysql:
+    def __init__(self):
+        import pymysql
+
+        self.conn = pymysql.connect(
+            host=os.environ.get("DB_HOST", "127.0.0.1"), port=int(os.environ.get("DB_PORT", "3306")),
+            user=os.environ.get("DB_USER", "root"), password=os.environ.get("DB_PASSWORD", ""),
+            database=os.environ.get("DB_NAME", "test"), autocommit=True, charset="utf8mb4",
+        )
+        self.lock = threading.Lock()
+
+    def one(self, sql, *args):
+        with self.lock, self.conn.cursor() as c:
+            c.execute(to_pyformat(sql), args)
+            return c.fetchone()
+
+
+db = {"asyncpg": Asyncpg, "pymysql": Pymysql}.get(DRIVER, Psycopg)()
 
 
 def user_of(req):

@@ -348,10 +348,50 @@ impl Session {
         write_packet(out, seq, &message::encode_err(&e));
     }
 
+    /// A recorded query of the same shape whose literals are the live ones, or may stand for them (an id
+    /// or a password hash the app made anew, written into the SQL text); takes it and says what differed.
+    fn take_by_literals(&self, sql: &str) -> Option<MysqlMock> {
+        let live = crate::protocols::sql::literals(sql);
+        let pool = &self.ctx.pool;
+        let fits = |i: usize, m: &MysqlMock| {
+            let recorded = crate::protocols::sql::literals(m.sql.as_deref()?);
+            let same = recorded.shape == live.shape
+                && recorded.values.len() == live.values.len()
+                && recorded.values.iter().zip(&live.values).all(|(r, l)| pool.stands_for(i, r, l));
+            same.then_some(recorded)
+        };
+        let all: Vec<usize> = pool
+            .of_kind("mysql")
+            .filter(|(i, m)| m.mysql.as_ref().is_some_and(|x| x.command == "query" && fits(*i, x).is_some()))
+            .map(|(i, _)| i)
+            .collect();
+        let same: Vec<usize> = all.iter().copied().filter(|i| pool.mocks[*i].dest == self.ctx.dest).collect();
+        let (i, _) = pool.take(if same.is_empty() { &all } else { &same })?;
+        let mock = pool.mocks[i].mysql.clone()?;
+        if let Some(recorded) = fits(i, &mock) {
+            let mut places = Vec::new();
+            let mut kinds: Vec<&str> = Vec::new();
+            for (k, (r, l)) in recorded.values.iter().zip(&live.values).enumerate() {
+                if let Some(kind) = pool.stands_in_as(i, r, l) {
+                    places.push(format!("literal {}", k + 1));
+                    if !kinds.contains(&kind) {
+                        kinds.push(kind);
+                    }
+                }
+            }
+            if !places.is_empty() {
+                let shape = crate::protocols::sql::short(&live.shape);
+                pool.tolerate(format!("matched {shape} ignoring {}: {}", places.join(", "), kinds.join(", ")));
+            }
+        }
+        Some(mock)
+    }
+
     async fn answer_query(&mut self, wire: &mut Wire, sql: &str, seq: &mut u8) -> bool {
         let wanted = normalize_sql(sql);
         let mut out = Vec::new();
-        match self.take("query", |m| m.sql.as_deref().map(normalize_sql) == Some(wanted)) {
+        let exact = self.take("query", |m| m.sql.as_deref().map(normalize_sql) == Some(wanted));
+        match exact.or_else(|| self.take_by_literals(sql)) {
             Some(mock) => {
                 if let Some(infile) = &mock.local_infile {
                     // Ask for the file as the server did, and take (and drop) whatever the client sends.
