@@ -1,0 +1,1 @@
+//! Tests of the NATS wire codec, observer and mock server.
