@@ -1,0 +1,175 @@
+//! NATS end to end, with a real client nobody here wrote (nats-py) against a real nats-server with
+//! JetStream: each test starts a private server on a free port and a price responder beside it (outside
+//! doppel), records the example app (examples/nats/app.py) through them, stops both (proving replay cannot
+//! reach them), replays green, and catches a deliberately changed build.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+/// A private nats-server (JetStream on, its store in the test's directory) and the responder next to it.
+struct NatsServer {
+    port: u16,
+    url: String,
+    server: Option<Bg>,
+    responder: Option<Bg>,
+}
+
+impl NatsServer {
+    /// `credentials`: a user and password the server requires.
+    fn start(dir: &Path, prefix: &str, credentials: Option<(&str, &str)>) -> NatsServer {
+        let port = free_port();
+        let mut c = Command::new(NATS_SERVER);
+        c.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(dir.join("jetstream"));
+        if let Some((user, pass)) = credentials {
+            c.args(["--user", user, "--pass", pass]);
+        }
+        let server = Bg::spawn(&mut c, dir, &format!("nats-server-{port}"));
+        wait_port_open(port, Duration::from_secs(10), Duration::from_millis(20), || {
+            format!("nats-server did not start\n{}", server.explain())
+        });
+        let auth = credentials.map(|(u, p)| format!("{u}:{p}@")).unwrap_or_default();
+        let url = format!("nats://{auth}127.0.0.1:{port}");
+        let mut r = Command::new("python3");
+        r.arg(repo().join("examples/nats/responder.py")).env("NATS_URL", &url).env("PREFIX", prefix);
+        let responder = Bg::spawn_ready(&mut r, dir, "responder", "ready", Duration::from_secs(15));
+        NatsServer { port, url, server: Some(server), responder: Some(responder) }
+    }
+
+    /// Stops the responder and the server, and proves the server is gone.
+    fn stop(&mut self) {
+        self.responder.take();
+        self.server.take();
+        wait_port_closed(self.port, &format!("port {} still open after stopping nats-server", self.port));
+    }
+}
+
+/// The example app, its NATS, and a recordings directory.
+struct World {
+    dir: tempfile::TempDir,
+    app_port: u16,
+    prefix: String,
+    nats: NatsServer,
+}
+
+impl World {
+    fn new(credentials: Option<(&str, &str)>) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let app_port = free_port();
+        let prefix = format!("t{app_port}");
+        let nats = NatsServer::start(dir.path(), &prefix, credentials);
+        World { dir, app_port, prefix, nats }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("recordings")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.app_port)
+    }
+
+    fn doppel(&self, sub: &str, extra: &[&str], variant: Option<&str>) -> Command {
+        let mut c = doppel_cmd(self.dir.path(), sub, &self.path());
+        c.args(extra).arg("--").arg("python3").arg(repo().join("examples/nats/app.py"));
+        c.env("APP_PORT", self.app_port.to_string())
+            .env("NATS_URL", &self.nats.url)
+            .env("PREFIX", &self.prefix)
+            .env("PYTHONUNBUFFERED", "1");
+        app_variant(&mut c, variant);
+        c
+    }
+
+    fn record(&self, traffic: impl FnOnce(&World)) -> String {
+        let mut cmd = self.doppel("record", &["--port", &self.app_port.to_string()], None);
+        let mut rec =
+            Bg::spawn_answering(&mut cmd, self.dir.path(), "record", &self.url("/health"), Duration::from_secs(30));
+        traffic(self);
+        stop_recording(&mut rec);
+        rec.stdout()
+    }
+
+    fn mocks(&self) -> String {
+        read_all(&self.path().join("test-set-0/mocks.yaml"))
+    }
+
+    fn replay(&self, variant: Option<&str>) -> Ran {
+        run(&mut self.doppel("test", &[], variant))
+    }
+
+    /// Sends `json` (or nothing, for a GET) to the app; its answer, which must be a success.
+    fn call(&self, path: &str, json: Option<&str>) -> String {
+        let r = match json {
+            Some(body) => curl(&["-f", "-H", "Content-Type: application/json", "-d", body, &self.url(path)]),
+            None => curl(&["-f", &self.url(path)]),
+        };
+        assert_eq!(r.code, 0, "{r:?}");
+        r.stdout
+    }
+}
+
+#[test]
+fn nats_py_publish_request_and_jetstream_record_replay_and_catch_a_change() {
+    let mut w = World::new(None);
+    let out = w.record(|w| {
+        assert_eq!(w.call("/orders", Some(r#"{"sku":"A-1","qty":2}"#)), "{\"placed\":\"A-1\",\"qty\":2}\n");
+        assert!(w.call("/events", Some(r#"{"kind":"shipped","id":7}"#)).contains("shipped"));
+        assert!(w.call("/price/A-1", None).contains("\"price\":3.5"));
+        assert!(w.call("/price/B-2", None).contains("\"price\":0.25"));
+        // The same JetStream publish twice: replay acknowledges them in recorded order.
+        let job = r#"{"job":"pack","id":1}"#;
+        assert!(w.call("/jobs", Some(job)).contains("\"seq\":1,\"fetched\":{\"job\":\"pack\",\"id\":1}"));
+        assert!(w.call("/jobs", Some(job)).contains("\"seq\":2"));
+    });
+    assert!(out.contains("recorded 7 tests") && out.contains("nats:"), "{out}");
+
+    let mocks = w.mocks();
+    let p = &w.prefix;
+    for expected in [
+        "op: connect".to_string(),
+        "no_responders: true".to_string(),
+        format!("subject: {p}.orders.created\n  payload:\n    json:\n      sku: A-1\n      qty: 2"),
+        format!("subject: {p}.events\n  headers:\n  - \"X-Kind: shipped\""),
+        format!("subject: {p}.prices.get\n  reply_to: _INBOX."),
+        "price: 3.5".to_string(),
+        "subject: $JS.API.STREAM.CREATE.".to_string(),
+        "subject: $JS.API.CONSUMER.MSG.NEXT.".to_string(),
+        "reply_to: $JS.ACK.".to_string(),
+        "op: subscribe\n  subject: _INBOX.".to_string(),
+    ] {
+        assert!(mocks.contains(&expected), "missing {expected:?} in\n{mocks}");
+    }
+    assert!(!mocks.contains("kind: tcp"), "every connection was parsed as NATS:\n{mocks}");
+
+    w.nats.stop();
+    let ok = w.replay(None);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(summary(&ok).starts_with("7 passed, 0 failed"), "{ok:?}");
+
+    // The changed build publishes another order payload: no recording has it, and the test says which subject.
+    let bad = w.replay(Some("changed"));
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stdout.contains(&format!("mock miss: nats PUB {p}.orders.created")), "{bad:?}");
+    assert!(summary(&bad).starts_with("6 passed, 1 failed"), "{bad:?}");
+}
+
+#[test]
+fn nats_credentials_are_not_stored_and_replay_needs_none() {
+    let mut w = World::new(Some(("orders", "s3cret-pass")));
+    let out = w.record(|w| {
+        w.call("/orders", Some(r#"{"sku":"B-2","qty":1}"#));
+        assert!(w.call("/price/B-2", None).contains("\"price\":0.25"));
+    });
+    assert!(out.contains("recorded 3 tests"), "{out}");
+    let mocks = w.mocks();
+    assert!(!mocks.contains("s3cret-pass"), "the password was written:\n{mocks}");
+    assert!(mocks.contains("pass: <redacted>") && mocks.contains("user: orders"), "{mocks}");
+    w.nats.stop();
+    let ok = w.replay(None);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(summary(&ok).starts_with("3 passed, 0 failed"), "{ok:?}");
+}
