@@ -30,6 +30,8 @@ const PULL_PREFIX: &str = "$JS.API.CONSUMER.MSG.NEXT.";
 
 struct Subscription {
     mock: NatsMock,
+    /// Order of the SUB on the connection.
+    seq: u64,
     at: Instant,
     last: Instant,
     /// Messages still to come after an `UNSUB sid max`.
@@ -57,6 +59,7 @@ pub struct NatsObserver {
     subs: HashMap<String, Subscription>,
     open: Vec<OpenPublish>,
     published: u64,
+    subscribed: u64,
     /// For each PING of the client not answered yet: how many publishes came before it.
     pings: VecDeque<u64>,
 }
@@ -72,6 +75,7 @@ impl NatsObserver {
             subs: HashMap::new(),
             open: Vec::new(),
             published: 0,
+            subscribed: 0,
             pings: VecDeque::new(),
         }
     }
@@ -90,7 +94,9 @@ impl NatsObserver {
                 mock.subject = subject;
                 mock.queue = queue;
                 mock.sid = Some(sid.clone());
-                if let Some(old) = self.subs.insert(sid, Subscription { mock, at, last: at, remaining: None }) {
+                self.subscribed += 1;
+                let sub = Subscription { mock, seq: self.subscribed, at, last: at, remaining: None };
+                if let Some(old) = self.subs.insert(sid, sub) {
                     self.emit(old.mock, old.at, old.last);
                 }
             }
@@ -311,7 +317,7 @@ impl Observer for NatsObserver {
         self.connect_answered(None);
         self.finish((0..self.open.len()).collect());
         let mut subs: Vec<Subscription> = self.subs.drain().map(|(_, s)| s).collect();
-        subs.sort_by_key(|s| s.at);
+        subs.sort_by_key(|s| s.seq);
         for s in subs {
             self.emit(s.mock, s.at, s.last);
         }
