@@ -3,7 +3,7 @@
 //! doppel), records the example app (examples/nats/app.py) through them, stops both (proving replay cannot
 //! reach them), replays green, and catches a deliberately changed build.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -11,62 +11,57 @@ use crate::common::*;
 
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
 
-/// A private nats-server (JetStream on, its store in the test's directory) and the responder next to it.
-struct NatsServer {
-    port: u16,
-    url: String,
+/// The example app, a private nats-server (JetStream on, its store in the test's directory) with the price
+/// responder beside it, and a recordings directory.
+struct World {
+    dir: tempfile::TempDir,
+    recordings: PathBuf,
+    app_port: u16,
+    /// Keeps the subjects and stream of each test apart.
+    prefix: String,
+    nats_port: u16,
+    nats_url: String,
     server: Option<Bg>,
     responder: Option<Bg>,
 }
 
-impl NatsServer {
+impl World {
     /// `credentials`: a user and password the server requires.
-    fn start(dir: &Path, prefix: &str, credentials: Option<(&str, &str)>) -> NatsServer {
-        let port = free_port();
+    fn new(credentials: Option<(&str, &str)>) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let (app_port, nats_port) = (free_port(), free_port());
+        let prefix = format!("t{app_port}");
         let mut c = Command::new(NATS_SERVER);
-        c.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(dir.join("jetstream"));
+        c.args(["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd"]).arg(dir.path().join("jetstream"));
         if let Some((user, pass)) = credentials {
             c.args(["--user", user, "--pass", pass]);
         }
-        let server = Bg::spawn(&mut c, dir, &format!("nats-server-{port}"));
-        wait_port_open(port, Duration::from_secs(10), Duration::from_millis(20), || {
+        let server = Bg::spawn(&mut c, dir.path(), &format!("nats-server-{nats_port}"));
+        wait_port_open(nats_port, Duration::from_secs(10), Duration::from_millis(20), || {
             format!("nats-server did not start\n{}", server.explain())
         });
         let auth = credentials.map(|(u, p)| format!("{u}:{p}@")).unwrap_or_default();
-        let url = format!("nats://{auth}127.0.0.1:{port}");
+        let nats_url = format!("nats://{auth}127.0.0.1:{nats_port}");
         let mut r = Command::new("python3");
-        r.arg(repo().join("examples/nats/responder.py")).env("NATS_URL", &url).env("PREFIX", prefix);
-        let responder = Bg::spawn_ready(&mut r, dir, "responder", "ready", Duration::from_secs(15));
-        NatsServer { port, url, server: Some(server), responder: Some(responder) }
+        r.arg(repo().join("examples/nats/responder.py")).env("NATS_URL", &nats_url).env("PREFIX", &prefix);
+        let responder = Bg::spawn_ready(&mut r, dir.path(), "responder", "ready", Duration::from_secs(15));
+        World {
+            recordings: dir.path().join("recordings"),
+            dir,
+            app_port,
+            prefix,
+            nats_port,
+            nats_url,
+            server: Some(server),
+            responder: Some(responder),
+        }
     }
 
-    /// Stops the responder and the server, and proves the server is gone.
-    fn stop(&mut self) {
+    /// Stops the responder and the server (replay must do without them), and proves the server is gone.
+    fn stop_nats(&mut self) {
         self.responder.take();
         self.server.take();
-        wait_port_closed(self.port, &format!("port {} still open after stopping nats-server", self.port));
-    }
-}
-
-/// The example app, its NATS, and a recordings directory.
-struct World {
-    dir: tempfile::TempDir,
-    app_port: u16,
-    prefix: String,
-    nats: NatsServer,
-}
-
-impl World {
-    fn new(credentials: Option<(&str, &str)>) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let app_port = free_port();
-        let prefix = format!("t{app_port}");
-        let nats = NatsServer::start(dir.path(), &prefix, credentials);
-        World { dir, app_port, prefix, nats }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("recordings")
+        wait_port_closed(self.nats_port, &format!("port {} still open after stopping nats-server", self.nats_port));
     }
 
     fn url(&self, path: &str) -> String {
@@ -74,29 +69,27 @@ impl World {
     }
 
     fn doppel(&self, sub: &str, extra: &[&str], variant: Option<&str>) -> Command {
-        let mut c = doppel_cmd(self.dir.path(), sub, &self.path());
+        let mut c = doppel_cmd(self.dir.path(), sub, &self.recordings);
         c.args(extra).arg("--").arg("python3").arg(repo().join("examples/nats/app.py"));
         c.env("APP_PORT", self.app_port.to_string())
-            .env("NATS_URL", &self.nats.url)
+            .env("NATS_URL", &self.nats_url)
             .env("PREFIX", &self.prefix)
             .env("PYTHONUNBUFFERED", "1");
         app_variant(&mut c, variant);
         c
     }
 
+    /// Records the app while `traffic` runs against it; what `doppel record` printed.
     fn record(&self, traffic: impl FnOnce(&World)) -> String {
         let mut cmd = self.doppel("record", &["--port", &self.app_port.to_string()], None);
-        let mut rec =
-            Bg::spawn_answering(&mut cmd, self.dir.path(), "record", &self.url("/health"), Duration::from_secs(30));
+        let limit = Duration::from_secs(30);
+        let mut rec = Bg::spawn_answering(&mut cmd, self.dir.path(), "record", &self.url("/health"), limit);
         traffic(self);
         stop_recording(&mut rec);
         rec.stdout()
     }
 
-    fn mocks(&self) -> String {
-        read_all(&self.path().join("test-set-0/mocks.yaml"))
-    }
-
+    /// `doppel test` of what was recorded, the app built as `variant`.
     fn replay(&self, variant: Option<&str>) -> Ran {
         run(&mut self.doppel("test", &[], variant))
     }
@@ -127,8 +120,8 @@ fn nats_py_publish_request_and_jetstream_record_replay_and_catch_a_change() {
     });
     assert!(out.contains("recorded 7 tests") && out.contains("nats:"), "{out}");
 
-    let mocks = w.mocks();
-    let p = &w.prefix;
+    let mocks = read_all(&w.recordings.join("test-set-0/mocks.yaml"));
+    let p = w.prefix.clone();
     for expected in [
         "op: connect".to_string(),
         "no_responders: true".to_string(),
@@ -145,7 +138,7 @@ fn nats_py_publish_request_and_jetstream_record_replay_and_catch_a_change() {
     }
     assert!(!mocks.contains("kind: tcp"), "every connection was parsed as NATS:\n{mocks}");
 
-    w.nats.stop();
+    w.stop_nats();
     let ok = w.replay(None);
     assert_eq!(ok.code, 0, "{ok:?}");
     assert!(summary(&ok).starts_with("7 passed, 0 failed"), "{ok:?}");
@@ -165,10 +158,10 @@ fn nats_credentials_are_not_stored_and_replay_needs_none() {
         assert!(w.call("/price/B-2", None).contains("\"price\":0.25"));
     });
     assert!(out.contains("recorded 3 tests"), "{out}");
-    let mocks = w.mocks();
+    let mocks = read_all(&w.recordings.join("test-set-0/mocks.yaml"));
     assert!(!mocks.contains("s3cret-pass"), "the password was written:\n{mocks}");
     assert!(mocks.contains("pass: <redacted>") && mocks.contains("user: orders"), "{mocks}");
-    w.nats.stop();
+    w.stop_nats();
     let ok = w.replay(None);
     assert_eq!(ok.code, 0, "{ok:?}");
     assert!(summary(&ok).starts_with("3 passed, 0 failed"), "{ok:?}");

@@ -204,8 +204,8 @@ fn parse_one(side: Side, buf: &[u8]) -> Result<Option<(Op, usize)>, String> {
     }
 }
 
-/// The size arguments and the bytes of a message's headers and payload, as PUB/HPUB/MSG/HMSG send them.
-fn sized(message: &Message) -> (String, Vec<u8>) {
+/// A message as PUB/HPUB (`sid` none) or MSG/HMSG send it: the control line, then headers and payload.
+fn encode(sid: Option<&str>, message: &Message) -> Vec<u8> {
     let headers = message.headers.as_ref().map(Headers::encode);
     let mut body = headers.clone().unwrap_or_default();
     body.extend_from_slice(&message.payload);
@@ -213,28 +213,30 @@ fn sized(message: &Message) -> (String, Vec<u8>) {
         Some(h) => format!("{} {}", h.len(), body.len()),
         None => body.len().to_string(),
     };
-    (sizes, body)
+    let op = match (sid.is_some(), headers.is_some()) {
+        (true, true) => "HMSG",
+        (true, false) => "MSG",
+        (false, true) => "HPUB",
+        (false, false) => "PUB",
+    };
+    let mut line = format!("{op} {}", message.subject);
+    for arg in [sid, message.reply_to.as_deref()].into_iter().flatten() {
+        line.push(' ');
+        line.push_str(arg);
+    }
+    let mut out = format!("{line} {sizes}\r\n").into_bytes();
+    out.extend_from_slice(&body);
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// `MSG subject sid [reply] size` (or HMSG), then the payload.
 pub fn encode_msg(sid: &str, message: &Message) -> Vec<u8> {
-    let (sizes, body) = sized(message);
-    let op = if message.headers.is_some() { "HMSG" } else { "MSG" };
-    let reply = message.reply_to.as_deref().map(|r| format!(" {r}")).unwrap_or_default();
-    let mut out = format!("{op} {} {sid}{reply} {sizes}\r\n", message.subject).into_bytes();
-    out.extend_from_slice(&body);
-    out.extend_from_slice(b"\r\n");
-    out
+    encode(Some(sid), message)
 }
 
 /// `PUB subject [reply] size` (or HPUB), then the payload.
 #[cfg(test)]
 pub fn encode_pub(message: &Message) -> Vec<u8> {
-    let (sizes, body) = sized(message);
-    let op = if message.headers.is_some() { "HPUB" } else { "PUB" };
-    let reply = message.reply_to.as_deref().map(|r| format!(" {r}")).unwrap_or_default();
-    let mut out = format!("{op} {}{reply} {sizes}\r\n", message.subject).into_bytes();
-    out.extend_from_slice(&body);
-    out.extend_from_slice(b"\r\n");
-    out
+    encode(None, message)
 }
