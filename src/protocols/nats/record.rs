@@ -191,9 +191,9 @@ impl NatsObserver {
         let latest = |keep: &dyn Fn(&OpenPublish) -> bool| self.open.iter().rposition(keep);
         let reply_of = |p: &OpenPublish| p.mock.reply_to.as_deref() == Some(message.subject.as_str());
         let inbox_of = |p: &OpenPublish| p.mock.reply_to.as_deref().is_some_and(|r| subject_matches(&pattern, r));
-        let echo_of = |p: &OpenPublish| {
-            p.mock.subject == message.subject && self.body(&message.payload) == p.mock.payload
-        };
+        // Large payloads are not compared (their bodies are files): such echoes stay with the subscription.
+        let inline = (message.payload.len() <= INLINE_LIMIT).then(|| Body::from_bytes(&message.payload));
+        let echo_of = |p: &OpenPublish| p.mock.subject == message.subject && inline.as_ref() == Some(&p.mock.payload);
         let status = message.headers.as_ref().and_then(|h| h.status.clone());
         if let Some(i) = latest(&reply_of).or_else(|| latest(&inbox_of)) {
             let d = delivery(self, self.open[i].at);

@@ -29,6 +29,9 @@ use crate::store;
 /// Deliveries recorded within this many milliseconds of their publish are sent at once.
 const PROMPT_MS: f64 = 20.0;
 
+/// The longest recorded delay replay keeps.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
 /// INFO fields that would make the client authenticate or switch to TLS: doppel's server asks for neither.
 const DROPPED_INFO: &[&str] = &["auth_required", "tls_required", "tls_verify", "tls_available", "nonce", "connect_urls", "ldm"];
 
@@ -292,8 +295,10 @@ impl Session {
     fn plan(&mut self, deliveries: &[NatsDelivery], after_publish: bool) {
         let now = Instant::now();
         for d in deliveries {
-            let wait = if after_publish && d.after_ms <= PROMPT_MS { 0.0 } else { d.after_ms.max(0.0) };
-            let due = now + Duration::from_secs_f64(wait / 1000.0);
+            let wait = if after_publish && d.after_ms <= PROMPT_MS { 0.0 } else { d.after_ms };
+            // A hand-edited delay that is negative, not a number or absurd waits at most an hour.
+            let wait = Duration::try_from_secs_f64(wait / 1000.0).unwrap_or_default().min(MAX_WAIT);
+            let due = now + wait;
             let at = self.planned.iter().position(|p| p.due > due).unwrap_or(self.planned.len());
             self.planned.insert(at, Planned { due, delivery: d.clone() });
         }

@@ -312,3 +312,17 @@ async fn recorded_messages_of_a_subscription_are_delivered_to_the_live_one() {
     expect(&mut app, b"MSG orders.shipped 4 5\r\nhello\r\nMSG orders.new 4 9\r\n{\"id\": 1}\r\n").await;
     assert!(pool.misses().is_empty(), "{:?}", pool.misses());
 }
+
+#[test]
+fn the_fuzz_seeds_are_conversations_the_observer_follows() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/protocols");
+    for seed in ["conv-nats-1", "conv-nats-2"] {
+        let data = std::fs::read(dir.join(seed)).unwrap();
+        let pieces: Vec<(bool, Vec<u8>)> =
+            crate::fuzz::pieces(&data).into_iter().map(|(c, b)| (c, b.to_vec())).collect();
+        let role = Role::Egress { dest: "127.0.0.1:4222".into() };
+        let (mocks, error) = testing::observe(NatsObserver::new, role, &pieces, testing::whole);
+        assert_eq!(error, None, "{seed}");
+        assert!(sections(&mocks).iter().any(|m| m.op == NatsOp::Publish && !m.deliveries.is_empty()), "{seed}");
+    }
+}

@@ -200,7 +200,7 @@ fn parse_one(side: Side, buf: &[u8]) -> Result<Option<(Op, usize)>, String> {
             let op = if delivery { Op::Msg { sid: a[1].to_string(), message } } else { Op::Pub(message) };
             Ok(Some((op, end + 2)))
         }
-        _ => Err(format!("an unknown NATS operation {:?}", &line[..head_len.min(40)])),
+        _ => Err(format!("an unknown NATS operation {:?}", line.chars().take(40).collect::<String>())),
     }
 }
 
