@@ -148,6 +148,14 @@ fn nats_py_publish_request_and_jetstream_record_replay_and_catch_a_change() {
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(bad.stdout.contains(&format!("mock miss: nats PUB {p}.orders.created")), "{bad:?}");
     assert!(summary(&bad).starts_with("6 passed, 1 failed"), "{bad:?}");
+
+    // A build that asks on another subject: no recording answers, so the app gets the no-responders status
+    // at once (nats-py raises NoRespondersError) and both price tests fail with the miss.
+    let renamed = w.replay(Some("renamed"));
+    assert_eq!(renamed.code, 1, "{renamed:?}");
+    assert!(renamed.stdout.contains(&format!("mock miss: nats PUB {p}.prices.lookup \"A-1\"")), "{renamed:?}");
+    assert!(renamed.stdout.contains("NoRespondersError"), "{renamed:?}");
+    assert!(summary(&renamed).starts_with("5 passed, 2 failed"), "{renamed:?}");
 }
 
 #[test]

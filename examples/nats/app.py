@@ -4,7 +4,8 @@ Each endpoint exercises one way of talking to NATS with nats-py: a plain publish
 with headers (/events), a request answered by another service (/price/<sku>, see responder.py), and
 JetStream: a publish acknowledged by the stream, then a pull consumer's fetch and ack (/jobs).
 Settings come from the environment: NATS_URL, PREFIX (keeps subjects of parallel tests apart), APP_PORT.
-APP_VARIANT=changed is the "new build": it publishes a different order payload.
+APP_VARIANT=changed is the "new build": it publishes a different order payload; APP_VARIANT=renamed asks
+prices on another subject.
 """
 import asyncio
 import json
@@ -55,7 +56,8 @@ async def send_event(event):
 
 
 async def price(sku):
-    reply = await nc.request(f"{PREFIX}.prices.get", sku.encode(), timeout=2)
+    subject = f"{PREFIX}.prices.lookup" if VARIANT == "renamed" else f"{PREFIX}.prices.get"
+    reply = await nc.request(subject, sku.encode(), timeout=2)
     return json.loads(reply.data)
 
 
@@ -84,7 +86,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/health":
             return self.reply(200, {"status": "ok"})
         if self.path.startswith("/price/"):
-            return self.reply(200, run(price(self.path[len("/price/"):])))
+            try:
+                return self.reply(200, run(price(self.path[len("/price/"):])))
+            except Exception as e:  # nobody answers the request: the app says so
+                return self.reply(502, {"error": type(e).__name__})
         self.reply(404, {"error": "not found"})
 
     def do_POST(self):
