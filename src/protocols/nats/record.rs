@@ -25,6 +25,9 @@ pub const REDACTED: &str = "<redacted>";
 /// More open publishes than this (requests nobody answers): the oldest is written as it is.
 const OPEN_LIMIT: usize = 1024;
 
+/// Messages kept per publish or subscription.
+const MAX_DELIVERIES: usize = 10_000;
+
 /// Where JetStream pull requests go; their payload says how many messages complete them.
 const PULL_PREFIX: &str = "$JS.API.CONSUMER.MSG.NEXT.";
 
@@ -198,7 +201,7 @@ impl NatsObserver {
         if let Some(i) = latest(&reply_of).or_else(|| latest(&inbox_of)) {
             let d = delivery(self, self.open[i].at);
             let p = &mut self.open[i];
-            p.mock.deliveries.push(d);
+            keep(&mut p.mock.deliveries, d);
             p.last = at;
             let heartbeat = status.as_deref().is_some_and(|s| s.starts_with("100"));
             let complete = match p.batch {
@@ -215,12 +218,12 @@ impl NatsObserver {
             }
         } else if let Some(i) = latest(&echo_of) {
             let d = delivery(self, self.open[i].at);
-            self.open[i].mock.deliveries.push(d);
+            keep(&mut self.open[i].mock.deliveries, d);
             self.open[i].last = at;
         } else {
             let d = delivery(self, sub.at);
             let Some(sub) = self.subs.get_mut(&sid) else { return };
-            sub.mock.deliveries.push(d);
+            keep(&mut sub.mock.deliveries, d);
             sub.last = at;
         }
         if let Some(sub) = self.subs.get_mut(&sid)
@@ -281,6 +284,16 @@ impl NatsObserver {
             if side == Side::Client { self.on_client(op, at) } else { self.on_server(op, at) }
         }
         fed
+    }
+}
+
+/// Adds a delivery to a mock that has fewer than `MAX_DELIVERIES`; a busy subscription's later messages are
+/// not kept (its mock would grow without end until the connection closes).
+fn keep(deliveries: &mut Vec<NatsDelivery>, d: NatsDelivery) {
+    if deliveries.len() < MAX_DELIVERIES {
+        deliveries.push(d);
+    } else {
+        tracing::debug!("more than {MAX_DELIVERIES} NATS messages for one mock (on {}); the rest are not recorded", d.subscription);
     }
 }
 
