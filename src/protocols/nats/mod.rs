@@ -43,6 +43,17 @@ impl Protocol for Nats {
         true
     }
 
+    /// Publishes are writes (an event out, a JetStream message stored, an acknowledgement), except requests
+    /// whose answer is not a JetStream acknowledgement: those may be reads (a price lookup, `$JS.API` calls).
+    fn recorded_write(&self, mock: &super::Mock) -> Option<String> {
+        let m = mock.nats.as_ref().filter(|m| m.op == NatsOp::Publish)?;
+        match &m.reply_to {
+            None => Some(format!("PUB {}", m.subject)),
+            Some(_) if m.deliveries.iter().any(is_publish_ack) => Some(format!("JetStream publish to {}", m.subject)),
+            Some(_) => None,
+        }
+    }
+
     fn observer(&self, ctx: RecordCtx) -> Box<dyn Observer> {
         Box::new(record::NatsObserver::new(ctx))
     }
@@ -68,6 +79,15 @@ fn detect_info(first: &[u8]) -> Detect {
         Some(b'{') if blanks > 0 => Detect::Yes,
         Some(_) => Detect::No,
     }
+}
+
+/// Whether a delivery is JetStream's acknowledgement of a stored message: `{"stream": ..., "seq": ...}`.
+fn is_publish_ack(d: &NatsDelivery) -> bool {
+    let Ok(Some(bytes)) = d.payload.as_ref().map(|b| b.inline_bytes()).transpose().map(Option::flatten) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .is_ok_and(|v| v.get("stream").is_some() && v.get("seq").is_some() && v.get("error").is_none())
 }
 
 /// Whether `subject` is one a subscription on `pattern` receives (`*` one token, `>` the rest).

@@ -245,12 +245,14 @@ impl Session {
             (same_headers && same(&payload, &live.payload)).then_some(pairs)
         };
         let mut candidates = Vec::new();
+        let mut loose = false;
         for exact in [true, false] {
             candidates = self
                 .pick(&self.index.publishes, |_| true)
                 .into_iter()
                 .filter(|i| self.recorded(*i).is_some_and(|m| fits(self, *i, m, exact).is_some()))
                 .collect();
+            loose = !exact;
             if !candidates.is_empty() {
                 break;
             }
@@ -261,10 +263,38 @@ impl Session {
             return;
         };
         let Some(m) = pool.mocks[i].nats.as_ref() else { return };
+        if loose {
+            self.say_tolerated(i, m, live);
+        }
         if let Some(pairs) = fits(self, i, m, false) {
             self.inboxes.learn(pairs);
         }
         self.plan(&m.deliveries, true);
+    }
+
+    /// Says which parts of the live publish only matched recorded mock `i` by shape: never silent.
+    fn say_tolerated(&self, i: usize, m: &NatsMock, live: &Message) {
+        let pool = &self.ctx.pool;
+        let recorded_payload = store::body_bytes(&pool.dir, &m.payload).unwrap_or_default();
+        let live_lines = live.headers.as_ref().map(|h| h.lines.as_slice()).unwrap_or_default();
+        let pairs = m.headers.iter().flatten().zip(live_lines).enumerate().map(|(n, (r, l))| {
+            (format!("header {}", n + 1), r.as_bytes().to_vec(), l.as_bytes().to_vec())
+        });
+        let mut places = Vec::new();
+        let mut kinds: Vec<&str> = Vec::new();
+        for (place, r, l) in pairs.chain([("payload".to_string(), recorded_payload, live.payload.clone())]) {
+            if let (Ok(r), Ok(l)) = (std::str::from_utf8(&r), std::str::from_utf8(&l))
+                && let Some(kind) = pool.stands_in_as(i, r, l)
+            {
+                places.push(place);
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+        }
+        if !places.is_empty() {
+            pool.tolerate(format!("matched PUB {} ignoring {}: {}", m.subject, places.join(", "), kinds.join(", ")));
+        }
     }
 
     fn miss(&mut self, live: &Message) {

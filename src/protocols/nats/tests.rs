@@ -326,3 +326,39 @@ fn the_fuzz_seeds_are_conversations_the_observer_follows() {
         assert!(sections(&mocks).iter().any(|m| m.op == NatsOp::Publish && !m.deliveries.is_empty()), "{seed}");
     }
 }
+
+#[test]
+fn publishes_are_writes_and_requests_only_when_jetstream_stored_them() {
+    use crate::protocols::Protocol;
+    let writes: Vec<Option<String>> = observe(testing::whole).iter().map(|m| super::Nats.recorded_write(m)).collect();
+    assert_eq!(writes[2].as_deref(), Some("PUB orders.new"));
+    assert_eq!(writes[1], None, "a request may be a read");
+    assert_eq!(writes[0], None, "the connect");
+    let ack = "MSG _INBOX.AAA.t2 1 26\r\n{\"stream\":\"JOBS\", \"seq\":1}\r\n";
+    let pieces = [
+        (false, INFO.to_vec()),
+        (true, b"CONNECT {}\r\nSUB _INBOX.AAA.* 1\r\nPUB jobs.new _INBOX.AAA.t2 2\r\nj1\r\n".to_vec()),
+        (false, ack.as_bytes().to_vec()),
+    ];
+    let role = Role::Egress { dest: "n:4222".into() };
+    let (mocks, error) = testing::observe(NatsObserver::new, role, &pieces, testing::whole);
+    assert_eq!(error, None);
+    let published = mocks.iter().find(|m| m.nats.as_ref().is_some_and(|n| n.subject == "jobs.new")).unwrap();
+    assert_eq!(super::Nats.recorded_write(published).as_deref(), Some("JetStream publish to jobs.new"));
+}
+
+#[tokio::test]
+async fn a_publish_matched_only_by_shape_says_so() {
+    let recorded = "PUB ids.new 36\r\n8c5b6f3e-7a8a-4a3e-9f1e-2b6f1c9d0a11\r\nPING\r\n";
+    let pieces = [(false, INFO.to_vec()), (true, recorded.as_bytes().to_vec()), (false, b"PONG\r\n".to_vec())];
+    let (mocks, _) = testing::observe(NatsObserver::new, Role::Egress { dest: "127.0.0.1:4222".into() }, &pieces, testing::whole);
+    let (pool, mut app) = serve(mocks);
+    let mut info = vec![0u8; 256];
+    let _ = app.read(&mut info).await.unwrap();
+    app.write_all(b"CONNECT {}\r\nPUB ids.new 36\r\n0f9e8d7c-6b5a-4c3d-8e2f-1a0b9c8d7e6f\r\nPING\r\n").await.unwrap();
+    expect(&mut app, b"PONG\r\n").await;
+    assert!(pool.misses().is_empty(), "{:?}", pool.misses());
+    let tolerated = pool.tolerated();
+    assert_eq!(tolerated.len(), 1, "{tolerated:?}");
+    assert!(tolerated[0].what.starts_with("matched PUB ids.new ignoring payload: "), "{tolerated:?}");
+}
