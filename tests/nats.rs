@@ -147,6 +147,9 @@ fn nats_py_publish_request_and_jetstream_record_replay_and_catch_a_change() {
     let bad = w.replay(Some("changed"));
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(bad.stdout.contains(&format!("mock miss: nats PUB {p}.orders.created")), "{bad:?}");
+    // The recorded publish is a write this build no longer makes.
+    let missing = format!("missing write: recorded, not made by this build: PUB {p}.orders.created (nats ");
+    assert!(bad.stdout.contains(&missing), "{bad:?}");
     assert!(summary(&bad).starts_with("6 passed, 1 failed"), "{bad:?}");
 
     // A build that asks on another subject: no recording answers, so the app gets the no-responders status
