@@ -13,6 +13,7 @@ mod http_spine;
 mod https;
 mod load;
 mod mysql;
+mod nats;
 mod noise;
 mod postgres;
 mod redis;

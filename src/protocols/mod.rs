@@ -33,6 +33,7 @@ registry! {
     http: http::Http => { mock: http::HttpMock, test: http::HttpRequest => http::HttpResponse },
     http2: http2::Http2 => { mock: http::HttpMock, test: http::HttpRequest => http::HttpResponse },
     mysql: mysql::Mysql => { mock: mysql::MysqlMock },
+    nats: nats::Nats => { mock: nats::NatsMock },
     postgres: postgres::Postgres => { mock: postgres::PostgresMock },
     dns: dns::Dns => { mock: dns::DnsMock },
     tcp: tcp::Tcp => { mock: tcp::TcpMock },
