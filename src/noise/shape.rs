@@ -251,12 +251,16 @@ impl Shape {
         if value.len() > MAX_VALUE || value.len() < 10 {
             return None;
         }
-        if let Some(slot) = classify(value, around) {
-            return Some(Shape::single(slot));
-        }
-        if let Some(at) = slug_suffix(value) {
+        let whole = classify(value, around);
+        // A slug with a random suffix keeps its words: `how-to-train-your-dragon-{suffix:8}`, not a token.
+        if matches!(whole, None | Some(Slot::Token(_) | Slot::Hex(_)))
+            && let Some(at) = slug_suffix(value)
+        {
             let parts = vec![Part::Literal(value[..at].to_string()), Part::Slot(Slot::Suffix(value.len() - at))];
             return Some(Shape { parts });
+        }
+        if let Some(slot) = whole {
+            return Some(Shape::single(slot));
         }
         let mut parts = Vec::new();
         let mut literal = String::new();
@@ -497,16 +501,15 @@ fn is_password_hash(s: &str) -> bool {
 }
 
 /// `words-joined-by-dashes-z8r7nu`: a slug of at least two words whose last part is 5 to 12 lower-case letters
-/// and digits that looks random: letters and digits mixed, or four consonants in a row (`aesgtj`), which
-/// words seldom have. Returns where that suffix starts.
+/// and digits that looks random: with a digit (`z8r7nu`, `43846321`), or four consonants in a row
+/// (`aesgtj`), which words seldom have. Returns where that suffix starts.
 fn slug_suffix(s: &str) -> Option<usize> {
     let (head, tail) = s.rsplit_once('-')?;
     let slug_byte = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let words = head.split('-').filter(|w| !w.is_empty() && w.bytes().all(slug_byte)).count();
     let consonant = |b: &u8| b.is_ascii_lowercase() && !b"aeiou".contains(b);
     let longest_consonants = tail.as_bytes().split(|b| !consonant(b)).map(<[u8]>::len).max().unwrap_or(0);
-    let random = (tail.bytes().any(|b| b.is_ascii_digit()) && tail.bytes().any(|b| b.is_ascii_lowercase()))
-        || longest_consonants >= 4;
+    let random = tail.bytes().any(|b| b.is_ascii_digit()) || longest_consonants >= 4;
     let suffix = (5..=12).contains(&tail.len()) && tail.bytes().all(slug_byte) && random;
     (suffix && words >= 2 && words == head.split('-').count() && head.bytes().any(|b| b.is_ascii_lowercase()))
         .then(|| s.len() - tail.len())
@@ -682,7 +685,11 @@ mod tests {
         assert!(slug.matches("how-to-train-your-dragon-k2m9xq"));
         assert!(!slug.matches("how-to-tame-your-dragon-k2m9xq"));
         assert!(Shape::of("ann-lee-aesgtj", 0.0).is_some());
-        for plain in ["order-2024", "my-post-title", "ord-apple-2", "sku-a1b2", "how-to-be-strong"] {
+        let long = Shape::of("how-to-train-your-dragon-1a2b3c4d", 0.0).unwrap();
+        assert_eq!(long.render(), "how-to-train-your-dragon-{suffix:8}");
+        assert_eq!(Shape::of("5f0c4e1e-8a43-4c1a-9a55-0d1b8d2b8f27", 0.0).unwrap().render(), "{uuid}");
+        assert!(Shape::of("ann-lee-43846321", 0.0).is_some_and(|s| s.matches("ann-lee-399f5e8f")));
+        for plain in ["order-2024", "my-post-title", "ord-apple-2", "sku-a1b2", "how-to-be-strong", "v-12345"] {
             assert_eq!(Shape::of(plain, 0.0), None, "{plain}");
         }
     }
