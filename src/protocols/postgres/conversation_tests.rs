@@ -40,6 +40,21 @@ fn int4(n: i32) -> Option<Vec<u8>> {
     Some(n.to_be_bytes().to_vec())
 }
 
+/// Bind of the unnamed statement to the unnamed portal, parameters and results in text.
+fn bind_text(params: Vec<Option<Vec<u8>>>) -> Frontend {
+    Frontend::Bind { portal: "".into(), statement: "".into(), param_formats: vec![], params, result_formats: vec![] }
+}
+
+/// `INSERT INTO u VALUES ('x')` in the extended protocol up to Execute: the recorded unique violation.
+fn insert_x() -> Vec<Frontend> {
+    vec![
+        Frontend::Parse { name: "".into(), sql: "INSERT INTO u VALUES ($1)".into(), param_types: vec![25] },
+        bind_text(vec![Some(b"x".to_vec())]),
+        Frontend::Describe { kind: b'P', name: "".into() },
+        Frontend::Execute { portal: "".into(), max_rows: 0 },
+    ]
+}
+
 fn error(code: &str, message: &str) -> Backend {
     Backend::Error(vec![(b'S', "ERROR".into()), (b'C', code.into()), (b'M', message.into())])
 }
@@ -146,19 +161,10 @@ fn conversation() -> Vec<(bool, Vec<u8>)> {
         (
             true,
             fe(&[
-                Frontend::Parse { name: "".into(), sql: "INSERT INTO u VALUES ($1)".into(), param_types: vec![25] },
-                Frontend::Bind {
-                    portal: "".into(),
-                    statement: "".into(),
-                    param_formats: vec![],
-                    params: vec![Some(b"x".to_vec())],
-                    result_formats: vec![],
-                },
-                Frontend::Describe { kind: b'P', name: "".into() },
-                Frontend::Execute { portal: "".into(), max_rows: 0 },
-                Frontend::Close { kind: b'S', name: "".into() },
-                Frontend::Sync,
-            ]),
+                insert_x(),
+                vec![Frontend::Close { kind: b'S', name: "".into() }, Frontend::Sync],
+            ]
+            .concat()),
         ),
         (
             false,
@@ -396,20 +402,7 @@ async fn replays_with_other_statement_names_and_reports_misses() {
     assert_eq!(r.last(), Some(&Backend::ReadyForQuery(b'T')));
 
     // The recorded unique violation, then ROLLBACK with its notice and parameter status.
-    c.send(&[
-        Frontend::Parse { name: "".into(), sql: "INSERT INTO u VALUES ($1)".into(), param_types: vec![25] },
-        Frontend::Bind {
-            portal: "".into(),
-            statement: "".into(),
-            param_formats: vec![],
-            params: vec![Some(b"x".to_vec())],
-            result_formats: vec![],
-        },
-        Frontend::Describe { kind: b'P', name: "".into() },
-        Frontend::Execute { portal: "".into(), max_rows: 0 },
-        Frontend::Sync,
-    ])
-    .await;
+    c.send(&[insert_x(), vec![Frontend::Sync]].concat()).await;
     let r = c.until_ready().await;
     assert_eq!(r[2], Backend::NoData);
     assert!(matches!(&r[3], Backend::Error(f) if super::error_from_fields(f).code == "23505"), "{r:?}");
@@ -549,13 +542,7 @@ async fn a_uuid_the_app_generated_anew_stands_for_the_recorded_one() {
                 sql: "INSERT INTO users (id, name) VALUES ($1, $2)".into(),
                 param_types: vec![],
             },
-            Frontend::Bind {
-                portal: "".into(),
-                statement: "".into(),
-                param_formats: vec![],
-                params: vec![Some(uuid.as_bytes().to_vec()), Some(name.as_bytes().to_vec())],
-                result_formats: vec![],
-            },
+            bind_text(vec![Some(uuid.as_bytes().to_vec()), Some(name.as_bytes().to_vec())]),
             Frontend::Execute { portal: "".into(), max_rows: 0 },
             Frontend::Sync,
         ]
