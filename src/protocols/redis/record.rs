@@ -466,16 +466,9 @@ impl Observer for RedisObserver {
 mod tests {
     use super::*;
     use crate::protocols::redis::resp::{encode, encode_command};
+    use crate::protocols::redis::{bulk, simple};
     use crate::protocols::testing;
     use crate::store::MemorySink;
-
-    fn bulk(s: &str) -> RedisValue {
-        RedisValue::Bulk(s.as_bytes().to_vec())
-    }
-
-    fn simple(s: &str) -> RedisValue {
-        RedisValue::Simple(s.as_bytes().to_vec())
-    }
 
     fn frame(items: &[&str], count: i64) -> RedisValue {
         let mut v: Vec<RedisValue> = items.iter().map(|s| bulk(s)).collect();

@@ -639,16 +639,8 @@ mod tests {
     use super::*;
     use crate::protocols::Mock;
     use crate::protocols::redis::resp::{encode, encode_command};
-    use crate::protocols::redis::{RedisPushed, RedisQueued};
+    use crate::protocols::redis::{RedisPushed, RedisQueued, bulk, simple};
     use tokio::net::TcpStream;
-
-    fn bulk(s: &str) -> RedisValue {
-        RedisValue::Bulk(s.as_bytes().to_vec())
-    }
-
-    fn simple(s: &str) -> RedisValue {
-        RedisValue::Simple(s.as_bytes().to_vec())
-    }
 
     fn args(a: &str) -> Vec<RedisValue> {
         a.split(' ').map(bulk).collect()
