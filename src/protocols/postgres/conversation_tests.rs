@@ -297,6 +297,17 @@ impl Client {
         self.conn.write_all(&fe(msgs)).await.unwrap();
     }
 
+    /// Parses and describes a statement, then syncs: the answers up to ReadyForQuery.
+    async fn prepare(&mut self, name: &str, sql: &str) -> Vec<Backend> {
+        self.send(&[
+            Frontend::Parse { name: name.into(), sql: sql.into(), param_types: vec![] },
+            Frontend::Describe { kind: b'S', name: name.into() },
+            Frontend::Sync,
+        ])
+        .await;
+        self.until_ready().await
+    }
+
     /// Reads messages until ReadyForQuery (included).
     async fn until_ready(&mut self) -> Vec<Backend> {
         let mut out = Vec::new();
@@ -352,13 +363,7 @@ async fn replays_with_other_statement_names_and_reports_misses() {
     assert!(hello.contains(&Backend::BackendKeyData { pid: 77, key: vec![1, 2, 3, 4] }));
 
     // Prepared under another name (the next run's driver numbers its statements differently).
-    c.send(&[
-        Frontend::Parse { name: "other_9".into(), sql: "SELECT n  FROM t\n WHERE n = $1".into(), param_types: vec![] },
-        Frontend::Describe { kind: b'S', name: "other_9".into() },
-        Frontend::Sync,
-    ])
-    .await;
-    let r = c.until_ready().await;
+    let r = c.prepare("other_9", "SELECT n  FROM t\n WHERE n = $1").await;
     assert_eq!(r[1], Backend::ParameterDescription(vec![23]));
     assert_eq!(r[2], Backend::RowDescription(vec![col("n", 23, 0)]));
 
@@ -502,13 +507,7 @@ async fn a_statement_described_but_never_executed_is_described_again() {
     assert_eq!(q.parameter_types, vec!["int4".to_string()]);
     let (mut c, pool) = replay_server(mocks).await;
     c.until_ready().await;
-    c.send(&[
-        Frontend::Parse { name: "s9".into(), sql: "SELECT n FROM t WHERE n = $1".into(), param_types: vec![] },
-        Frontend::Describe { kind: b'S', name: "s9".into() },
-        Frontend::Sync,
-    ])
-    .await;
-    let r = c.until_ready().await;
+    let r = c.prepare("s9", "SELECT n FROM t WHERE n = $1").await;
     assert_eq!(r[1], Backend::ParameterDescription(vec![23]));
     assert_eq!(r[2], Backend::RowDescription(vec![col("n", 23, 0)]));
     assert!(pool.misses().is_empty());

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::resp::{Decoder, Side, encode_with};
 use super::{
-    PubSubFrame, SubKind, command_name, describe, is_blocking, is_session_command, pubsub_frame, subscription_command,
+    PubSubFrame, SubKind, command_name, confirmed_channels, describe, is_blocking, is_session_command, pubsub_frame, subscription_command,
 };
 use crate::capture::BoxFuture;
 use crate::protocols::redis::{RedisMock, RedisValue};
@@ -504,14 +504,7 @@ impl Session {
     }
 
     fn start_subscription(&mut self, kind: SubKind, redis: &RedisMock) {
-        let channels = redis
-            .replies
-            .iter()
-            .filter_map(|r| match pubsub_frame(r) {
-                Some(PubSubFrame::Confirmation { channel: Some(c), .. }) => Some(c),
-                _ => None,
-            })
-            .collect();
+        let channels = confirmed_channels(&redis.replies);
         let now = Instant::now();
         let messages = redis
             .pushed
