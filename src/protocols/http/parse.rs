@@ -190,11 +190,7 @@ impl Parser {
                     }
                 }
                 State::Fixed(left) => {
-                    if rest.is_empty() {
-                        return Ok(pos);
-                    }
-                    let n = (left as usize).min(rest.len());
-                    out.push(Event::Body(rest[..n].to_vec()));
+                    let Some(n) = body_part(left, rest, out) else { return Ok(pos) };
                     pos += n;
                     if left as usize == n {
                         self.state = State::Head;
@@ -223,11 +219,7 @@ impl Parser {
                     Err(_) => return Err("invalid chunk size line".into()),
                 },
                 State::ChunkData(left) => {
-                    if rest.is_empty() {
-                        return Ok(pos);
-                    }
-                    let n = (left as usize).min(rest.len());
-                    out.push(Event::Body(rest[..n].to_vec()));
+                    let Some(n) = body_part(left, rest, out) else { return Ok(pos) };
                     pos += n;
                     self.state =
                         if left as usize == n { State::ChunkDataEnd } else { State::ChunkData(left - n as u64) };
@@ -347,6 +339,16 @@ impl Parser {
             }
         }
     }
+}
+
+/// Up to `left` more body bytes from `rest`, as an event: how many, or `None` when `rest` is empty.
+fn body_part(left: u64, rest: &[u8], out: &mut Vec<Event>) -> Option<usize> {
+    if rest.is_empty() {
+        return None;
+    }
+    let n = (left as usize).min(rest.len());
+    out.push(Event::Body(rest[..n].to_vec()));
+    Some(n)
 }
 
 #[cfg(test)]
