@@ -45,6 +45,17 @@ fn bind_text(params: Vec<Option<Vec<u8>>>) -> Frontend {
     Frontend::Bind { portal: "".into(), statement: "".into(), param_formats: vec![], params, result_formats: vec![] }
 }
 
+/// Bind of `stmt_1` with one int4 to the unnamed portal, parameters and results in binary.
+fn bind_stmt_1(n: i32) -> Frontend {
+    Frontend::Bind {
+        portal: "".into(),
+        statement: "stmt_1".into(),
+        param_formats: vec![1],
+        params: vec![int4(n)],
+        result_formats: vec![1],
+    }
+}
+
 /// `INSERT INTO u VALUES ('x')` in the extended protocol up to Execute: the recorded unique violation.
 fn insert_x() -> Vec<Frontend> {
     vec![
@@ -115,21 +126,9 @@ fn conversation() -> Vec<(bool, Vec<u8>)> {
         (
             true,
             fe(&[
-                Frontend::Bind {
-                    portal: "".into(),
-                    statement: "stmt_1".into(),
-                    param_formats: vec![1],
-                    params: vec![int4(42)],
-                    result_formats: vec![1],
-                },
+                bind_stmt_1(42),
                 Frontend::Execute { portal: "".into(), max_rows: 0 },
-                Frontend::Bind {
-                    portal: "".into(),
-                    statement: "stmt_1".into(),
-                    param_formats: vec![1],
-                    params: vec![int4(7)],
-                    result_formats: vec![1],
-                },
+                bind_stmt_1(7),
                 Frontend::Execute { portal: "".into(), max_rows: 0 },
                 Frontend::Sync,
             ]),
