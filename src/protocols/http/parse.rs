@@ -263,11 +263,7 @@ impl Parser {
         match self.side {
             Side::Request => {
                 let mut req = httparse::Request::new(&mut headers);
-                let n = match req.parse(data) {
-                    Ok(httparse::Status::Complete(n)) => n,
-                    Ok(httparse::Status::Partial) => return Ok(None),
-                    Err(e) => return Err(ParseError::Malformed(format!("not an HTTP/1 request: {e}"))),
-                };
+                let Some(n) = parsed(req.parse(data), "request")? else { return Ok(None) };
                 let head = RequestHead {
                     method: req.method.unwrap_or_default().to_string(),
                     target: req.path.unwrap_or_default().to_string(),
@@ -294,11 +290,7 @@ impl Parser {
             }
             Side::Response => {
                 let mut resp = httparse::Response::new(&mut headers);
-                let n = match resp.parse(data) {
-                    Ok(httparse::Status::Complete(n)) => n,
-                    Ok(httparse::Status::Partial) => return Ok(None),
-                    Err(e) => return Err(ParseError::Malformed(format!("not an HTTP/1 response: {e}"))),
-                };
+                let Some(n) = parsed(resp.parse(data), "response")? else { return Ok(None) };
                 let status = resp.code.unwrap_or(0);
                 let head = ResponseHead {
                     status,
@@ -338,6 +330,15 @@ impl Parser {
                 Ok(Some(n))
             }
         }
+    }
+}
+
+/// The length of a complete head; `None` while it is incomplete.
+fn parsed(r: httparse::Result<usize>, what: &str) -> Result<Option<usize>, ParseError> {
+    match r {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(ParseError::Malformed(format!("not an HTTP/1 {what}: {e}"))),
     }
 }
 
