@@ -5,6 +5,8 @@
 # Needs node and h2load (Debian: nghttp2-client). Usage: bench/http2.sh [repetitions]   (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 reps=${1:-5}
 direct_port=${DOPPEL_BENCH_PORT:-28080}
@@ -38,8 +40,6 @@ load() {
     END { printf "%s %.3f %s\n", rps, mean, ok }'
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-
 wait_port() { for _ in $(seq 1 200); do h2load -n 1 "http://127.0.0.1:$1/hello" 2>/dev/null | grep -q '1 succeeded' && return 0; sleep 0.1; done; return 1; }
 
 echo "bench/http2.sh: the service directly on :$direct_port, and under doppel record on :$proxied_port"
@@ -66,13 +66,7 @@ for w in "${workloads[@]}"; do
   rows+=("| $name | $dr | $pr | $ratio | $dm | $pm |")
 done
 
-ticks() { for t in /proc/"$doppel_pid"/task/*; do [ "$(cat "$t/comm")" = "$1" ] && awk '{print $14 + $15}' "$t/stat"; done | awk '{s += $1} END {print s + 0}'; }
-hz=$(getconf CLK_TCK)
-cpu_proxy=$(awk -v t="$(ticks tokio-rt-worker)" -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')
-cpu_store=$(awk -v t="$(ticks doppel-store)" -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')
-kill -INT "$doppel_pid"
-wait "$doppel_pid" || true
-doppel_pid=
+stop_doppel_measuring_cpu
 tests=$(find "$work/rec/test-set-0/tests" -name '*.yaml' | wc -l)
 opaque=$(grep -c '^kind: tcp' "$work/rec/test-set-0/mocks.yaml" 2>/dev/null || true)
 

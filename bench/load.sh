@@ -7,6 +7,8 @@
 # Writes bench/results/load.md. Usage: bench/load.sh [repetitions] [seconds]   (default 5 and 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 reps=${1:-5}
 secs=${2:-5}
@@ -56,7 +58,6 @@ response:
   status: 200
 YAML
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r[sys.argv[2]])" "$1" "$2"; }
 
 wrk_rps=(); doppel_rps=(); half_asked=(); half_rps=(); half_p50=(); half_p99=(); dropped=()

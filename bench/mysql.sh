@@ -5,6 +5,8 @@
 # and mysqlslap. Usage: bench/mysql.sh [repetitions]   (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 reps=${1:-5}
 host=127.0.0.1
@@ -32,8 +34,6 @@ slap() {
     | awk '/Average number of seconds/ {print $(NF-1)}'
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-
 echo "bench/mysql.sh: starting doppel record (explicit mode) on :$proxy_port"
 "$doppel" record --path "$work/rec" --no-sandbox --dep "db=$host:$port@$proxy_port" --port "$((proxy_port + 1)):$((proxy_port + 2))" -- sleep 100000 \
   >"$work/doppel.out" 2>"$work/doppel.err" &
@@ -57,15 +57,7 @@ for w in "${workloads[@]}"; do
   rows+=("| $name | $d | $p | $ratio |")
 done
 
-# Where doppel's CPU went over the whole run: the proxy and parsers (tokio workers) vs the store's writer
-# thread (YAML serialization and disk writes), in clock ticks from /proc.
-ticks() { for t in /proc/"$doppel_pid"/task/*; do [ "$(cat "$t/comm")" = "$1" ] && awk '{print $14 + $15}' "$t/stat"; done | awk '{s += $1} END {print s + 0}'; }
-hz=$(getconf CLK_TCK)
-cpu_proxy=$(awk -v t="$(ticks tokio-rt-worker)" -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')
-cpu_store=$(awk -v t="$(ticks doppel-store)" -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')
-kill -INT "$doppel_pid"
-wait "$doppel_pid" || true
-doppel_pid=
+stop_doppel_measuring_cpu
 mocks=$(grep -c '^kind: mysql' "$work/rec/test-set-0/mocks.yaml" || true)
 opaque=$(grep -c '^kind: tcp' "$work/rec/test-set-0/mocks.yaml" || true)
 

@@ -6,6 +6,8 @@
 # Needs: PostgreSQL on 127.0.0.1:5432 (user postgres, trust), pgbench, psql. Writes bench/results/postgres.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 SECS=${1:-10}
 REPS=${2:-3}
 CLIENTS=${3:-4}
@@ -20,8 +22,6 @@ cargo build --release --quiet
 DOPPEL=$PWD/target/release/doppel
 psql -X -q -d test -c "CREATE DATABASE $DB"
 pgbench -i -q -s 1 "$DB" >/dev/null 2>&1
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # One pgbench run; prints "tps latency_ms". $1: direct|doppel, $2: extra pgbench flags.
 run_once() {
@@ -39,8 +39,6 @@ run_once() {
   if [ -z "$tps" ]; then echo "pgbench failed ($how $flags):" >&2; echo "$out" >&2; exit 1; fi
   echo "$tps $lat"
 }
-
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 declare -A TPS LAT
 for workload in select-only tpcb-like; do

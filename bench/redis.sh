@@ -10,6 +10,8 @@
 # Needs a running Redis (scripts/test starts one), redis-benchmark, redis-cli and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 reps=${1:-5}
 n=${N:-100000}
@@ -37,8 +39,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # Prints "SET <req/s>" and "GET <req/s>" for one redis-benchmark run against a port.
 measure() { # port pipeline
@@ -75,8 +75,6 @@ stop_doppel() {
   stop_s=$(python3 -c "print(round($ended - $began, 2))")
   mocks=$(grep -o 'and [0-9]* mocks' "$work/doppel.out" | grep -o '[0-9]*' || echo 0)
 }
-
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 # A plain forwarder (socat, when installed) shows what one more hop costs by itself on this machine.
 socat=$(command -v socat || true)

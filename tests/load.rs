@@ -93,16 +93,38 @@ fn item_recs(its: &[(String, String, String)], step_ms: u64, latency_ms: f64) ->
         .collect()
 }
 
+/// doppel's HTTP target, and `count` item requests recorded `step_ms` apart (each at `latency_ms`) to load it.
+struct Items {
+    _target: Bg,
+    url: String,
+    rec: PathBuf,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Items {
+    fn new(count: u64, step_ms: u64, latency_ms: f64) -> Items {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, url) = start_target(dir.path(), None);
+        let its = items(count);
+        let (rec, out) = write_set(dir.path(), &item_recs(&its, step_ms, latency_ms));
+        Items { _target: target, url, rec, out, _dir: dir }
+    }
+
+    /// `doppel load <args> --json <out>`, which must exit 0: the run and its report.
+    fn load(&self, args: &[&str]) -> (Ran, serde_json::Value) {
+        let out = self.out.to_str().unwrap();
+        let args: Vec<&str> = args.iter().copied().chain(["--json", out]).collect();
+        let r = load(&self.rec, &self.url, &args);
+        assert_eq!(r.code, 0, "{r:?}");
+        let report = json(&self.out);
+        (r, report)
+    }
+}
+
 #[test]
 fn a_fixed_rate_is_honoured_and_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_target, url) = start_target(dir.path(), None);
-    let its = items(4);
-    let recs = item_recs(&its, 100, 2.0);
-    let (rec, out) = write_set(dir.path(), &recs);
-    let r = load(&rec, &url, &["--rate", "200/s", "--duration", "3s", "--json", out.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{r:?}");
-    let report = json(&out);
+    let (r, report) = Items::new(4, 100, 2.0).load(&["--rate", "200/s", "--duration", "3s"]);
     assert_eq!(report["requests"], 600, "{r:?}");
     assert_eq!(report["errors"], 0, "{r:?}");
     assert_eq!(report["requested_rps"], 200.0);
@@ -186,24 +208,16 @@ fn a_slow_endpoint_shows_in_p99_and_a_gate_fails_the_run() {
 
 #[test]
 fn the_recorded_timing_is_replayed_faster_and_looped() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_target, url) = start_target(dir.path(), None);
-    let its = items(3);
-    let recs = item_recs(&its, 400, 1.0);
-    let (rec, out) = write_set(dir.path(), &recs);
+    let set = Items::new(3, 400, 1.0);
     // Recorded 0, 0.4 and 0.8s, one pass 1.2s (span plus a mean gap): at 2x 0.6s, so 2s hold passes starting
     // at 0, 0.6, 1.2 and 1.8s: 3 + 3 + 3 + 1 requests.
-    let r = load(&rec, &url, &["--speed", "2x", "--duration", "2s", "--json", out.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{r:?}");
-    let report = json(&out);
+    let (_, report) = set.load(&["--speed", "2x", "--duration", "2s"]);
     assert_eq!(report["requests"], 10, "{report:#}");
     assert_eq!(report["errors"], 0);
     let elapsed = report["elapsed_s"].as_f64().unwrap();
     assert!((1.75..2.5).contains(&elapsed), "the last request is due at 1.8s; elapsed {elapsed}");
     // One pass at 4x: the last request is due at 0.2s.
-    let r = load(&rec, &url, &["--speed", "4x", "--json", out.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{r:?}");
-    let report = json(&out);
+    let (_, report) = set.load(&["--speed", "4x"]);
     assert_eq!(report["requests"], 3);
     let elapsed = report["elapsed_s"].as_f64().unwrap();
     assert!((0.19..0.9).contains(&elapsed), "elapsed {elapsed}");

@@ -276,26 +276,32 @@ impl<'s> Walker<'s> {
 
     /// A node present only in the expected document, at `epath`.
     fn removed(&mut self, e: &Value) {
-        match self.ignoring(self.ignored_expected()) {
-            Some(id) => {
-                self.applied.insert(id);
-            }
-            None => {
-                let loc = render_path(&self.epath);
-                self.report(loc, Change::Removed, Some(e), None);
-            }
-        }
+        let ignored = self.ignored_expected();
+        self.one_sided(ignored, |s| render_path(&s.epath), Change::Removed, Some(e), None);
     }
 
     /// A node present only in the actual document, at `apath`.
     fn added(&mut self, a: &Value) {
-        match self.ignoring(self.ignored_actual()) {
+        let ignored = self.ignored_actual();
+        self.one_sided(ignored, |s| render_path(&s.apath), Change::Added, None, Some(a));
+    }
+
+    /// A node present on one side only: noise when a rule ignores it there, else a difference.
+    fn one_sided(
+        &mut self,
+        ignored: Option<usize>,
+        location: fn(&Self) -> String,
+        change: Change,
+        e: Option<&Value>,
+        a: Option<&Value>,
+    ) {
+        match self.ignoring(ignored) {
             Some(id) => {
                 self.applied.insert(id);
             }
             None => {
-                let loc = render_path(&self.apath);
-                self.report(loc, Change::Added, None, Some(a));
+                let loc = location(self);
+                self.report(loc, change, e, a);
             }
         }
     }

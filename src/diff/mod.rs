@@ -41,6 +41,18 @@ pub enum Change {
     TypeChanged,
 }
 
+impl Change {
+    /// How reports name the change.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Change::Changed => "changed",
+            Change::Added => "added",
+            Change::Removed => "removed",
+            Change::TypeChanged => "type changed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Difference {
     /// "status", "header content-type", "trailer x-sum", "body $.user.name", "body $.items[2]", "body" (whole non-JSON body)

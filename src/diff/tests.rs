@@ -29,6 +29,17 @@ fn locations(c: &Comparison) -> Vec<&str> {
     c.differences.iter().map(|d| d.location.as_str()).collect()
 }
 
+/// A difference with no detail, as most comparisons report them.
+fn difference(location: &str, change: Change, expected: Option<&str>, actual: Option<&str>) -> Difference {
+    Difference {
+        location: location.into(),
+        change,
+        expected: expected.map(Into::into),
+        actual: actual.map(Into::into),
+        detail: None,
+    }
+}
+
 fn cmp(eh: &[Header], eb: &[u8], ah: &[Header], ab: &[u8], noise: &Noise) -> Comparison {
     compare(
         &Expected { status: 200, headers: eh, body: eb, trailers: &[] },
@@ -45,20 +56,8 @@ fn nested_changed_field_has_exact_path_and_values() {
     assert_eq!(
         c.differences,
         vec![
-            Difference {
-                location: "body $.user.name".into(),
-                change: Change::Changed,
-                expected: Some("\"Ann\"".into()),
-                actual: Some("\"Bob\"".into()),
-                detail: None,
-            },
-            Difference {
-                location: "body $.items[2].x".into(),
-                change: Change::Changed,
-                expected: Some("true".into()),
-                actual: Some("false".into()),
-                detail: None,
-            },
+            difference("body $.user.name", Change::Changed, Some("\"Ann\""), Some("\"Bob\"")),
+            difference("body $.items[2].x", Change::Changed, Some("true"), Some("false")),
         ]
     );
     assert!(c.applied_noise.is_empty());
@@ -166,20 +165,8 @@ fn ignore_order_arrays() {
     assert_eq!(
         c.differences,
         vec![
-            Difference {
-                location: "body $.items[*]".into(),
-                change: Change::Removed,
-                expected: Some(r#"{"id":1,"name":"a"}"#.into()),
-                actual: None,
-                detail: None,
-            },
-            Difference {
-                location: "body $.items[*]".into(),
-                change: Change::Added,
-                expected: None,
-                actual: Some(r#"{"id":8,"name":"A"}"#.into()),
-                detail: None,
-            },
+            difference("body $.items[*]", Change::Removed, Some(r#"{"id":1,"name":"a"}"#), None),
+            difference("body $.items[*]", Change::Added, None, Some(r#"{"id":8,"name":"A"}"#)),
         ]
     );
 
@@ -356,13 +343,12 @@ fn binary_body() {
     let c = cmp(&[], &e, &[], &a, &Noise::none());
     assert_eq!(
         c.differences,
-        vec![Difference {
-            location: "body".into(),
-            change: Change::Changed,
-            expected: Some("5 bytes; first difference at offset 3: 0xff".into()),
-            actual: Some("6 bytes; first difference at offset 3: 0xfe".into()),
-            detail: None,
-        }]
+        vec![difference(
+            "body",
+            Change::Changed,
+            Some("5 bytes; first difference at offset 3: 0xff"),
+            Some("6 bytes; first difference at offset 3: 0xfe")
+        )]
     );
     let c = cmp(&[], &e, &[], &[0u8, 1, 2, 0xff, 4, 0], &Noise::none());
     assert_eq!(c.differences[0].expected.as_deref(), Some("5 bytes; first difference at offset 5: end of body"));

@@ -351,52 +351,42 @@ async fn send(
     cfg: &EngineConfig,
     shared: &Shared,
 ) -> std::result::Result<Answer, ErrorClass> {
-    let reused = stream.is_some();
-    match send_once(stream, request, buf, cfg, shared).await {
-        // A keep-alive connection the server closed while it was idle: real clients retry such requests
-        // on a new connection when they are safe to repeat, and so does doppel.
-        Err(ErrorClass::Io) if reused && matches!(request.method.as_str(), "GET" | "HEAD" | "OPTIONS") => {
-            send_once(stream, request, buf, cfg, shared).await
-        }
-        other => other,
-    }
-}
-
-async fn send_once(
-    stream: &mut Option<Conn>,
-    request: &Prepared,
-    buf: &mut [u8],
-    cfg: &EngineConfig,
-    shared: &Shared,
-) -> std::result::Result<Answer, ErrorClass> {
     let rendered = render(request, cfg, shared).await?;
     let wire = rendered.as_ref().unwrap_or(&request.wire);
-    if stream.is_none() {
-        *stream = Some(cfg.target.connect(cfg.timeout, false).await.map_err(|_| ErrorClass::Connect)?);
-    }
-    let Some(conn) = stream.as_mut() else { return Err(ErrorClass::Connect) };
-    let exchange = async {
-        conn.write_all(wire).await.context(Kind::App, || "sending failed".into())?;
-        read_answer(conn, request, buf, cfg, shared).await
-    };
-    let (head, compared) = match tokio::time::timeout(cfg.timeout, exchange).await {
-        Err(_) => {
-            *stream = None;
-            return Err(ErrorClass::Timeout);
+    // A keep-alive connection the server closed while it was idle: real clients retry such requests on a
+    // new connection when they are safe to repeat, and so does doppel.
+    let mut may_retry = stream.is_some() && matches!(request.method.as_str(), "GET" | "HEAD" | "OPTIONS");
+    loop {
+        if stream.is_none() {
+            *stream = Some(cfg.target.connect(cfg.timeout, false).await.map_err(|_| ErrorClass::Connect)?);
         }
-        Ok(Err(_)) => {
+        let Some(conn) = stream.as_mut() else { return Err(ErrorClass::Connect) };
+        let exchange = async {
+            conn.write_all(wire).await.context(Kind::App, || "sending failed".into())?;
+            read_answer(conn, request, buf, cfg, shared).await
+        };
+        let (head, compared) = match tokio::time::timeout(cfg.timeout, exchange).await {
+            Err(_) => {
+                *stream = None;
+                return Err(ErrorClass::Timeout);
+            }
+            Ok(Err(_)) => {
+                *stream = None;
+                if std::mem::take(&mut may_retry) {
+                    continue;
+                }
+                return Err(ErrorClass::Io);
+            }
+            Ok(Ok(answer)) => answer,
+        };
+        if request.closes
+            || wire::wants_close(&head.version, &head.headers)
+            || wire::delimited_by_close(&request.method, &head)
+        {
             *stream = None;
-            return Err(ErrorClass::Io);
         }
-        Ok(Ok(answer)) => answer,
-    };
-    if request.closes
-        || wire::wants_close(&head.version, &head.headers)
-        || wire::delimited_by_close(&request.method, &head)
-    {
-        *stream = None;
+        return Ok(classify(request, &head, compared));
     }
-    Ok(classify(request, &head, compared))
 }
 
 /// The bytes to send when the request carries chained values: filled with the latest values the target

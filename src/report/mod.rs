@@ -6,7 +6,7 @@ use std::path::Path;
 use console::style;
 use serde::Serialize;
 
-use crate::diff::{Change, Difference};
+use crate::diff::Difference;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -79,20 +79,11 @@ impl RunReport {
     }
 }
 
-fn change_word(c: &Change) -> &'static str {
-    match c {
-        Change::Changed => "changed",
-        Change::Added => "added",
-        Change::Removed => "removed",
-        Change::TypeChanged => "type changed",
-    }
-}
-
 /// Differences one line each (with details indented below), as `render` prints them.
 pub fn render_differences(differences: &[Difference]) -> String {
     let mut out = String::new();
     for d in differences {
-        out.push_str(&format!("       {} {}", style(&d.location).bold(), change_word(&d.change)));
+        out.push_str(&format!("       {} {}", style(&d.location).bold(), d.change.word()));
         match (&d.expected, &d.actual) {
             (Some(e), Some(a)) => out.push_str(&format!(": expected {} got {}", style(e).green(), style(a).red())),
             (Some(e), None) => out.push_str(&format!(": expected {}", style(e).green())),
@@ -214,7 +205,7 @@ pub fn write_junit(report: &RunReport, path: &Path) -> Result<()> {
                     let first = r
                         .error
                         .clone()
-                        .or_else(|| r.differences.first().map(|d| format!("{} {}", d.location, change_word(&d.change))))
+                        .or_else(|| r.differences.first().map(|d| format!("{} {}", d.location, d.change.word())))
                         .or_else(|| r.misses.first().cloned())
                         .or_else(|| r.missing_writes.first().map(|w| format!("missing write: {w}")))
                         .unwrap_or_else(|| "failed".into());

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::render_response;
-use crate::diff::{Change, Difference};
+use crate::diff::Difference;
 use crate::error::{Error, Result};
 use crate::load::{render_template, to_value};
 use crate::protocols::http::client;
@@ -53,7 +53,7 @@ impl Example {
             test: test.name.clone(),
             request: request.to_string(),
             location: d.location.clone(),
-            change: change_word(&d.change).into(),
+            change: d.change.word().into(),
             expected: d.expected.clone(),
             actual: d.actual.clone(),
             detail: d.detail.clone(),
@@ -78,15 +78,6 @@ impl Example {
             right_label: "candidate".into(),
             right: format!("(no response: {error})"),
         }
-    }
-}
-
-fn change_word(c: &Change) -> &'static str {
-    match c {
-        Change::Changed => "changed",
-        Change::Added => "added",
-        Change::Removed => "removed",
-        Change::TypeChanged => "type changed",
     }
 }
 

@@ -190,11 +190,7 @@ impl Parser {
                     }
                 }
                 State::Fixed(left) => {
-                    if rest.is_empty() {
-                        return Ok(pos);
-                    }
-                    let n = (left as usize).min(rest.len());
-                    out.push(Event::Body(rest[..n].to_vec()));
+                    let Some(n) = body_part(left, rest, out) else { return Ok(pos) };
                     pos += n;
                     if left as usize == n {
                         self.state = State::Head;
@@ -223,11 +219,7 @@ impl Parser {
                     Err(_) => return Err("invalid chunk size line".into()),
                 },
                 State::ChunkData(left) => {
-                    if rest.is_empty() {
-                        return Ok(pos);
-                    }
-                    let n = (left as usize).min(rest.len());
-                    out.push(Event::Body(rest[..n].to_vec()));
+                    let Some(n) = body_part(left, rest, out) else { return Ok(pos) };
                     pos += n;
                     self.state =
                         if left as usize == n { State::ChunkDataEnd } else { State::ChunkData(left - n as u64) };
@@ -271,11 +263,7 @@ impl Parser {
         match self.side {
             Side::Request => {
                 let mut req = httparse::Request::new(&mut headers);
-                let n = match req.parse(data) {
-                    Ok(httparse::Status::Complete(n)) => n,
-                    Ok(httparse::Status::Partial) => return Ok(None),
-                    Err(e) => return Err(ParseError::Malformed(format!("not an HTTP/1 request: {e}"))),
-                };
+                let Some(n) = parsed(req.parse(data), "request")? else { return Ok(None) };
                 let head = RequestHead {
                     method: req.method.unwrap_or_default().to_string(),
                     target: req.path.unwrap_or_default().to_string(),
@@ -302,11 +290,7 @@ impl Parser {
             }
             Side::Response => {
                 let mut resp = httparse::Response::new(&mut headers);
-                let n = match resp.parse(data) {
-                    Ok(httparse::Status::Complete(n)) => n,
-                    Ok(httparse::Status::Partial) => return Ok(None),
-                    Err(e) => return Err(ParseError::Malformed(format!("not an HTTP/1 response: {e}"))),
-                };
+                let Some(n) = parsed(resp.parse(data), "response")? else { return Ok(None) };
                 let status = resp.code.unwrap_or(0);
                 let head = ResponseHead {
                     status,
@@ -347,6 +331,25 @@ impl Parser {
             }
         }
     }
+}
+
+/// The length of a complete head; `None` while it is incomplete.
+fn parsed(r: httparse::Result<usize>, what: &str) -> Result<Option<usize>, ParseError> {
+    match r {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(ParseError::Malformed(format!("not an HTTP/1 {what}: {e}"))),
+    }
+}
+
+/// Up to `left` more body bytes from `rest`, as an event: how many, or `None` when `rest` is empty.
+fn body_part(left: u64, rest: &[u8], out: &mut Vec<Event>) -> Option<usize> {
+    if rest.is_empty() {
+        return None;
+    }
+    let n = (left as usize).min(rest.len());
+    out.push(Event::Body(rest[..n].to_vec()));
+    Some(n)
 }
 
 #[cfg(test)]

@@ -587,15 +587,21 @@ fn result_of_ok(ok: message::OkPacket, columns: Vec<MysqlColumn>, rows: Vec<Vec<
     }
 }
 
+/// Adds a piece to a side's framer; a packet beyond `MAX_ANSWER` is not decoded.
+fn push_bounded(framer: &mut Framer, data: &[u8], side: &str) -> Result<(), ParseError> {
+    framer.push(data);
+    if framer.buffered() > MAX_ANSWER {
+        return Err(ParseError::Malformed(format!(
+            "a {side} packet larger than {} MiB is not decoded",
+            MAX_ANSWER >> 20
+        )));
+    }
+    Ok(())
+}
+
 impl Observer for MysqlObserver {
     fn client(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
-        self.client.push(data);
-        if self.client.buffered() > MAX_ANSWER {
-            return Err(ParseError::Malformed(format!(
-                "a client packet larger than {} MiB is not decoded",
-                MAX_ANSWER >> 20
-            )));
-        }
+        push_bounded(&mut self.client, data, "client")?;
         while let Some(p) = self.client.next_packet() {
             self.on_client_packet(p, at)?;
             if self.tls_requested {
@@ -615,13 +621,7 @@ impl Observer for MysqlObserver {
     }
 
     fn server(&mut self, data: &[u8], at: Instant) -> Result<(), ParseError> {
-        self.server.push(data);
-        if self.server.buffered() > MAX_ANSWER {
-            return Err(ParseError::Malformed(format!(
-                "a server packet larger than {} MiB is not decoded",
-                MAX_ANSWER >> 20
-            )));
-        }
+        push_bounded(&mut self.server, data, "server")?;
         while let Some(p) = self.server.next_packet() {
             self.on_server_packet(p, at)?;
         }

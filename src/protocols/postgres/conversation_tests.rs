@@ -40,6 +40,32 @@ fn int4(n: i32) -> Option<Vec<u8>> {
     Some(n.to_be_bytes().to_vec())
 }
 
+/// Bind of the unnamed statement to the unnamed portal, parameters and results in text.
+fn bind_text(params: Vec<Option<Vec<u8>>>) -> Frontend {
+    Frontend::Bind { portal: "".into(), statement: "".into(), param_formats: vec![], params, result_formats: vec![] }
+}
+
+/// Bind of `stmt_1` with one int4 to the unnamed portal, parameters and results in binary.
+fn bind_stmt_1(n: i32) -> Frontend {
+    Frontend::Bind {
+        portal: "".into(),
+        statement: "stmt_1".into(),
+        param_formats: vec![1],
+        params: vec![int4(n)],
+        result_formats: vec![1],
+    }
+}
+
+/// `INSERT INTO u VALUES ('x')` in the extended protocol up to Execute: the recorded unique violation.
+fn insert_x() -> Vec<Frontend> {
+    vec![
+        Frontend::Parse { name: "".into(), sql: "INSERT INTO u VALUES ($1)".into(), param_types: vec![25] },
+        bind_text(vec![Some(b"x".to_vec())]),
+        Frontend::Describe { kind: b'P', name: "".into() },
+        Frontend::Execute { portal: "".into(), max_rows: 0 },
+    ]
+}
+
 fn error(code: &str, message: &str) -> Backend {
     Backend::Error(vec![(b'S', "ERROR".into()), (b'C', code.into()), (b'M', message.into())])
 }
@@ -100,21 +126,9 @@ fn conversation() -> Vec<(bool, Vec<u8>)> {
         (
             true,
             fe(&[
-                Frontend::Bind {
-                    portal: "".into(),
-                    statement: "stmt_1".into(),
-                    param_formats: vec![1],
-                    params: vec![int4(42)],
-                    result_formats: vec![1],
-                },
+                bind_stmt_1(42),
                 Frontend::Execute { portal: "".into(), max_rows: 0 },
-                Frontend::Bind {
-                    portal: "".into(),
-                    statement: "stmt_1".into(),
-                    param_formats: vec![1],
-                    params: vec![int4(7)],
-                    result_formats: vec![1],
-                },
+                bind_stmt_1(7),
                 Frontend::Execute { portal: "".into(), max_rows: 0 },
                 Frontend::Sync,
             ]),
@@ -146,19 +160,10 @@ fn conversation() -> Vec<(bool, Vec<u8>)> {
         (
             true,
             fe(&[
-                Frontend::Parse { name: "".into(), sql: "INSERT INTO u VALUES ($1)".into(), param_types: vec![25] },
-                Frontend::Bind {
-                    portal: "".into(),
-                    statement: "".into(),
-                    param_formats: vec![],
-                    params: vec![Some(b"x".to_vec())],
-                    result_formats: vec![],
-                },
-                Frontend::Describe { kind: b'P', name: "".into() },
-                Frontend::Execute { portal: "".into(), max_rows: 0 },
-                Frontend::Close { kind: b'S', name: "".into() },
-                Frontend::Sync,
-            ]),
+                insert_x(),
+                vec![Frontend::Close { kind: b'S', name: "".into() }, Frontend::Sync],
+            ]
+            .concat()),
         ),
         (
             false,
@@ -291,6 +296,17 @@ impl Client {
         self.conn.write_all(&fe(msgs)).await.unwrap();
     }
 
+    /// Parses and describes a statement, then syncs: the answers up to ReadyForQuery.
+    async fn prepare(&mut self, name: &str, sql: &str) -> Vec<Backend> {
+        self.send(&[
+            Frontend::Parse { name: name.into(), sql: sql.into(), param_types: vec![] },
+            Frontend::Describe { kind: b'S', name: name.into() },
+            Frontend::Sync,
+        ])
+        .await;
+        self.until_ready().await
+    }
+
     /// Reads messages until ReadyForQuery (included).
     async fn until_ready(&mut self) -> Vec<Backend> {
         let mut out = Vec::new();
@@ -346,13 +362,7 @@ async fn replays_with_other_statement_names_and_reports_misses() {
     assert!(hello.contains(&Backend::BackendKeyData { pid: 77, key: vec![1, 2, 3, 4] }));
 
     // Prepared under another name (the next run's driver numbers its statements differently).
-    c.send(&[
-        Frontend::Parse { name: "other_9".into(), sql: "SELECT n  FROM t\n WHERE n = $1".into(), param_types: vec![] },
-        Frontend::Describe { kind: b'S', name: "other_9".into() },
-        Frontend::Sync,
-    ])
-    .await;
-    let r = c.until_ready().await;
+    let r = c.prepare("other_9", "SELECT n  FROM t\n WHERE n = $1").await;
     assert_eq!(r[1], Backend::ParameterDescription(vec![23]));
     assert_eq!(r[2], Backend::RowDescription(vec![col("n", 23, 0)]));
 
@@ -396,20 +406,7 @@ async fn replays_with_other_statement_names_and_reports_misses() {
     assert_eq!(r.last(), Some(&Backend::ReadyForQuery(b'T')));
 
     // The recorded unique violation, then ROLLBACK with its notice and parameter status.
-    c.send(&[
-        Frontend::Parse { name: "".into(), sql: "INSERT INTO u VALUES ($1)".into(), param_types: vec![25] },
-        Frontend::Bind {
-            portal: "".into(),
-            statement: "".into(),
-            param_formats: vec![],
-            params: vec![Some(b"x".to_vec())],
-            result_formats: vec![],
-        },
-        Frontend::Describe { kind: b'P', name: "".into() },
-        Frontend::Execute { portal: "".into(), max_rows: 0 },
-        Frontend::Sync,
-    ])
-    .await;
+    c.send(&[insert_x(), vec![Frontend::Sync]].concat()).await;
     let r = c.until_ready().await;
     assert_eq!(r[2], Backend::NoData);
     assert!(matches!(&r[3], Backend::Error(f) if super::error_from_fields(f).code == "23505"), "{r:?}");
@@ -509,13 +506,7 @@ async fn a_statement_described_but_never_executed_is_described_again() {
     assert_eq!(q.parameter_types, vec!["int4".to_string()]);
     let (mut c, pool) = replay_server(mocks).await;
     c.until_ready().await;
-    c.send(&[
-        Frontend::Parse { name: "s9".into(), sql: "SELECT n FROM t WHERE n = $1".into(), param_types: vec![] },
-        Frontend::Describe { kind: b'S', name: "s9".into() },
-        Frontend::Sync,
-    ])
-    .await;
-    let r = c.until_ready().await;
+    let r = c.prepare("s9", "SELECT n FROM t WHERE n = $1").await;
     assert_eq!(r[1], Backend::ParameterDescription(vec![23]));
     assert_eq!(r[2], Backend::RowDescription(vec![col("n", 23, 0)]));
     assert!(pool.misses().is_empty());
@@ -549,13 +540,7 @@ async fn a_uuid_the_app_generated_anew_stands_for_the_recorded_one() {
                 sql: "INSERT INTO users (id, name) VALUES ($1, $2)".into(),
                 param_types: vec![],
             },
-            Frontend::Bind {
-                portal: "".into(),
-                statement: "".into(),
-                param_formats: vec![],
-                params: vec![Some(uuid.as_bytes().to_vec()), Some(name.as_bytes().to_vec())],
-                result_formats: vec![],
-            },
+            bind_text(vec![Some(uuid.as_bytes().to_vec()), Some(name.as_bytes().to_vec())]),
             Frontend::Execute { portal: "".into(), max_rows: 0 },
             Frontend::Sync,
         ]

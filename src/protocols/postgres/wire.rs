@@ -724,6 +724,15 @@ mod tests {
         ]
     }
 
+    /// The messages one after the other on the wire.
+    fn encode_all<M>(msgs: &[M], encode: fn(&M, &mut Vec<u8>)) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for m in msgs {
+            encode(m, &mut wire);
+        }
+        wire
+    }
+
     fn drain_frontend(f: &mut Framer, out: &mut Vec<Frontend>) {
         while let Some((tag, body)) = f.next_tagged().unwrap() {
             out.push(decode_frontend(tag, body).unwrap());
@@ -733,10 +742,7 @@ mod tests {
     #[test]
     fn frontend_round_trip_split_anywhere() {
         let msgs = frontend_samples();
-        let mut wire = Vec::new();
-        for m in &msgs {
-            encode_frontend(m, &mut wire);
-        }
+        let wire = encode_all(&msgs, encode_frontend);
         for cut in 0..=wire.len() {
             let mut f = Framer::default();
             let mut got = Vec::new();
@@ -751,10 +757,7 @@ mod tests {
     #[test]
     fn backend_round_trip_byte_by_byte() {
         let msgs = backend_samples();
-        let mut wire = Vec::new();
-        for m in &msgs {
-            encode_backend(m, &mut wire);
-        }
+        let wire = encode_all(&msgs, encode_backend);
         let mut f = Framer::default();
         let mut got = Vec::new();
         for b in &wire {

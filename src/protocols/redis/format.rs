@@ -143,6 +143,18 @@ pub enum RedisValue {
     },
 }
 
+/// Test shorthand: a bulk string.
+#[cfg(test)]
+pub(crate) fn bulk(s: &str) -> RedisValue {
+    RedisValue::Bulk(s.as_bytes().to_vec())
+}
+
+/// Test shorthand: a simple string.
+#[cfg(test)]
+pub(crate) fn simple(s: &str) -> RedisValue {
+    RedisValue::Simple(s.as_bytes().to_vec())
+}
+
 impl RedisValue {
     /// The bytes of a string-like value (bulk, simple, error); `None` for other types and file bulks.
     pub fn as_bytes(&self) -> Option<&[u8]> {
@@ -470,10 +482,6 @@ fn flow_values<S: Serializer>(values: &[RedisValue], s: S) -> Result<S::Ok, S::E
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> RedisValue {
-        RedisValue::Bulk(s.as_bytes().to_vec())
-    }
 
     fn round_trip(mock: &RedisMock) -> String {
         let yaml = crate::store::to_yaml(mock).unwrap();

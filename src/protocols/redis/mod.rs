@@ -381,6 +381,17 @@ pub enum PubSubFrame {
     Message { kind: SubKind, key: Vec<u8>, channel: Vec<u8>, payload: Vec<u8> },
 }
 
+/// The channels (or patterns) that subscription replies confirm, in order.
+pub fn confirmed_channels(replies: &[RedisValue]) -> Vec<Vec<u8>> {
+    replies
+        .iter()
+        .filter_map(|r| match pubsub_frame(r) {
+            Some(PubSubFrame::Confirmation { channel: Some(c), .. }) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Reads a frame as pub/sub traffic (an array in RESP2, a push in RESP3), if it is shaped like it.
 pub fn pubsub_frame(frame: &RedisValue) -> Option<PubSubFrame> {
     let items = match frame {

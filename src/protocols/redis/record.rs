@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::resp::{Decoder, Side};
-use super::{PubSubFrame, SubKind, command_name, pubsub_frame, subscription_command};
+use super::{PubSubFrame, SubKind, command_name, confirmed_channels, pubsub_frame, subscription_command};
 use crate::protocols::Mock;
 use crate::protocols::redis::{RedisMock, RedisPushed, RedisQueued, RedisValue};
 use crate::protocols::tcp::TcpObserver;
@@ -249,14 +249,7 @@ impl RedisObserver {
         let mut redis = RedisMock { resp, db, command: p.command, ..RedisMock::default() };
         match p.subscription {
             Some((kind, true, _)) if !p.replies.iter().any(RedisValue::is_error) => {
-                let channels = p
-                    .replies
-                    .iter()
-                    .filter_map(|r| match pubsub_frame(r) {
-                        Some(PubSubFrame::Confirmation { channel: Some(c), .. }) => Some(c),
-                        _ => None,
-                    })
-                    .collect();
+                let channels = confirmed_channels(&p.replies);
                 redis.replies = p.replies;
                 let mock = self.mock(redis, p.at, at);
                 self.subscriptions.push(Subscription { mock, kind, channels, confirmed: at });
@@ -466,16 +459,9 @@ impl Observer for RedisObserver {
 mod tests {
     use super::*;
     use crate::protocols::redis::resp::{encode, encode_command};
+    use crate::protocols::redis::{bulk, simple};
     use crate::protocols::testing;
     use crate::store::MemorySink;
-
-    fn bulk(s: &str) -> RedisValue {
-        RedisValue::Bulk(s.as_bytes().to_vec())
-    }
-
-    fn simple(s: &str) -> RedisValue {
-        RedisValue::Simple(s.as_bytes().to_vec())
-    }
 
     fn frame(items: &[&str], count: i64) -> RedisValue {
         let mut v: Vec<RedisValue> = items.iter().map(|s| bulk(s)).collect();

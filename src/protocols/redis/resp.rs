@@ -514,6 +514,7 @@ pub fn encode_command(args: &[&[u8]]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocols::redis::bulk;
     use proptest::prelude::*;
 
     fn decode_all(side: Side, pieces: &[&[u8]]) -> Result<Vec<RedisValue>, ParseError> {
@@ -523,10 +524,6 @@ mod tests {
             d.feed(p, &mut out)?;
         }
         Ok(out)
-    }
-
-    fn bulk(s: &str) -> RedisValue {
-        RedisValue::Bulk(s.as_bytes().to_vec())
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::resp::{Decoder, Side, encode_with};
 use super::{
-    PubSubFrame, SubKind, command_name, describe, is_blocking, is_session_command, pubsub_frame, subscription_command,
+    PubSubFrame, SubKind, command_name, confirmed_channels, describe, is_blocking, is_session_command, pubsub_frame, subscription_command,
 };
 use crate::capture::BoxFuture;
 use crate::protocols::redis::{RedisMock, RedisValue};
@@ -529,14 +529,7 @@ impl Session {
     }
 
     fn start_subscription(&mut self, kind: SubKind, redis: &RedisMock) {
-        let channels = redis
-            .replies
-            .iter()
-            .filter_map(|r| match pubsub_frame(r) {
-                Some(PubSubFrame::Confirmation { channel: Some(c), .. }) => Some(c),
-                _ => None,
-            })
-            .collect();
+        let channels = confirmed_channels(&redis.replies);
         let now = Instant::now();
         let messages = redis
             .pushed
@@ -664,16 +657,8 @@ mod tests {
     use super::*;
     use crate::protocols::Mock;
     use crate::protocols::redis::resp::{encode, encode_command};
-    use crate::protocols::redis::{RedisPushed, RedisQueued};
+    use crate::protocols::redis::{RedisPushed, RedisQueued, bulk, simple};
     use tokio::net::TcpStream;
-
-    fn bulk(s: &str) -> RedisValue {
-        RedisValue::Bulk(s.as_bytes().to_vec())
-    }
-
-    fn simple(s: &str) -> RedisValue {
-        RedisValue::Simple(s.as_bytes().to_vec())
-    }
 
     fn args(a: &str) -> Vec<RedisValue> {
         a.split(' ').map(bulk).collect()
