@@ -292,3 +292,28 @@ fn the_demo_runs_end_to_end() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("demo OK") && r.stdout.contains("body $.converted"), "{r:?}");
 }
+
+/// doppel's port opens before the app's: a client that connects while the app is still starting waits and
+/// is served once the app listens, instead of being accepted and reset (curl exit 56).
+#[test]
+fn a_client_that_connects_before_the_app_listens_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let app = "import time, http.server, os\n\
+               time.sleep(2)\n\
+               class H(http.server.BaseHTTPRequestHandler):\n    \
+                 def do_GET(self):\n        \
+                   self.send_response(200); self.send_header('Content-Length', '5'); self.end_headers(); self.wfile.write(b'early')\n    \
+                 def log_message(self, *a): pass\n\
+               http.server.HTTPServer(('127.0.0.1', int(os.environ['APP_PORT'])), H).serve_forever()\n";
+    let mut cmd = doppel_cmd(dir.path(), "record", &dir.path().join("recordings"));
+    cmd.args(["--port", &port.to_string(), "--", "python3", "-c", app]).env("APP_PORT", port.to_string());
+    let mut rec = Bg::spawn(&mut cmd, dir.path(), "record");
+    // doppel listens at once; the app only after two seconds.
+    wait_port_open(port, Duration::from_secs(20), Duration::from_millis(5), || rec.explain());
+    let r = curl(&["-w", " %{http_code}", "--max-time", "20", &format!("http://127.0.0.1:{port}/early")]);
+    assert_eq!(r.code, 0, "the early client was not served: {r:?}\n{}", rec.explain());
+    assert_eq!(r.stdout, "early 200", "{r:?}");
+    stop_recording(&mut rec);
+    assert!(rec.stdout().contains("recorded 1 test"), "{}", rec.stdout());
+}

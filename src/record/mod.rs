@@ -296,14 +296,20 @@ struct Inbound {
     tls: Option<Arc<crate::tls::Interceptor>>,
 }
 
+/// How long a client that connected before the app listens waits for it (then it is closed, as before).
+const APP_PORT_WAIT: Duration = Duration::from_secs(30);
+
 fn spawn_ingress(listener: TcpListener, map: PortMap, inbound: Inbound) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // Whether the app has listened on its port yet: until then a refused connection means "not yet".
+        let listened = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             let client = crate::capture::accept(&listener).await;
             let _ = client.set_nodelay(true);
             let inbound = inbound.clone();
+            let listened = listened.clone();
             inbound.tracker.clone().spawn(async move {
-                match inbound.link.connect(map.app).await {
+                match connect_app(inbound.link.as_ref(), map.app, &listened).await {
                     Ok(app) => {
                         let _ = app.set_nodelay(true);
                         ingress(client, app, map, inbound).await;
@@ -313,6 +319,34 @@ fn spawn_ingress(listener: TcpListener, map: PortMap, inbound: Inbound) -> tokio
             });
         }
     })
+}
+
+/// Connects to the app's port for a client doppel accepted. doppel's port is open before the app's: a client
+/// that comes early (a readiness probe, a fast test driver) waits, bounded, until the app listens and then
+/// goes through, instead of being accepted and reset. Once the app has listened, a refusal is final.
+async fn connect_app(
+    link: &dyn AppLink,
+    port: u16,
+    listened: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<tokio::net::TcpStream> {
+    use std::sync::atomic::Ordering;
+    let deadline = tokio::time::Instant::now() + APP_PORT_WAIT;
+    loop {
+        match link.connect(port).await {
+            Ok(app) => {
+                listened.store(true, Ordering::Relaxed);
+                return Ok(app);
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && !listened.load(Ordering::Relaxed)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// One client connection to the app. A client that opens with a TLS ClientHello gets doppel's TLS (the app's
