@@ -317,3 +317,48 @@ fn a_client_that_connects_before_the_app_listens_is_served() {
     stop_recording(&mut rec);
     assert!(rec.stdout().contains("recorded 1 test"), "{}", rec.stdout());
 }
+
+/// A connection whose parser gives up (an HTTP request with a header line that is no header) is recorded as
+/// opaque bytes from there on, and the record summary says so: not only the note in mocks.yaml.
+#[test]
+fn a_connection_the_parser_gives_up_on_is_counted_in_the_record_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, upstream_port) = (free_port(), free_port());
+    let upstream = "import socket, os\n\
+                    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                    s.bind(('127.0.0.1', int(os.environ['UP']))); s.listen()\n\
+                    while True:\n    \
+                      c, _ = s.accept(); c.recv(65536); c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok'); c.close()\n";
+    let mut up = Command::new("python3");
+    up.args(["-c", upstream]).env("UP", upstream_port.to_string());
+    let up = Bg::spawn(&mut up, dir.path(), "upstream");
+    wait_port_open(upstream_port, Duration::from_secs(10), Duration::from_millis(20), || up.explain());
+    let app = "import socket, os, http.server\n\
+               c = socket.create_connection(('127.0.0.1', int(os.environ['UP'])))\n\
+               c.sendall(b'GET /odd HTTP/1.1\\r\\nHost: up\\r\\nthis line is no header\\r\\n\\r\\n')\n\
+               assert c.recv(65536).startswith(b'HTTP/1.1 200'); c.close()\n\
+               class H(http.server.BaseHTTPRequestHandler):\n    \
+                 def do_GET(self):\n        \
+                   self.send_response(200); self.send_header('Content-Length', '2'); self.end_headers(); self.wfile.write(b'ok')\n    \
+                 def log_message(self, *a): pass\n\
+               http.server.HTTPServer(('127.0.0.1', int(os.environ['APP_PORT'])), H).serve_forever()\n";
+    let mut cmd = doppel_cmd(dir.path(), "record", &dir.path().join("recordings"));
+    cmd.args(["--port", &port.to_string(), "--", "python3", "-c", app])
+        .env("APP_PORT", port.to_string())
+        .env("UP", upstream_port.to_string());
+    let mut rec = Bg::spawn_answering(
+        &mut cmd,
+        dir.path(),
+        "record",
+        &format!("http://127.0.0.1:{port}/health"),
+        Duration::from_secs(30),
+    );
+    stop_recording(&mut rec);
+    let out = rec.stdout();
+    assert!(
+        out.contains("doppel: 1 connection could not be followed and was recorded as opaque bytes")
+            && out.contains(&format!("(127.0.0.1:{upstream_port}): parsing stopped after")),
+        "{out}\n{}",
+        rec.explain()
+    );
+}

@@ -140,8 +140,10 @@ impl Watch {
         if let Err(why) = r {
             // Degrade: the rest of this connection is recorded as opaque bytes, starting with this piece.
             let note = format!(
-                "parsing stopped after {} bytes from the client and {} from the server: {why}",
-                self.offsets[0], self.offsets[1]
+                "{} after {} bytes from the client and {} from the server: {why}",
+                crate::protocols::tcp::GAVE_UP,
+                self.offsets[0],
+                self.offsets[1]
             );
             tracing::info!("connection {}: {note}", self.ctx.connection);
             obs.close(at);

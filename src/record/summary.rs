@@ -25,6 +25,16 @@ impl RecordOutcome {
                 o.summary.errors.first().map(String::as_str).unwrap_or("unknown")
             );
         }
+        if o.summary.degraded > 0 {
+            println!(
+                "doppel: {} connection{} could not be followed and {} recorded as opaque bytes from there on \
+                 (replayed byte for byte); first: {}",
+                o.summary.degraded,
+                if o.summary.degraded == 1 { "" } else { "s" },
+                if o.summary.degraded == 1 { "was" } else { "were" },
+                o.summary.degraded_reasons.join("; ")
+            );
+        }
         let a = &o.annotated;
         if a.chained_values > 0 {
             println!(

@@ -480,6 +480,10 @@ pub struct WriteSummary {
     pub failed: usize,
     /// The first storage errors, word for word.
     pub errors: Vec<String>,
+    /// Connections whose parser gave up, so the rest of each was recorded as opaque bytes.
+    pub degraded: usize,
+    /// The first of those reasons (`connection N (dest): why`).
+    pub degraded_reasons: Vec<String>,
 }
 
 /// Writes one test set as exchanges complete, on its own thread so that proxies never wait on the disk.
@@ -750,7 +754,10 @@ fn writer_loop(rx: mpsc::Receiver<ToWriter>, dir: &Path, summary: &Mutex<WriteSu
                     }
                 }
                 Record::Mock(mock) => match to_yaml(&mock) {
-                    Ok(y) => mocks.push(&format!("---\n{y}...\n"), Some(mock.kind.clone())),
+                    Ok(y) => {
+                        note_degraded(summary, &mock);
+                        mocks.push(&format!("---\n{y}...\n"), Some(mock.kind.clone()))
+                    }
                     Err(e) => note_error(summary, e.to_string()),
                 },
             }
@@ -762,6 +769,21 @@ fn writer_loop(rx: mpsc::Receiver<ToWriter>, dir: &Path, summary: &Mutex<WriteSu
     // The recording is over: one file per test.
     if let Err(e) = journal::materialize(dir) {
         note_error(summary, format!("{e} (the tests stay in {}; the next load completes them)", journal::FILE));
+    }
+}
+
+/// Counts a connection that fell back to opaque bytes after its parser gave up (the proxy writes why in the
+/// mock's note), so the record summary says so and not only the file.
+fn note_degraded(summary: &Mutex<WriteSummary>, mock: &crate::protocols::Mock) {
+    let Some(note) = mock.tcp.as_ref().and_then(|t| t.note.as_deref()) else { return };
+    if !note.starts_with(crate::protocols::tcp::GAVE_UP) {
+        return;
+    }
+    if let Ok(mut s) = summary.lock() {
+        s.degraded += 1;
+        if s.degraded_reasons.len() < 3 {
+            s.degraded_reasons.push(format!("connection {} ({}): {note}", mock.connection, mock.dest));
+        }
     }
 }
 

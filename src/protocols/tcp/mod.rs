@@ -15,6 +15,9 @@ pub(crate) use format::{Chunk, Direction, TcpMock};
 /// Beyond this many bytes a connection's recording stops (the traffic still flows).
 const MAX_RECORDED: usize = 64 * 1024 * 1024;
 
+/// How the note of a connection whose parser gave up begins (the record summary counts them).
+pub(crate) const GAVE_UP: &str = "parsing stopped";
+
 pub(crate) struct Tcp;
 
 impl Protocol for Tcp {
