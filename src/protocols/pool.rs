@@ -79,28 +79,42 @@ impl MockPool {
     /// timestamp, a token) and the live one has the same shape. Protocols use it only after an exact match
     /// found nothing.
     pub fn stands_for(&self, i: usize, recorded: &str, live: &str) -> bool {
-        if recorded == live {
-            return true;
-        }
-        if self.rewrites().iter().any(|(r, l)| r == recorded && l == live) {
-            return true;
-        }
-        let around = self.recorded_at_s(i).unwrap_or(0.0);
-        crate::noise::shape::Shape::of(recorded, around).is_some_and(|s| s.matches(live))
+        recorded == live || self.rewritten(recorded, live) || self.shape_stand_in(i, recorded, live).is_some()
     }
 
-    /// What a live value that is not the recorded one stands in as, when only its shape matched (`password
-    /// hashes`): `None` when equal, a chained value the app produced anew, or not a stand-in at all.
-    pub fn stands_in_as(&self, i: usize, recorded: &str, live: &str) -> Option<&'static str> {
-        if recorded == live || self.rewrites().iter().any(|(r, l)| r == recorded && l == live) {
-            return None;
-        }
+    fn rewritten(&self, recorded: &str, live: &str) -> bool {
+        lock(&self.rewrites).iter().any(|(r, l)| r == recorded && l == live)
+    }
+
+    /// What values of the recorded one's shape are (`password hashes`) when `live` matches only by that shape.
+    fn shape_stand_in(&self, i: usize, recorded: &str, live: &str) -> Option<&'static str> {
         let around = self.recorded_at_s(i).unwrap_or(0.0);
         crate::noise::shape::Shape::of(recorded, around).filter(|s| s.matches(live)).map(|s| s.plural())
     }
 
-    /// Notes a request answered despite volatile-looking differences (see `stands_in_as`), for the test
-    /// running now.
+    /// Notes, for the test running now, which values of mock `i` only matched `what` by shape (a fresh salt
+    /// in a password hash): `values` are (place, recorded, live); equal and chained values are not noted.
+    /// A match by shape is never silent.
+    pub fn tolerate_stand_ins(&self, i: usize, what: &str, values: impl IntoIterator<Item = (String, String, String)>) {
+        let mut places = Vec::new();
+        let mut kinds: Vec<&str> = Vec::new();
+        for (place, recorded, live) in values {
+            if recorded == live || self.rewritten(&recorded, &live) {
+                continue;
+            }
+            if let Some(kind) = self.shape_stand_in(i, &recorded, &live) {
+                places.push(place);
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+        }
+        if !places.is_empty() {
+            self.tolerate(format!("matched {what} ignoring {}: {}", places.join(", "), kinds.join(", ")));
+        }
+    }
+
+    /// Notes a request answered despite volatile-looking differences, for the test running now.
     pub fn tolerate(&self, what: String) {
         lock(&self.tolerated).push(Miss { at: Instant::now(), what });
     }
@@ -135,12 +149,17 @@ impl MockPool {
         self.choose(candidates, &used).map(|(i, _)| i)
     }
 
-    fn choose(&self, candidates: &[usize], used: &[u32]) -> Option<(usize, bool)> {
-        let window = *lock(&self.window);
-        let in_window = |i: &usize| match (window, self.started_ms[*i]) {
+    /// Whether mock `i` was recorded during `window` (a millisecond of slack either side).
+    fn recorded_during(&self, i: usize, window: Option<(f64, f64)>) -> bool {
+        match (window, self.started_ms[i]) {
             (Some((from, to)), Some(t)) => t >= from - 1.0 && t <= to + 1.0,
             _ => false,
-        };
+        }
+    }
+
+    fn choose(&self, candidates: &[usize], used: &[u32]) -> Option<(usize, bool)> {
+        let window = *lock(&self.window);
+        let in_window = |i: &usize| self.recorded_during(*i, window);
         let pick = candidates
             .iter()
             .copied()
@@ -174,12 +193,12 @@ impl MockPool {
         lock(&self.used).clone()
     }
 
-    /// The writes recorded during `window` (start and end, ms since the epoch) that no request has used.
-    pub fn unmade_writes(&self, window: (f64, f64)) -> Vec<UnmadeWrite> {
+    /// The writes recorded during the current test's window (`set_window`) that no request has used.
+    pub fn unmade_writes(&self) -> Vec<UnmadeWrite> {
+        let window = *lock(&self.window);
         let used = lock(&self.used);
-        let (from, to) = window;
         (0..self.mocks.len())
-            .filter(|&i| used[i] == 0 && self.started_ms[i].is_some_and(|t| t >= from - 1.0 && t <= to + 1.0))
+            .filter(|&i| used[i] == 0 && self.recorded_during(i, window))
             .filter_map(|i| {
                 let what = self.writes[i].clone()?;
                 let m = &self.mocks[i];

@@ -313,13 +313,7 @@ async fn run_set(
         let tolerated = pool.tolerated();
         result.tolerated.extend(tolerated[seen_tolerated..].iter().filter(|m| m.at >= began).map(|m| m.what.clone()));
         seen_tolerated = tolerated.len();
-        if let Some(s) = start {
-            judge::unmade_writes(
-                &mut result,
-                pool.unmade_writes((s, s + test.latency_ms)),
-                &opts.config.allow_missing_writes,
-            );
-        }
+        judge::unmade_writes(&mut result, pool.unmade_writes(), &opts.config.allow_missing_writes);
         if !quiet {
             report::print_result(&result);
         }

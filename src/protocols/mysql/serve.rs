@@ -369,20 +369,9 @@ impl Session {
         let (i, _) = pool.take(if same.is_empty() { &all } else { &same })?;
         let mock = pool.mocks[i].mysql.clone()?;
         if let Some(recorded) = fits(i, &mock) {
-            let mut places = Vec::new();
-            let mut kinds: Vec<&str> = Vec::new();
-            for (k, (r, l)) in recorded.values.iter().zip(&live.values).enumerate() {
-                if let Some(kind) = pool.stands_in_as(i, r, l) {
-                    places.push(format!("literal {}", k + 1));
-                    if !kinds.contains(&kind) {
-                        kinds.push(kind);
-                    }
-                }
-            }
-            if !places.is_empty() {
-                let shape = crate::protocols::sql::short(&live.shape);
-                pool.tolerate(format!("matched {shape} ignoring {}: {}", places.join(", "), kinds.join(", ")));
-            }
+            let values = recorded.values.into_iter().zip(live.values.iter().cloned());
+            let values = values.enumerate().map(|(k, (r, l))| (format!("literal {}", k + 1), r, l));
+            pool.tolerate_stand_ins(i, &crate::protocols::sql::short(&live.shape), values);
         }
         Some(mock)
     }

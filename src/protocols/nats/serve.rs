@@ -280,21 +280,11 @@ impl Session {
         let pairs = m.headers.iter().flatten().zip(live_lines).enumerate().map(|(n, (r, l))| {
             (format!("header {}", n + 1), r.as_bytes().to_vec(), l.as_bytes().to_vec())
         });
-        let mut places = Vec::new();
-        let mut kinds: Vec<&str> = Vec::new();
-        for (place, r, l) in pairs.chain([("payload".to_string(), recorded_payload, live.payload.clone())]) {
-            if let (Ok(r), Ok(l)) = (std::str::from_utf8(&r), std::str::from_utf8(&l))
-                && let Some(kind) = pool.stands_in_as(i, r, l)
-            {
-                places.push(place);
-                if !kinds.contains(&kind) {
-                    kinds.push(kind);
-                }
-            }
-        }
-        if !places.is_empty() {
-            pool.tolerate(format!("matched PUB {} ignoring {}: {}", m.subject, places.join(", "), kinds.join(", ")));
-        }
+        let text = |b: Vec<u8>| String::from_utf8(b).ok();
+        let values = pairs
+            .chain([("payload".to_string(), recorded_payload, live.payload.clone())])
+            .filter_map(|(place, r, l)| Some((place, text(r)?, text(l)?)));
+        pool.tolerate_stand_ins(i, &format!("PUB {}", m.subject), values);
     }
 
     fn miss(&mut self, live: &Message) {

@@ -348,22 +348,10 @@ impl Server {
     /// Says which parameters of mock `i` only matched by shape (a fresh salt in a password hash).
     fn say_tolerated(&self, i: usize, q: &PgQuery, p: &LivePortal) {
         let live = live_values(p, Some(q));
-        let mut places = Vec::new();
-        let mut kinds: Vec<&str> = Vec::new();
-        for (k, (recorded, live)) in q.parameters.iter().zip(&live).enumerate() {
-            if let (Some(r), Some(l)) = (param_text(recorded), param_text(live))
-                && let Some(kind) = self.ctx.pool.stands_in_as(i, &r, &l)
-            {
-                places.push(format!("${}", k + 1));
-                if !kinds.contains(&kind) {
-                    kinds.push(kind);
-                }
-            }
-        }
-        if !places.is_empty() {
-            let sql = crate::protocols::sql::short(&q.sql);
-            self.ctx.pool.tolerate(format!("matched {sql} ignoring {}: {}", places.join(", "), kinds.join(", ")));
-        }
+        let values = q.parameters.iter().zip(&live).enumerate().filter_map(|(k, (recorded, live))| {
+            Some((format!("${}", k + 1), param_text(recorded)?, param_text(live)?))
+        });
+        self.ctx.pool.tolerate_stand_ins(i, &crate::protocols::sql::short(&q.sql), values);
     }
 
     fn miss(&mut self, sql: &str, params: Option<&[Value]>, why: &str) {

@@ -246,23 +246,14 @@ impl Session {
 
     /// Says which arguments of mock `i` only matched by shape.
     fn say_tolerated(&self, i: usize, recorded: &[RedisValue], live: &[RedisValue]) {
-        let mut places = Vec::new();
-        let mut kinds: Vec<&str> = Vec::new();
-        for (k, (r, l)) in recorded.iter().zip(live).enumerate().skip(1) {
-            if let (Some(r), Some(l)) = (r.as_bytes(), l.as_bytes())
-                && let (Ok(r), Ok(l)) = (std::str::from_utf8(r), std::str::from_utf8(l))
-                && let Some(kind) = self.ctx.pool.stands_in_as(i, r, l)
-            {
-                places.push(format!("argument {k}"));
-                if !kinds.contains(&kind) {
-                    kinds.push(kind);
-                }
-            }
-        }
-        if !places.is_empty() {
-            let what = super::describe(recorded);
-            self.ctx.pool.tolerate(format!("matched {what} ignoring {}: {}", places.join(", "), kinds.join(", ")));
-        }
+        let text = |v: &RedisValue| v.as_bytes().and_then(|b| std::str::from_utf8(b).ok()).map(str::to_string);
+        let values = recorded
+            .iter()
+            .zip(live)
+            .enumerate()
+            .skip(1)
+            .filter_map(|(k, (r, l))| Some((format!("argument {k}"), text(r)?, text(l)?)));
+        self.ctx.pool.tolerate_stand_ins(i, &super::describe(recorded), values);
     }
 
     /// Like `same_command`, with arguments that may stand for the recorded ones (`MockPool::stands_for`).
