@@ -61,7 +61,11 @@ impl Corpus {
     }
 
     fn replay(&self, regression: Option<&str>) -> Ran {
-        let mut cmd = self.service.doppel("test", &[]);
+        self.replay_with(regression, &[])
+    }
+
+    fn replay_with(&self, regression: Option<&str>, flags: &[&str]) -> Ran {
+        let mut cmd = self.service.doppel_with("test", flags, &[]);
         match regression {
             Some(kind) => cmd.env("REGRESSION", kind),
             None => cmd.env_remove("REGRESSION"),
@@ -112,4 +116,18 @@ fn every_kind_of_regression_is_caught_and_named_and_the_unchanged_build_is_green
             assert!(bad.stdout.contains(text), "{kind}: the output does not name `{text}`:\n{}", bad.stdout);
         }
     }
+
+    // An allowed missing write passes and says so; an allow rule for another statement changes nothing.
+    let allowed = corpus.replay_with(Some("dropped-write"), &["--allow-missing-write", "insert into  ORDERS"]);
+    assert_eq!(allowed.code, 0, "{allowed:?}");
+    assert!(
+        allowed
+            .stdout
+            .contains("tolerated: recorded write not made, allowed by `insert into  ORDERS`: INSERT INTO orders"),
+        "{}",
+        allowed.stdout
+    );
+    let other = corpus.replay_with(Some("dropped-write"), &["--allow-missing-write", "INSERT INTO audit_log"]);
+    assert_eq!(other.code, 1, "{other:?}");
+    assert!(other.stdout.contains("missing write:"), "{}", other.stdout);
 }

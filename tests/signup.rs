@@ -67,6 +67,11 @@ fn sign_up_flow(mut service: PgService, driver: &str, expect: &Expect) {
         );
         assert!(ok.stdout.contains(expect.article_places), "run {run}: {}", ok.stdout);
     }
+    // Beside the tolerated hashes and suffixes, a real change to a stored value is still a miss.
+    let bad = service.replay(&[("APP_VARIANT", "changed")]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stdout.contains("mock miss:") && bad.stdout.contains("ANN LEE"), "{}", bad.stdout);
+    assert!(bad.stdout.contains("FAIL post-users"), "{}", bad.stdout);
 }
 
 #[test]

@@ -3,7 +3,8 @@ values an app makes itself replay green with no hand-written rules: bcrypt and a
 fresh salt at every sign-up, and slugs with a random suffix, all sent to the database as bind parameters.
 
 DRIVER=psycopg (psycopg 3) or DRIVER=asyncpg on PostgreSQL, named by PGHOST, PGPORT, PGUSER, PGDATABASE
-(schema: schema.sql); DRIVER=pymysql on MySQL/MariaDB, named by DB_HOST, DB_PORT, DB_USER, DB_NAME (schema:
+(schema: schema.sql); APP_VARIANT=changed stores the user's name in capitals (the regression that must
+still be caught beside the tolerated hashes); DRIVER=pymysql on MySQL/MariaDB, named by DB_HOST, DB_PORT, DB_USER, DB_NAME (schema:
 schema-mysql.sql), where PyMySQL writes every value into the SQL text (inline literals). Tokens are HMACs of the user id, so a login answers the same token every time.
 """
 import asyncio
@@ -116,7 +117,8 @@ def sign_up():
     password = body["password"].encode()
     row = db.one(
         "INSERT INTO users (email, name, slug, bcrypt_hash, argon2_hash) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        body["email"], body["name"], slug_of(body["name"]),
+        body["email"], body["name"].upper() if os.environ.get("APP_VARIANT") == "changed" else body["name"],
+        slug_of(body["name"]),
         bcrypt.hashpw(password, bcrypt.gensalt(rounds=4)).decode(), hasher.hash(body["password"]),
     )
     return jsonify({"id": row[0], "email": body["email"]}), 201

@@ -40,11 +40,16 @@ impl PgService {
 
     /// `doppel <sub>` of the app, with `env` on top of the service's own.
     pub fn doppel(&self, sub: &str, env: &[(&str, &str)]) -> Command {
+        self.doppel_with(sub, &[], env)
+    }
+
+    /// `doppel <sub> <flags>` of the app, with `env` on top of the service's own.
+    pub fn doppel_with(&self, sub: &str, flags: &[&str], env: &[(&str, &str)]) -> Command {
         let mut c = doppel_cmd(self.dir.path(), sub, &self.path());
         if sub == "record" {
             c.args(["--port", &self.port.to_string()]);
         }
-        c.arg("--").arg("python3").arg(repo().join(format!("examples/{}/app.py", self.example)));
+        c.args(flags).arg("--").arg("python3").arg(repo().join(format!("examples/{}/app.py", self.example)));
         c.env("APP_PORT", self.port.to_string())
             .env("PGHOST", "127.0.0.1")
             .env("PGPORT", "5432")
