@@ -17,6 +17,7 @@ pub mod fuzz;
 mod harness;
 mod load;
 mod noise;
+mod privacy;
 mod protocols;
 mod record;
 mod replay;

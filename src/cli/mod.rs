@@ -73,6 +73,10 @@ enum Command {
     ///
     /// Example: doppel dedup --keep 2 --dry-run
     Dedup(DedupArgs),
+    /// Find credentials left in clear in recordings (exit 1 when any): for pre-commit hooks and CI.
+    ///
+    /// Example: doppel scan doppel/
+    Scan(ScanArgs),
     /// Show doppel's TLS interception CA (created on first use): where it is and its fingerprint.
     ///
     /// Example: doppel ca
@@ -92,6 +96,14 @@ enum Command {
         #[arg(long, num_args = 2, value_names = ["CERT", "KEY"])]
         tls: Option<Vec<String>>,
     },
+}
+
+#[derive(Args, Debug)]
+struct ScanArgs {
+    /// Files or directories to scan (default: `path` in doppel.yaml, else ./doppel).
+    ///
+    /// Example: doppel scan doppel/test-set-0 exported.yaml
+    paths: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -411,6 +423,12 @@ fn store_for(path: &Option<PathBuf>, config: &Config) -> Store {
     )
 }
 
+/// The store with the project's privacy rules and this machine's seal key (`recording`: created if none).
+fn private_store(path: &Option<PathBuf>, config: &Config, recording: bool) -> Result<Store> {
+    let privacy = crate::privacy::Privacy::load(&config.privacy, recording)?;
+    Ok(store_for(path, config).with_privacy(Arc::new(privacy)))
+}
+
 /// The capture mechanism: explicit mode when asked for, else the sandbox (with the TLS trust mounts).
 fn capture_of(explicit: Option<Explicit>, tls: &Option<TlsSetup>) -> Box<dyn Capture> {
     match explicit {
@@ -481,6 +499,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::List(args) => cmd_list(args, config),
         Command::Dedup(args) => cmd_dedup(args, config),
         Command::Ca => cmd_ca(),
+        Command::Scan(args) => cmd_scan(args, config),
         Command::Load(args) => cmd_load(args, config, cli.quiet).await,
         Command::Diff(args) => cmd_diff(args, config, cli.quiet).await,
         Command::Demo(_) | Command::DemoApp | Command::DemoDeps | Command::HttpTarget { .. } => Ok(0),
@@ -526,8 +545,10 @@ async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32
         return Err(Error::input("--ingress-cert decrypts the app's inbound TLS, which --no-tls turns off"));
     }
     let ingress_tls = tls.as_ref().map(|t| Arc::new(crate::tls::Interceptor::for_app(t.ca.clone(), identity)));
+    let store = private_store(&args.path.path, &config, true)?;
+    let privacy = store.privacy().clone();
     let opts = RecordOptions {
-        store: store_for(&args.path.path, &config),
+        store,
         test_set: args.test_set,
         ports,
         command: AppCommand { argv: args.command, env: TlsSetup::env(&tls), quiet: false },
@@ -546,6 +567,7 @@ async fn cmd_record(args: RecordArgs, config: Config, quiet: bool) -> Result<i32
     let capture = capture_of(explicit, &tls);
     let outcome = record::record(capture.as_ref(), opts).await?;
     outcome.print_summary();
+    print_privacy(&privacy);
     if outcome.summary.failed > 0 {
         return Ok(2);
     }
@@ -589,7 +611,7 @@ async fn cmd_test(args: TestArgs, mut config: Config, quiet: bool) -> Result<i32
     let explicit = explicit_of(&args.capture, args.ports.clone())?;
     let tls = if target.is_some() { None } else { TlsSetup::new(args.capture.no_tls)? };
     let opts = ReplayOptions {
-        store: store_for(&args.path.path, &config),
+        store: private_store(&args.path.path, &config, args.rerecord)?,
         sets: args.test_sets,
         command: (!args.command.is_empty()).then(|| AppCommand {
             argv: args.command,
@@ -641,7 +663,7 @@ async fn cmd_load(args: LoadArgs, config: Config, quiet: bool) -> Result<i32> {
         return Err(Error::input("--timeout must be above 0"));
     }
     let opts = LoadOptions {
-        store: store_for(&args.path.path, &config),
+        store: private_store(&args.path.path, &config, false)?,
         sets: args.test_sets,
         target: Target::parse("--target", &args.target, &args.target_tls.trust())?,
         pace,
@@ -671,7 +693,7 @@ async fn cmd_diff(args: DiffArgs, config: Config, quiet: bool) -> Result<i32> {
         }
     };
     let opts = crate::shadow::DiffOptions {
-        store: store_for(&args.path.path, &config),
+        store: private_store(&args.path.path, &config, false)?,
         sets: args.test_sets,
         primary: target("--primary", &args.primary)?,
         candidate: target("--candidate", &args.candidate)?,
@@ -721,6 +743,41 @@ fn cmd_ca() -> Result<i32> {
     println!("SHA-256 fingerprint:   {}", ca.fingerprint());
     println!("(set DOPPEL_CA_DIR to keep it elsewhere; apps under doppel trust it automatically)");
     Ok(0)
+}
+
+fn cmd_scan(args: ScanArgs, config: Config) -> Result<i32> {
+    let privacy = crate::privacy::Privacy::load(&crate::privacy::PrivacyConfig { enabled: Some(true), ..config.privacy.clone() }, false)?;
+    let paths = if args.paths.is_empty() { vec![store_for(&None, &config).root().to_path_buf()] } else { args.paths };
+    let (mut found, mut files) = (0, 0);
+    for path in &paths {
+        let (findings, n) = crate::privacy::scan::scan(path, &privacy)?;
+        files += n;
+        for f in &findings {
+            println!("{}:{}: {} in clear ({})", f.file.display(), f.line, f.class, f.hint);
+        }
+        found += findings.len();
+    }
+    if found > 0 {
+        println!("doppel scan: {found} value(s) in clear in {files} file(s); re-record with privacy on, or seal them");
+        return Ok(1);
+    }
+    println!("doppel scan: {files} file(s), no credential in clear");
+    Ok(0)
+}
+
+/// What the recording sealed and pseudonymized, and where a key made now is.
+fn print_privacy(privacy: &crate::privacy::Privacy) {
+    if !privacy.is_on() {
+        println!("doppel: privacy is off (doppel.yaml `privacy: {{enabled: false}}`): values were written in clear");
+        return;
+    }
+    let tally = privacy.tally();
+    if !tally.is_empty() {
+        println!("doppel: {} (`!sealed` in the files; `doppel scan` checks)", tally.line());
+    }
+    if let Some(note) = privacy.key_note() {
+        println!("doppel: {note}");
+    }
 }
 
 fn cmd_dedup(args: DedupArgs, config: Config) -> Result<i32> {

@@ -98,7 +98,13 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("doppel-demo-{}", std::process::id())),
     };
-    let store = Store::new(dir.join("doppel"));
+    // A kept demo recording can be replayed later, so it is sealed with this machine's key; a thrown-away one
+    // with a key of its own.
+    let privacy = match &args.keep {
+        Some(_) => crate::privacy::Privacy::load(&Default::default(), true)?,
+        None => crate::privacy::Privacy::ephemeral()?,
+    };
+    let store = Store::new(dir.join("doppel")).with_privacy(std::sync::Arc::new(privacy));
     let rates_l = TcpListener::bind("127.0.0.1:0").await.map_err(|e| Error::env(e.to_string()))?;
     let ledger_l = TcpListener::bind("127.0.0.1:0").await.map_err(|e| Error::env(e.to_string()))?;
     let rates = rates_l.local_addr().map_err(|e| Error::env(e.to_string()))?.to_string();

@@ -37,7 +37,7 @@ pub fn annotate_set(store: &Store, name: &str, opts: &Annotate) -> Result<Annota
     let summary = annotate(&mut tests, opts);
     for ((path, before), after) in set.tests.iter().zip(&tests) {
         if before != after {
-            Store::rewrite_test(path, after)?;
+            store.rewrite_test(path, after)?;
         }
     }
     Ok(summary)

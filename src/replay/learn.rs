@@ -6,7 +6,7 @@ use crate::capture::Capture;
 use crate::error::{Error, Result};
 use crate::noise::learn::{self, Observation};
 use crate::report::{self, SetReport};
-use crate::store::{self, NoiseRule, Store};
+use crate::store::{self, NoiseRule};
 
 /// Replays a set `runs` times against the same build, writes the fields that differ between the runs into
 /// the test files as learned rules, and judges the last run with them.
@@ -58,7 +58,7 @@ pub(crate) async fn learn_set(
         }
         let mut updated = test.clone();
         updated.noise.extend(fresh.iter().cloned());
-        Store::rewrite_test(file, &updated)?;
+        opts.store.rewrite_test(file, &updated)?;
         let described: Vec<String> = fresh.iter().map(describe_learned).collect();
         if !opts.quiet {
             println!("  {} {}: {}", console::style("learned").magenta().bold(), test.name, described.join(", "));

@@ -118,7 +118,7 @@ async fn refresh_set(
         plan.tests.len()
     );
     // The new mocks go to a scratch set first; they replace the old ones only when written.
-    let scratch = Store::new(tmp.join(&set.name));
+    let scratch = Store::new(tmp.join(&set.name)).with_privacy(opts.store.privacy().clone());
     let meta = SetMeta { created_at: store::now_rfc3339(), ..set.meta.clone() };
     let writer = scratch.create_set(Some(&set.name), &meta)?;
     let tmp_dir = writer.dir.clone();
@@ -280,11 +280,11 @@ fn write(r: &SetRefresh, opts: &ReplayOptions) -> Result<()> {
             t.volatile = kept_volatile[i].clone();
         }
     }
-    let n = store::Store::adopt_mocks(&r.set.dir, &r.tmp_dir, r.all_tests)?;
+    let n = opts.store.adopt_mocks(&r.set.dir, &r.tmp_dir, r.all_tests)?;
     let mut written = 0;
     for ((path, before), after) in r.set.tests.iter().zip(&tests) {
         if before != after {
-            Store::rewrite_test(path, after)?;
+            opts.store.rewrite_test(path, after)?;
             written += 1;
         }
     }

@@ -165,6 +165,9 @@ pub struct Config {
     /// destination, or the start of the statement or request (`INSERT INTO audit_log`, `POST /v1/events`).
     #[serde(default)]
     pub allow_missing_writes: Vec<String>,
+    /// What is sealed, pseudonymized or kept in clear when recording (see `privacy::PrivacyConfig`).
+    #[serde(default)]
+    pub privacy: crate::privacy::PrivacyConfig,
 }
 
 /// Defines the on-disk types whose parts come from the protocols: `Mock` (the envelope of every mock plus

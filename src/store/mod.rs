@@ -39,6 +39,7 @@ pub(crate) use reports::write_report;
 pub use spill::SpillBuffer;
 
 use crate::error::{Error, Result};
+use crate::privacy::Privacy;
 use crate::protocols::Mock;
 
 /// Parses YAML the way every doppel file is parsed: strict booleans, errors with line and column.
@@ -112,6 +113,8 @@ pub fn parse_time_ms(text: &str) -> Option<f64> {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// What is sealed and pseudonymized on the way to disk, and opened on the way back.
+    privacy: Arc<Privacy>,
 }
 
 /// Everything of one test set, loaded and checked.
@@ -128,8 +131,18 @@ pub struct LoadedSet {
 }
 
 impl Store {
+    /// Takes `privacy` for everything this store writes and reads.
+    pub fn with_privacy(mut self, privacy: Arc<Privacy>) -> Store {
+        self.privacy = privacy;
+        self
+    }
+
+    pub fn privacy(&self) -> &Arc<Privacy> {
+        &self.privacy
+    }
+
     pub fn new(root: impl Into<PathBuf>) -> Store {
-        Store { root: root.into() }
+        Store { root: root.into(), privacy: Arc::new(Privacy::off()) }
     }
 
     pub fn root(&self) -> &Path {
@@ -196,8 +209,8 @@ impl Store {
         }
         fs::create_dir_all(dir.join("tests"))
             .map_err(|e| Error::input(format!("cannot create {}: {e}", dir.join("tests").display())))?;
-        write_atomic(&dir.join("set.yaml"), to_yaml(meta)?.as_bytes())?;
-        SetWriter::start(name, dir)
+        write_atomic(&dir.join("set.yaml"), self.privacy.to_yaml(&dir, meta, true)?.as_bytes())?;
+        SetWriter::start(name, dir, self.privacy.clone())
     }
 
     /// Removes a set whose recording failed before anything was recorded, so `doppel test` never runs it.
@@ -213,7 +226,7 @@ impl Store {
         let path = self.root.join(set).join("set.yaml");
         let mut meta: SetMeta = read_versioned(&path)?;
         meta.app_ports = ports;
-        write_atomic(&path, to_yaml(&meta)?.as_bytes())
+        write_atomic(&path, self.privacy.to_yaml(&self.root.join(set), &meta, false)?.as_bytes())
             .map_err(|e| Error::io(format!("the app ports were not written to {}: {e}", path.display())))
     }
 
@@ -259,15 +272,18 @@ impl Store {
             for f in files {
                 let text = fs::read_to_string(&f).map_err(|e| Error::input(format!("{}: {e}", f.display())))?;
                 let t = parse_test(&text, &f)?;
-                tests.push((f, t));
+                let kind = t.kind.clone();
+                tests.push((f, self.privacy.open(&dir, t, Some(&kind))));
             }
         }
         for (f, text) in unsplit {
             let t = parse_test(&text, &dir.join(journal::FILE))?;
-            tests.push((f, t));
+            let kind = t.kind.clone();
+            tests.push((f, self.privacy.open(&dir, t, Some(&kind))));
         }
         tests.sort_by(|a, b| a.1.recorded_at.cmp(&b.1.recorded_at).then(a.0.cmp(&b.0)));
         let (mocks, mock_warnings) = load_mocks(&dir.join("mocks.yaml"))?;
+        let mocks = mocks.into_iter().map(|m| self.privacy.open(&dir, m, None)).collect();
         warnings.extend(mock_warnings);
         Ok(LoadedSet { name: name.to_string(), dir, meta, tests, mocks, warnings })
     }
@@ -295,8 +311,10 @@ impl Store {
     }
 
     /// Rewrites one test file (used when doppel adds learned rules).
-    pub fn rewrite_test(path: &Path, test: &TestCase) -> Result<()> {
-        write_atomic(path, to_yaml(test)?.as_bytes())
+    pub fn rewrite_test(&self, path: &Path, test: &TestCase) -> Result<()> {
+        // tests/<name>.yaml of the set directory.
+        let dir = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+        write_atomic(path, self.privacy.to_yaml(dir, test, false)?.as_bytes())
     }
 
     /// Removes one test file (dedup). Mocks and bodies are never removed.
@@ -307,8 +325,9 @@ impl Store {
     /// Takes the mocks recorded into `from` (a set written by a re-recording) into the set at `dir`:
     /// replacing its mocks, or appended after them with ids following theirs. The bodies written with them
     /// move along; nothing is written when one of their names is taken.
-    pub fn adopt_mocks(dir: &Path, from: &Path, replace: bool) -> Result<usize> {
-        let (mut mocks, _) = load_mocks(&from.join("mocks.yaml"))?;
+    pub fn adopt_mocks(&self, dir: &Path, from: &Path, replace: bool) -> Result<usize> {
+        let (mocks, _) = load_mocks(&from.join("mocks.yaml"))?;
+        let mut mocks: Vec<Mock> = mocks.into_iter().map(|m| self.privacy.open(from, m, None)).collect();
         move_bodies(&from.join("bodies"), &dir.join("bodies"))?;
         let path = dir.join("mocks.yaml");
         let mut text = String::new();
@@ -324,7 +343,7 @@ impl Store {
             }
         }
         for m in &mocks {
-            text.push_str(&format!("---\n{}...\n", to_yaml(m)?));
+            text.push_str(&format!("---\n{}...\n", self.privacy.to_yaml(dir, m, false)?));
         }
         write_atomic(&path, text.as_bytes())?;
         Ok(mocks.len())
@@ -600,14 +619,14 @@ impl MemorySink {
 }
 
 impl SetWriter {
-    fn start(name: String, dir: PathBuf) -> Result<SetWriter> {
+    fn start(name: String, dir: PathBuf, privacy: Arc<Privacy>) -> Result<SetWriter> {
         let (tx, rx) = mpsc::channel::<ToWriter>();
         let summary = Arc::new(Mutex::new(WriteSummary::default()));
         let sum = summary.clone();
         let set_dir = dir.clone();
         let thread = thread::Builder::new()
             .name("doppel-store".into())
-            .spawn(move || writer_loop(rx, &set_dir, &sum))
+            .spawn(move || writer_loop(rx, &set_dir, &sum, &privacy))
             .map_err(|e| Error::internal(format!("cannot start the store writer: {e}")))?;
         Ok(SetWriter {
             name,
@@ -703,7 +722,7 @@ impl Appender {
     }
 }
 
-fn writer_loop(rx: mpsc::Receiver<ToWriter>, dir: &Path, summary: &Mutex<WriteSummary>) {
+fn writer_loop(rx: mpsc::Receiver<ToWriter>, dir: &Path, summary: &Mutex<WriteSummary>, privacy: &Privacy) {
     let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
     // Next suffix to try per base name: keeps naming O(1) when thousands of tests share a path.
     let mut next_suffix: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
@@ -748,12 +767,12 @@ fn writer_loop(rx: mpsc::Receiver<ToWriter>, dir: &Path, summary: &Mutex<WriteSu
                     };
                     names.insert(name.clone());
                     test.name = name.clone();
-                    match to_yaml(&test) {
+                    match privacy.to_yaml(dir, &test, true) {
                         Ok(y) => tests.push(&journal::document(&format!("{name}.yaml"), &y), None),
                         Err(e) => note_error(summary, e.to_string()),
                     }
                 }
-                Record::Mock(mock) => match to_yaml(&mock) {
+                Record::Mock(mock) => match privacy.to_yaml(dir, &mock, true) {
                     Ok(y) => {
                         note_degraded(summary, &mock);
                         mocks.push(&format!("---\n{y}...\n"), Some(mock.kind.clone()))
