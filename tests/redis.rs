@@ -257,9 +257,10 @@ fn resp3_auth_and_redis_cli() {
     assert!(out.contains("recorded 4 tests"), "{out}");
     let mocks = w.mocks();
     for expected in [
-        // redis-py over RESP3 authenticates in its HELLO; redis-cli and the raw socket with AUTH.
-        "command: [HELLO, \"3\", AUTH, default, s3cret",
-        "command: [AUTH, s3cret]",
+        // redis-py over RESP3 authenticates in its HELLO; redis-cli and the raw socket with AUTH. The
+        // password is sealed (doppel.yaml privacy is on by default).
+        "command: [HELLO, \"3\", AUTH, default, \"!sealed password#1\"",
+        "command: [AUTH, \"!sealed password#1\"]",
         "resp: 3\n  command: [ZSCORE",
         "reply:\n    double: \"1.5\"",
         "- push: [subscribe,",
@@ -267,6 +268,7 @@ fn resp3_auth_and_redis_cli() {
     ] {
         assert!(mocks.contains(expected), "missing {expected:?} in\n{mocks}");
     }
+    assert!(!mocks.contains("s3cret"), "the password in clear:\n{mocks}");
 
     stop_and_replay_green(&mut w, "4 passed, 0 failed");
 

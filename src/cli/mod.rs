@@ -746,7 +746,10 @@ fn cmd_ca() -> Result<i32> {
 }
 
 fn cmd_scan(args: ScanArgs, config: Config) -> Result<i32> {
-    let privacy = crate::privacy::Privacy::load(&crate::privacy::PrivacyConfig { enabled: Some(true), ..config.privacy.clone() }, false)?;
+    let privacy = crate::privacy::Privacy::load(
+        &crate::privacy::PrivacyConfig { enabled: Some(true), ..config.privacy.clone() },
+        false,
+    )?;
     let paths = if args.paths.is_empty() { vec![store_for(&None, &config).root().to_path_buf()] } else { args.paths };
     let (mut found, mut files) = (0, 0);
     for path in &paths {

@@ -41,8 +41,23 @@ const fn pseudo(name: &'static str) -> Class {
 
 /// Every class doppel knows, for `privacy.skip` in doppel.yaml and the README.
 pub(crate) const CLASSES: &[&str] = &[
-    "bearer-jwt", "bearer", "basic", "auth", "cookie", "api-key", "token", "password", "secret", "jwt",
-    "email", "phone", "card", "iban", "national-id", "ip", "name",
+    "bearer-jwt",
+    "bearer",
+    "basic",
+    "auth",
+    "cookie",
+    "api-key",
+    "token",
+    "password",
+    "secret",
+    "jwt",
+    "email",
+    "phone",
+    "card",
+    "iban",
+    "national-id",
+    "ip",
+    "name",
 ];
 
 fn normalized(name: &str) -> String {
@@ -53,7 +68,8 @@ fn normalized(name: &str) -> String {
 pub(crate) fn field(name: &str) -> Option<Class> {
     let n = normalized(name);
     // Fields that describe a credential rather than hold one.
-    const DESCRIBING: &[&str] = &["type", "expires", "expiresin", "expiry", "expiresat", "ttl", "length", "url", "uri", "hint"];
+    const DESCRIBING: &[&str] =
+        &["type", "expires", "expiresin", "expiry", "expiresat", "ttl", "length", "url", "uri", "hint"];
     let describing = DESCRIBING.iter().any(|d| n.ends_with(d));
     let has = |w: &str| n.contains(w);
     if describing {
@@ -64,7 +80,15 @@ pub(crate) fn field(name: &str) -> Option<Class> {
         return Some(seal("api-key"));
     } else if has("secret") || has("credential") {
         return Some(seal("secret"));
-    } else if has("token") || has("sessionid") || n == "session" || n == "sid" || n == "csrf" || n == "auth" || n == "authorization" || n == "signature" {
+    } else if has("token")
+        || has("sessionid")
+        || n == "session"
+        || n == "sid"
+        || n == "csrf"
+        || n == "auth"
+        || n == "authorization"
+        || n == "signature"
+    {
         return Some(seal("token"));
     }
     if matches!(n.as_str(), "email" | "mail" | "emailaddress") {
@@ -73,7 +97,18 @@ pub(crate) fn field(name: &str) -> Option<Class> {
     if has("phone") || matches!(n.as_str(), "mobile" | "tel" | "telephone" | "cell" | "msisdn") {
         return Some(pseudo("phone"));
     }
-    if matches!(n.as_str(), "ssn" | "nationalid" | "taxid" | "socialsecurity" | "socialsecuritynumber" | "nin" | "passport" | "passportnumber" | "nationalidentifier") {
+    if matches!(
+        n.as_str(),
+        "ssn"
+            | "nationalid"
+            | "taxid"
+            | "socialsecurity"
+            | "socialsecuritynumber"
+            | "nin"
+            | "passport"
+            | "passportnumber"
+            | "nationalidentifier"
+    ) {
         return Some(pseudo("national-id"));
     }
     if matches!(n.as_str(), "iban") {
@@ -98,7 +133,19 @@ pub(crate) fn field(name: &str) -> Option<Class> {
 pub(crate) fn is_person_key(name: &str) -> bool {
     matches!(
         normalized(name).as_str(),
-        "user" | "customer" | "person" | "author" | "owner" | "contact" | "member" | "account" | "profile" | "sender" | "recipient" | "employee" | "patient"
+        "user"
+            | "customer"
+            | "person"
+            | "author"
+            | "owner"
+            | "contact"
+            | "member"
+            | "account"
+            | "profile"
+            | "sender"
+            | "recipient"
+            | "employee"
+            | "patient"
     )
 }
 
@@ -140,8 +187,9 @@ pub(crate) fn authorization_class(value: &str) -> &'static str {
     }
 }
 
-static JWT: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*").expect("a valid pattern"));
+static JWT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*").expect("a valid pattern")
+});
 static API_KEY: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         r"\b(?:(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9_]{8,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}",
@@ -157,17 +205,20 @@ static KEYWORD_PASSWORD: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)\b(?:password|passwd|pwd|secret|api_?key|token)\s*=\s*([^\s;&']+)").expect("a valid pattern")
 });
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-        .expect("a valid pattern")
+    Regex::new(
+        r"[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+    )
+    .expect("a valid pattern")
 });
-static CARD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b[2-6]\d{3}(?:[ -]?\d){9,15}\b").expect("a valid pattern"));
-static IBAN: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b").expect("a valid pattern"));
+static CARD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b[2-6]\d{3}(?:[ -]?\d){9,15}\b").expect("a valid pattern"));
+static IBAN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b").expect("a valid pattern")
+});
 static PHONE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?)(?:[ .-]?\d{2,4}){2,4}\b").expect("a valid pattern"));
 static NATIONAL_ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b\d{3}-\d{2}-\d{4}\b").expect("a valid pattern"));
-static IPV4: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b(?:\d{1,3}\.){3}\d{1,3}\b").expect("a valid pattern"));
+static IPV4: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b(?:\d{1,3}\.){3}\d{1,3}\b").expect("a valid pattern"));
 
 fn luhn_ok(digits: &[u8]) -> bool {
     let sum: u32 = digits
@@ -179,7 +230,7 @@ fn luhn_ok(digits: &[u8]) -> bool {
             if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn luhn_digit(body: &[u8]) -> u8 {
@@ -331,7 +382,8 @@ pub(crate) fn pseudonym(key: &hmac::Key, class: &str, value: &str) -> String {
             Some((local, domain)) => {
                 let local = mapped(key, "email-local", &format!("{local}@{domain}"))[..local.len()].to_string();
                 let (labels, tld) = domain.rsplit_once('.').unwrap_or(("", domain));
-                let labels = if labels.is_empty() { String::new() } else { format!("{}.", mapped(key, "domain", labels)) };
+                let labels =
+                    if labels.is_empty() { String::new() } else { format!("{}.", mapped(key, "domain", labels)) };
                 format!("{local}@{labels}{tld}")
             }
             None => mapped(key, class, value),
@@ -346,7 +398,10 @@ pub(crate) fn pseudonym(key: &hmac::Key, class: &str, value: &str) -> String {
             new.extend(s[1..digits.len() - 1].iter().map(|b| b % 10));
             new.push(luhn_digit(&new));
             let mut it = new.into_iter();
-            value.chars().map(|c| if c.is_ascii_digit() { (b'0' + it.next().unwrap_or(0)) as char } else { c }).collect()
+            value
+                .chars()
+                .map(|c| if c.is_ascii_digit() { (b'0' + it.next().unwrap_or(0)) as char } else { c })
+                .collect()
         }
         "iban" => {
             let compact: String = value.chars().filter(|c| !c.is_whitespace()).collect();

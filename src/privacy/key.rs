@@ -37,7 +37,11 @@ impl Key {
             out
         };
         let id: String = derive("doppel key id v1")[..4].iter().map(|b| format!("{b:02x}")).collect();
-        Key { seal: derive("doppel seal v1"), pseudonym: hmac::Key::new(hmac::HMAC_SHA256, &derive("doppel pseudonym v1")), id }
+        Key {
+            seal: derive("doppel seal v1"),
+            pseudonym: hmac::Key::new(hmac::HMAC_SHA256, &derive("doppel pseudonym v1")),
+            id,
+        }
     }
 
     /// A fresh random key (the demo, tests).
@@ -69,7 +73,8 @@ fn random_master() -> Result<[u8; 32]> {
 }
 
 fn decode(text: &str, from: &Source) -> Result<[u8; 32]> {
-    let bytes = B64.decode(text.trim()).map_err(|e| Error::input(format!("the seal key in {from} is not base64: {e}")))?;
+    let bytes =
+        B64.decode(text.trim()).map_err(|e| Error::input(format!("the seal key in {from} is not base64: {e}")))?;
     bytes.try_into().map_err(|b: Vec<u8>| {
         Error::input(format!("the seal key in {from} has {} bytes; it must be 32 (base64 of 32 random bytes)", b.len()))
     })

@@ -114,7 +114,9 @@ impl Rules {
                 class: r.class.clone().unwrap_or_else(|| "custom".into()),
             };
             if !rule.class.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-                return Err(Error::input(format!("doppel.yaml: privacy.rules[{i}].class: letters, digits and `-` only")));
+                return Err(Error::input(format!(
+                    "doppel.yaml: privacy.rules[{i}].class: letters, digits and `-` only"
+                )));
             }
             let wheres = [&r.header, &r.field, &r.body, &r.regex].iter().filter(|w| w.is_some()).count();
             if wheres != 1 {
@@ -131,7 +133,8 @@ impl Rules {
                     .map_err(|e| Error::input(format!("doppel.yaml: privacy.rules[{i}].body: {e}")))?;
                 rules.paths.push((path, rule));
             } else if let Some(x) = &r.regex {
-                let re = Regex::new(x).map_err(|e| Error::input(format!("doppel.yaml: privacy.rules[{i}].regex: {e}")))?;
+                let re =
+                    Regex::new(x).map_err(|e| Error::input(format!("doppel.yaml: privacy.rules[{i}].regex: {e}")))?;
                 rules.regexes.push((re, rule));
             }
         }
@@ -221,8 +224,13 @@ pub(crate) fn has_placeholder(text: &str) -> bool {
 
 /// The placeholder ids in `text`.
 pub(crate) fn placeholders(text: &str) -> Vec<String> {
-    let mut ids: Vec<String> = PLACEHOLDER.captures_iter(text).filter_map(|c| Some(c.get(1)?.as_str().to_string())).collect();
-    ids.extend(ENCODED_PLACEHOLDER.captures_iter(text).filter_map(|c| Some(format!("{}#{}", c.get(1)?.as_str(), c.get(2)?.as_str()))));
+    let mut ids: Vec<String> =
+        PLACEHOLDER.captures_iter(text).filter_map(|c| Some(c.get(1)?.as_str().to_string())).collect();
+    ids.extend(
+        ENCODED_PLACEHOLDER
+            .captures_iter(text)
+            .filter_map(|c| Some(format!("{}#{}", c.get(1)?.as_str(), c.get(2)?.as_str()))),
+    );
     ids.sort();
     ids.dedup();
     ids
@@ -263,7 +271,14 @@ impl Privacy {
 
     /// With a key made for this run only (the demo, whose recording is thrown away).
     pub fn ephemeral() -> Result<Privacy> {
-        Ok(Privacy { on: true, key: Some(Key::random()?), source: None, created: false, rules: Rules::default(), state: Mutex::default() })
+        Ok(Privacy {
+            on: true,
+            key: Some(Key::random()?),
+            source: None,
+            created: false,
+            rules: Rules::default(),
+            state: Mutex::default(),
+        })
     }
 
     pub fn is_on(&self) -> bool {
@@ -308,7 +323,9 @@ impl Privacy {
                 (false, Some(Closed::NoKey)) => Some(format!(
                     "the seal key is missing (set {} or put the key file at {})",
                     key::ENV_KEY,
-                    key::default_file(None).map(|p| p.display().to_string()).unwrap_or_else(|| "~/.config/doppel/seal.key".into())
+                    key::default_file(None)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "~/.config/doppel/seal.key".into())
                 )),
                 (false, Some(Closed::WrongKey { sealed_with, have })) => {
                     Some(format!("the seal key here ({have}) is not the one this set was sealed with ({sealed_with})"))
@@ -321,16 +338,36 @@ impl Privacy {
 
     /// The YAML of `doc` for the set at `dir`, with credentials sealed and (for `fresh` traffic, not a
     /// rewrite of what was loaded) personal data pseudonymized.
-    pub(crate) fn to_yaml<T: Serialize>(&self, dir: &Path, doc: &T, fresh: bool) -> Result<String> {
+    pub(crate) fn to_yaml<T: Serialize + DeserializeOwned>(
+        &self,
+        dir: &Path,
+        doc: &T,
+        kind: Option<&str>,
+        fresh: bool,
+    ) -> Result<String> {
         if !self.on {
             return crate::store::to_yaml(doc);
         }
         let mut value = serde_json::to_value(doc).map_err(|e| Error::internal(format!("cannot write: {e}")))?;
+        self.to_value(dir, &mut value, fresh)?;
+        // Back through the document's own type, so its layout (flow sequences, block text) stays its own.
+        let typed = match kind {
+            Some(k) => crate::store::format::with_kind(k, || serde_json::from_value::<T>(value.clone())),
+            None => serde_json::from_value::<T>(value.clone()),
+        };
+        match typed {
+            Ok(t) => crate::store::to_yaml(&t),
+            Err(_) => crate::store::to_yaml(&value),
+        }
+    }
+
+    /// The rules applied to `value` in place (see `to_yaml`).
+    fn to_value(&self, dir: &Path, value: &mut Value, fresh: bool) -> Result<()> {
         let Some(key) = &self.key else {
             // No key (a replay writing learned rules back without one): placeholders stay placeholders, and a
             // new credential can only be redacted.
-            self.redact(&mut value);
-            return crate::store::to_yaml(&value);
+            self.redact(value);
+            return Ok(());
         };
         self.with_table(dir, |state, table| {
             let mut pass = Pass {
@@ -344,13 +381,12 @@ impl Privacy {
                 error: None,
                 findings: None,
             };
-            pass.walk(&mut value, Ctx::default());
+            pass.walk(value, Ctx::default());
             match pass.error.take() {
                 Some(e) => Err(e),
                 None => Ok(()),
             }
-        })?;
-        crate::store::to_yaml(&value)
+        })
     }
 
     /// Credentials in `value` replaced by `!redacted CLASS` (not recoverable), placeholders kept: for what
@@ -392,6 +428,16 @@ impl Privacy {
         };
         pass.walk(value, Ctx::default());
         pass.findings.unwrap_or_default()
+    }
+
+    /// Runs the rules over an inbound request without writing it: the values its fields classify are
+    /// remembered (and sealed ones get their placeholder), so a dependency call written before the test
+    /// gets the same replacements.
+    pub(crate) fn learn(&self, dir: &Path, mut request: Value) -> Result<()> {
+        if !self.on || self.key.is_none() {
+            return Ok(());
+        }
+        self.to_value(dir, &mut request, true)
     }
 
     /// `doc` loaded from the set at `dir` with its sealed values put back, when the key opens them.
@@ -438,16 +484,6 @@ impl Privacy {
     }
 }
 
-/// Calls `f` on every string of `v`.
-fn each_string(v: &mut Value, f: &mut impl FnMut(&mut String)) {
-    match v {
-        Value::String(s) => f(s),
-        Value::Array(a) => a.iter_mut().for_each(|x| each_string(x, f)),
-        Value::Object(o) => o.values_mut().for_each(|x| each_string(x, f)),
-        _ => {}
-    }
-}
-
 /// Puts sealed values back into `v`; true when anything changed. Bodies that changed get a Content-Length
 /// that fits them again.
 fn open_value(v: &mut Value, table: &SealTable) -> bool {
@@ -486,7 +522,8 @@ fn open_value(v: &mut Value, table: &SealTable) -> bool {
 /// The body of an HTTP message object with a Content-Length header, to see afterwards whether it changed.
 fn framed_body(o: &Map<String, Value>) -> Option<Value> {
     let headers = o.get("headers")?.as_array()?;
-    let framed = headers.iter().any(|h| h.as_str().is_some_and(|h| h.to_ascii_lowercase().starts_with("content-length:")));
+    let framed =
+        headers.iter().any(|h| h.as_str().is_some_and(|h| h.to_ascii_lowercase().starts_with("content-length:")));
     framed.then(|| o.get("body").cloned()).flatten()
 }
 
@@ -539,7 +576,12 @@ impl Pass<'_> {
     /// What replaces `value` of `class`; the value itself when the class is skipped or (in a rewrite) it is
     /// personal data, which was pseudonymized when first written.
     fn apply(&mut self, action: Action, class: &str, value: &str) -> String {
-        if value.is_empty() || self.rules.skip.iter().any(|s| s == class) || has_placeholder(value) {
+        // A chain template stands for a value recorded (and sealed) in the test's `chain:` section.
+        if value.is_empty()
+            || self.rules.skip.iter().any(|s| s == class)
+            || has_placeholder(value)
+            || value.contains("{{")
+        {
             return value.to_string();
         }
         match action {
@@ -579,7 +621,18 @@ impl Pass<'_> {
     fn apply_placed(&mut self, action: Action, class: &str, value: &str) -> String {
         let out = self.apply(action, class, value);
         if action == Action::Pseudonymize && out != value && value.chars().count() >= 3 {
-            self.learned.insert(value.to_string(), out.clone());
+            // The forms an app derives from a value it received (lower-cased, upper-cased, a slug) get the
+            // same derivation of the pseudonym.
+            for (from, to) in [
+                (value.to_string(), out.clone()),
+                (value.to_lowercase(), out.to_lowercase()),
+                (value.to_uppercase(), out.to_uppercase()),
+                (slug(value), slug(&out)),
+            ] {
+                if from.chars().count() >= 3 && from != to {
+                    self.learned.entry(from).or_insert(to);
+                }
+            }
         }
         self.done.insert(out.clone());
         out
@@ -626,7 +679,9 @@ impl Pass<'_> {
                 }
                 ("messages", _) if !ctx.payload => self.walk(child, Ctx { key: None, payload: true, person: false }),
                 ("target", Value::String(s)) if !ctx.payload => *s = self.target(s),
-                ("text", Value::String(s)) if ctx.key.as_deref() == Some("body") && looks_like_form(s) => *s = self.form(s),
+                ("text", Value::String(s)) if ctx.key.as_deref() == Some("body") && looks_like_form(s) => {
+                    *s = self.form(s)
+                }
                 _ => self.walk(child, inner),
             }
         }
@@ -735,23 +790,20 @@ impl Pass<'_> {
         out
     }
 
-    /// SQL text with an inline literal equal to a value learned by its field (`VALUES ('Ada Lovelace')`).
-    fn quoted_literals(&mut self, s: String) -> String {
-        if self.learned.is_empty() || !s.contains('\'') {
+    /// Text holding a value learned by its field as a whole word (`VALUES ('Ada Lovelace')`, a slug
+    /// `ada-lovelace-x7f2`): its pseudonym there too.
+    fn quoted_literals(&mut self, mut s: String) -> String {
+        // Past a few hundred learned values, only whole strings are replaced (see `text`): a scan per value
+        // would cost more than the recording.
+        if self.learned.is_empty() || self.learned.len() > 512 {
             return s;
         }
-        let parts: Vec<&str> = s.split('\'').collect();
-        let mut out = String::with_capacity(s.len());
-        for (i, p) in parts.iter().enumerate() {
-            if i > 0 {
-                out.push('\'');
-            }
-            match self.learned.get(*p) {
-                Some(pseudo) if i % 2 == 1 => out.push_str(pseudo),
-                _ => out.push_str(p),
+        for (from, to) in self.learned.iter().filter(|(f, _)| f.len() >= 4) {
+            if s.contains(from.as_str()) {
+                s = replace_words(&s, from, to);
             }
         }
-        out
+        s
     }
 
     /// `Name: value`: by the header's name, then as text.
@@ -849,7 +901,9 @@ impl Pass<'_> {
             }
             let flag = s.strip_prefix("--").or_else(|| s.strip_prefix('-'));
             match (flag, s.split_once('=')) {
-                (Some(f), Some((name, v))) if classify::field(name.trim_start_matches('-')).is_some_and(|c| c.action == Action::Seal) => {
+                (Some(f), Some((name, v)))
+                    if classify::field(name.trim_start_matches('-')).is_some_and(|c| c.action == Action::Seal) =>
+                {
                     let _ = f;
                     let class = classify::field(name.trim_start_matches('-')).map(|c| c.name).unwrap_or("secret");
                     *s = format!("{name}={}", self.apply(Action::Seal, class, v));
@@ -892,6 +946,40 @@ impl Pass<'_> {
             }
         }
     }
+}
+
+/// `text` with each occurrence of `from` that is not part of a longer word replaced by `to`.
+fn replace_words(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (at, _) in text.match_indices(from) {
+        if at < last {
+            continue;
+        }
+        let before = text[..at].chars().next_back();
+        let after = text[at + from.len()..].chars().next();
+        if before.is_some_and(char::is_alphanumeric) || after.is_some_and(char::is_alphanumeric) {
+            continue;
+        }
+        out.push_str(&text[last..at]);
+        out.push_str(to);
+        last = at + from.len();
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// `Ada Lovelace` as URL slugs write it: `ada-lovelace`.
+fn slug(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            out.extend(c.to_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    out.trim_end_matches('-').to_string()
 }
 
 fn is_env_name(name: &str) -> bool {

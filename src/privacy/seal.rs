@@ -77,7 +77,9 @@ impl SealTable {
         table.entries = encrypted.len();
         table.closed = match (key, &table.key_id) {
             (None, _) => Some(Closed::NoKey),
-            (Some(k), Some(id)) if *id != k.id => Some(Closed::WrongKey { sealed_with: id.clone(), have: k.id.clone() }),
+            (Some(k), Some(id)) if *id != k.id => {
+                Some(Closed::WrongKey { sealed_with: id.clone(), have: k.id.clone() })
+            }
             _ => None,
         };
         if let (Some(k), None) = (key, &table.closed) {

@@ -10,7 +10,7 @@ fn privacy() -> Privacy {
 
 /// The YAML a recording writes for `doc`, in a fresh set directory.
 fn written(p: &Privacy, dir: &Path, doc: &Value) -> String {
-    p.to_yaml(dir, doc, true).expect("written")
+    p.to_yaml(dir, doc, None, true).expect("written")
 }
 
 #[test]
@@ -34,7 +34,17 @@ fn credentials_are_sealed_and_open_again_with_the_key() {
         "command": ["env", "SECRET_KEY=secret", "DATABASE_URL=postgres://app:dbpass99@db/shop", "python3", "app.py"],
     });
     let yaml = written(&p, dir.path(), &doc);
-    for secret in [jwt, "SESSIONCOOKIE123", "CSRF999", "sk_live_APIKEY_123456", "hunter2-PASSWORD", "QUERYKEY123", "=secret", "dbpass99", "4111111111111111"] {
+    for secret in [
+        jwt,
+        "SESSIONCOOKIE123",
+        "CSRF999",
+        "sk_live_APIKEY_123456",
+        "hunter2-PASSWORD",
+        "QUERYKEY123",
+        "=secret",
+        "dbpass99",
+        "4111111111111111",
+    ] {
         assert!(!yaml.contains(secret), "{secret} in clear:\n{yaml}");
     }
     assert!(yaml.contains("Authorization: !sealed bearer-jwt#"), "{yaml}");
@@ -89,7 +99,7 @@ fn rewrites_keep_pseudonyms_and_scan_finds_what_is_in_clear() {
     let opened = p.open(dir.path(), loaded, None);
     // A rewrite of what was loaded (learned rules): the pseudonym is not pseudonymized again, the token is
     // sealed under the same placeholder.
-    assert_eq!(p.to_yaml(dir.path(), &opened, false).unwrap(), first);
+    assert_eq!(p.to_yaml(dir.path(), &opened, None, false).unwrap(), first);
     let mut clear = doc.clone();
     let found = p.findings(&mut clear);
     assert_eq!(found, [("token".to_string(), "tok_abcdefgh".to_string())]);
@@ -110,6 +120,12 @@ fn project_rules_seal_keep_and_skip() {
     let dir = tempfile::tempdir().unwrap();
     let doc = json!({"body": {"json": {"tenant": "blue", "contact": {"email": "desk@example.com"}, "note": "ref ACME-123456 from 8.8.8.8"}}});
     let y = written(&p, dir.path(), &doc);
-    assert!(y.contains("!sealed tenant#") && y.contains("desk@example.com") && y.contains("!sealed acme-id#") && y.contains("8.8.8.8"), "{y}");
+    assert!(
+        y.contains("!sealed tenant#")
+            && y.contains("desk@example.com")
+            && y.contains("!sealed acme-id#")
+            && y.contains("8.8.8.8"),
+        "{y}"
+    );
     assert!(Rules::compile(&PrivacyConfig { skip: vec!["nope".into()], ..Default::default() }).is_err());
 }

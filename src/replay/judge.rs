@@ -34,6 +34,7 @@ fn result_of(set: &LoadedSet, file: &Path, test: &TestCase) -> TestResult {
         applied_noise: Vec::new(),
         missing_writes: Vec::new(),
         tolerated: Vec::new(),
+        sealed: None,
         error: None,
         duration_ms: 0.0,
         recorded_latency_ms: test.latency_ms,
@@ -100,6 +101,37 @@ fn allows(pattern: &str, w: &UnmadeWrite) -> bool {
     let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase();
     let p = norm(pattern);
     p == "*" || p == w.kind || p == w.dest.to_ascii_lowercase() || norm(&w.what).starts_with(&p)
+}
+
+/// What the recording's privacy rules change in a verdict. A value the recording pseudonymized (an address
+/// the app has in its own configuration, say) matches when the new build's value pseudonymizes to it, and
+/// the result says so. A failed test whose request carries sealed values that cannot be opened here says
+/// that the seal key is missing: the app got placeholders instead of the credentials.
+pub(crate) fn privacy(result: &mut TestResult, test: &TestCase, privacy: &crate::privacy::Privacy, dir: &Path) {
+    let unquote = |s: &Option<String>| s.as_deref().and_then(|s| serde_json::from_str::<String>(s).ok());
+    result.differences.retain(|d| {
+        if !matches!(d.change, diff::Change::Changed) {
+            return true;
+        }
+        let (Some(expected), Some(actual)) = (unquote(&d.expected), unquote(&d.actual)) else { return true };
+        if privacy.pseudonymize_text(&actual).is_some_and(|p| p == expected) {
+            result.tolerated.push(format!("{}: the new value pseudonymizes to the recorded one", d.location));
+            return false;
+        }
+        true
+    });
+    settle(result);
+    if result.outcome == Outcome::Failed
+        && let Some(why) = privacy.closed(dir)
+        && let Some((request, _)) = test.http()
+    {
+        let text = serde_json::to_string(request).unwrap_or_default();
+        let ids = crate::privacy::placeholders(&text);
+        if !ids.is_empty() {
+            result.sealed =
+                Some(format!("the request sends sealed values ({}) as placeholders: {why}", ids.join(", ")));
+        }
+    }
 }
 
 fn settle(result: &mut TestResult) {

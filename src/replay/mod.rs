@@ -314,6 +314,7 @@ async fn run_set(
         result.tolerated.extend(tolerated[seen_tolerated..].iter().filter(|m| m.at >= began).map(|m| m.what.clone()));
         seen_tolerated = tolerated.len();
         judge::unmade_writes(&mut result, pool.unmade_writes(), &opts.config.allow_missing_writes);
+        judge::privacy(&mut result, test, opts.store.privacy(), &set.dir);
         if !quiet {
             report::print_result(&result);
         }

@@ -39,6 +39,10 @@ pub struct TestResult {
     /// Differences a rule allowed other than noise (a missing write allowed by `--allow-missing-write`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerated: Vec<String>,
+    /// Set on a failed test whose request holds sealed values that could not be opened (no seal key, or
+    /// another one): the likely reason it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
     /// The request could not be completed (connection refused, timeout, invalid response).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -143,6 +147,9 @@ pub fn render(r: &TestResult) -> String {
         }
         Outcome::Failed => {
             out.push_str(&format!("  {} {}  {}\n", style("FAIL").red().bold(), r.name, style(label).dim()));
+            if let Some(s) = &r.sealed {
+                out.push_str(&format!("       {} {s}\n", style("sealed:").yellow().bold()));
+            }
             if let Some(e) = &r.error {
                 out.push_str(&format!("       {}\n", style(e).red()));
             }

@@ -209,7 +209,7 @@ impl Store {
         }
         fs::create_dir_all(dir.join("tests"))
             .map_err(|e| Error::input(format!("cannot create {}: {e}", dir.join("tests").display())))?;
-        write_atomic(&dir.join("set.yaml"), self.privacy.to_yaml(&dir, meta, true)?.as_bytes())?;
+        write_atomic(&dir.join("set.yaml"), self.privacy.to_yaml(&dir, meta, None, true)?.as_bytes())?;
         SetWriter::start(name, dir, self.privacy.clone())
     }
 
@@ -226,7 +226,7 @@ impl Store {
         let path = self.root.join(set).join("set.yaml");
         let mut meta: SetMeta = read_versioned(&path)?;
         meta.app_ports = ports;
-        write_atomic(&path, self.privacy.to_yaml(&self.root.join(set), &meta, false)?.as_bytes())
+        write_atomic(&path, self.privacy.to_yaml(&self.root.join(set), &meta, None, false)?.as_bytes())
             .map_err(|e| Error::io(format!("the app ports were not written to {}: {e}", path.display())))
     }
 
@@ -285,6 +285,11 @@ impl Store {
         let (mocks, mock_warnings) = load_mocks(&dir.join("mocks.yaml"))?;
         let mocks = mocks.into_iter().map(|m| self.privacy.open(&dir, m, None)).collect();
         warnings.extend(mock_warnings);
+        if let Some(why) = self.privacy.closed(&dir) {
+            warnings.push(format!(
+                "the sealed values of this set stay placeholders ({why}); tests that need them fail and say so"
+            ));
+        }
         Ok(LoadedSet { name: name.to_string(), dir, meta, tests, mocks, warnings })
     }
 
@@ -314,7 +319,7 @@ impl Store {
     pub fn rewrite_test(&self, path: &Path, test: &TestCase) -> Result<()> {
         // tests/<name>.yaml of the set directory.
         let dir = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
-        write_atomic(path, self.privacy.to_yaml(dir, test, false)?.as_bytes())
+        write_atomic(path, self.privacy.to_yaml(dir, test, Some(&test.kind), false)?.as_bytes())
     }
 
     /// Removes one test file (dedup). Mocks and bodies are never removed.
@@ -343,7 +348,7 @@ impl Store {
             }
         }
         for m in &mocks {
-            text.push_str(&format!("---\n{}...\n", self.privacy.to_yaml(dir, m, false)?));
+            text.push_str(&format!("---\n{}...\n", self.privacy.to_yaml(dir, m, None, false)?));
         }
         write_atomic(&path, text.as_bytes())?;
         Ok(mocks.len())
@@ -486,6 +491,10 @@ pub enum Record {
 /// Messages to the writer thread: records, storage failures met elsewhere, and the end of the recording.
 enum ToWriter {
     Record(Record),
+    /// An inbound request seen whole, before the app's calls to its dependencies are written: its fields
+    /// tell the privacy rules which values are names, phones, passwords, so those mocks get the same
+    /// pseudonyms and placeholders.
+    Learn(serde_json::Value),
     Error(String),
     Stop,
 }
@@ -514,12 +523,15 @@ pub struct SetWriter {
     summary: Arc<Mutex<WriteSummary>>,
     next_mock_id: Arc<std::sync::atomic::AtomicU64>,
     next_blob: Arc<std::sync::atomic::AtomicU64>,
+    learns: bool,
 }
 
 /// A cheap handle the proxies use to submit records.
 #[derive(Clone)]
 pub struct RecordSink {
     tx: mpsc::Sender<ToWriter>,
+    /// Whether the writer wants `learn` (privacy on).
+    learns: bool,
     dir: PathBuf,
     next_mock_id: Arc<std::sync::atomic::AtomicU64>,
     next_blob: Arc<std::sync::atomic::AtomicU64>,
@@ -537,6 +549,13 @@ impl RecordSink {
         let _ = self.tx.send(ToWriter::Error(error));
     }
 
+    /// Shows the writer an inbound request as soon as it is whole (see `ToWriter::Learn`).
+    pub fn learn(&self, request: impl FnOnce() -> serde_json::Value) {
+        if self.learns {
+            let _ = self.tx.send(ToWriter::Learn(request()));
+        }
+    }
+
     pub fn next_mock_id(&self) -> u64 {
         self.next_mock_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
@@ -551,7 +570,7 @@ impl RecordSink {
     /// A sink whose records go nowhere (fuzzing): bodies that spill go to a scratch directory under `dir`.
     pub(crate) fn discard(dir: PathBuf) -> RecordSink {
         let (tx, _) = mpsc::channel();
-        RecordSink { tx, dir, next_mock_id: Arc::new(1.into()), next_blob: Arc::new(1.into()) }
+        RecordSink { tx, learns: false, dir, next_mock_id: Arc::new(1.into()), next_blob: Arc::new(1.into()) }
     }
 }
 
@@ -573,6 +592,7 @@ impl MemorySink {
         let (tx, rx) = mpsc::channel();
         let sink = RecordSink {
             tx,
+            learns: false,
             dir: dir.path().to_path_buf(),
             next_mock_id: Arc::new(1.into()),
             next_blob: Arc::new(1.into()),
@@ -624,6 +644,7 @@ impl SetWriter {
         let summary = Arc::new(Mutex::new(WriteSummary::default()));
         let sum = summary.clone();
         let set_dir = dir.clone();
+        let learns = privacy.is_on();
         let thread = thread::Builder::new()
             .name("doppel-store".into())
             .spawn(move || writer_loop(rx, &set_dir, &sum, &privacy))
@@ -636,12 +657,14 @@ impl SetWriter {
             summary,
             next_mock_id: Arc::new(1.into()),
             next_blob: Arc::new(1.into()),
+            learns,
         })
     }
 
     pub fn sink(&self) -> RecordSink {
         RecordSink {
             tx: self.tx.clone().unwrap_or_else(|| mpsc::channel().0),
+            learns: self.learns,
             dir: self.dir.clone(),
             next_mock_id: self.next_mock_id.clone(),
             next_blob: self.next_blob.clone(),
@@ -746,6 +769,12 @@ fn writer_loop(rx: mpsc::Receiver<ToWriter>, dir: &Path, summary: &Mutex<WriteSu
                     note_error(summary, e);
                     continue;
                 }
+                ToWriter::Learn(request) => {
+                    if let Err(e) = privacy.learn(dir, request) {
+                        note_error(summary, e.to_string());
+                    }
+                    continue;
+                }
                 ToWriter::Stop => {
                     stop = true;
                     break;
@@ -767,12 +796,12 @@ fn writer_loop(rx: mpsc::Receiver<ToWriter>, dir: &Path, summary: &Mutex<WriteSu
                     };
                     names.insert(name.clone());
                     test.name = name.clone();
-                    match privacy.to_yaml(dir, &test, true) {
+                    match privacy.to_yaml(dir, &*test, Some(&test.kind), true) {
                         Ok(y) => tests.push(&journal::document(&format!("{name}.yaml"), &y), None),
                         Err(e) => note_error(summary, e.to_string()),
                     }
                 }
-                Record::Mock(mock) => match privacy.to_yaml(dir, &mock, true) {
+                Record::Mock(mock) => match privacy.to_yaml(dir, &*mock, None, true) {
                     Ok(y) => {
                         note_degraded(summary, &mock);
                         mocks.push(&format!("---\n{y}...\n"), Some(mock.kind.clone()))

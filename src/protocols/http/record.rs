@@ -77,6 +77,14 @@ impl HttpObserver {
                 Event::End => {
                     if let Some(p) = self.pending.back_mut() {
                         p.complete = true;
+                        if matches!(self.ctx.role, Role::Ingress { .. }) {
+                            // Before the app's calls to its dependencies are written: see `RecordSink::learn`.
+                            let (head, body) = (&p.head, &p.body);
+                            self.ctx.sink.learn(|| {
+                                let body = body.bytes().and_then(crate::store::Body::from_bytes);
+                                serde_json::json!({"request": {"target": head.target, "headers": head.headers, "body": body}})
+                            });
+                        }
                     }
                 }
                 Event::Upgrade | Event::Response(_) => {}
