@@ -16,6 +16,7 @@ mod mysql;
 mod nats;
 mod noise;
 mod postgres;
+mod privacy;
 mod redis;
 mod regressions;
 mod shadow;

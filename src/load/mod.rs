@@ -102,10 +102,10 @@ pub async fn run(opts: LoadOptions) -> Result<i32> {
     load_report.gates = opts.gates.iter().map(|g| g.check(&load_report)).collect();
     print!("{}", report::render_text(&load_report));
     if let Some(path) = &opts.json {
-        report::write_json(&load_report, path)?;
+        report::write_json(&load_report, path, opts.store.privacy())?;
     }
     if let Some(path) = &opts.html {
-        report::write_html(&load_report, path)?;
+        report::write_html(&load_report, path, opts.store.privacy())?;
     }
     let failed: Vec<_> = load_report.gates.iter().filter(|g| g.failed).collect();
     for g in &failed {

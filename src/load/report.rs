@@ -319,13 +319,13 @@ pub fn render_text(r: &LoadReport) -> String {
     out
 }
 
-pub fn write_json(r: &LoadReport, path: &Path) -> Result<()> {
+pub fn write_json(r: &LoadReport, path: &Path, privacy: &crate::privacy::Privacy) -> Result<()> {
     let text = serde_json::to_string_pretty(r).map_err(|e| Error::internal(format!("cannot write JSON: {e}")))?;
-    write_file(path, &text)
+    write_file(path, &text, privacy)
 }
 
-fn write_file(path: &Path, text: &str) -> Result<()> {
-    crate::store::write_report(path, text.as_bytes())
+fn write_file(path: &Path, text: &str, privacy: &crate::privacy::Privacy) -> Result<()> {
+    crate::store::write_report(path, text, privacy)
 }
 
 /// A row of the HTML tables, already formatted.
@@ -367,7 +367,7 @@ fn html_row(
     }
 }
 
-pub fn write_html(r: &LoadReport, path: &Path) -> Result<()> {
+pub fn write_html(r: &LoadReport, path: &Path, privacy: &crate::privacy::Privacy) -> Result<()> {
     let seconds: Vec<&SecondSummary> = r.timeline.iter().collect();
     let line = |name: &str, color: &'static str, dashed: bool, f: &dyn Fn(&SecondSummary) -> Option<f64>| svg::Series {
         name: name.into(),
@@ -428,7 +428,7 @@ pub fn write_html(r: &LoadReport, path: &Path) -> Result<()> {
         histogram_chart => minijinja::Value::from_safe_string(histogram_chart),
     };
     let html = render_template("load-report.html", include_str!("report.html"), context)?;
-    write_file(path, &html)
+    write_file(path, &html, privacy)
 }
 
 /// A serializable value for a template.

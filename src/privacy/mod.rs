@@ -412,6 +412,31 @@ impl Privacy {
         }
     }
 
+    /// `text` (a report) with credentials replaced: values sealed in the sets this run loaded by their
+    /// placeholder, what the shapes give away (JWTs, API keys, passwords in URLs) by `!redacted CLASS`.
+    pub(crate) fn redact_text(&self, text: &str) -> String {
+        if !self.on {
+            return text.to_string();
+        }
+        let mut out = text.to_string();
+        if let Ok(state) = self.state.lock() {
+            let mut known: Vec<(String, String)> = state.tables.values().flat_map(SealTable::known).collect();
+            // Longest first, so a value inside a longer one does not cut it.
+            known.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            for (value, id) in known.iter().filter(|(v, _)| v.len() >= 6) {
+                if out.contains(value.as_str()) {
+                    out = out.replace(value.as_str(), &format!("{}{id}", seal::PREFIX));
+                }
+            }
+        }
+        let mut v = Value::String(out);
+        self.redact(&mut v);
+        match v {
+            Value::String(s) => s,
+            _ => text.to_string(),
+        }
+    }
+
     /// The credentials `value` holds in clear, as (class, value), by the same rules as a recording.
     pub(crate) fn findings(&self, value: &mut Value) -> Vec<(String, String)> {
         let mut learned = HashMap::new();

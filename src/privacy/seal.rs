@@ -116,6 +116,11 @@ impl SealTable {
         self.by_id.get(id).map(String::as_str)
     }
 
+    /// Every opened value with its placeholder id.
+    pub(crate) fn known(&self) -> Vec<(String, String)> {
+        self.by_value.iter().map(|(v, id)| (v.clone(), id.clone())).collect()
+    }
+
     /// The placeholder id of a value sealed before.
     pub(crate) fn id_of(&self, value: &str) -> Option<String> {
         self.by_value.get(value).cloned()

@@ -92,9 +92,13 @@ pub(crate) async fn run(capture: Option<&dyn Capture>, opts: &ReplayOptions) -> 
     drop(scratch);
     report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     report.tally();
-    report::write_json(&report, &opts.store.run_report_path(opts.report_dir.as_deref(), &report.started_at))?;
+    report::write_json(
+        &report,
+        &opts.store.run_report_path(opts.report_dir.as_deref(), &report.started_at),
+        opts.store.privacy(),
+    )?;
     if let Some(j) = &opts.junit {
-        report::write_junit(&report, j)?;
+        report::write_junit(&report, j, opts.store.privacy())?;
     }
     Ok(report)
 }

@@ -193,12 +193,12 @@ pub fn summary_line(report: &RunReport) -> String {
     )
 }
 
-pub fn write_json(report: &RunReport, path: &Path) -> Result<()> {
+pub fn write_json(report: &RunReport, path: &Path, privacy: &crate::privacy::Privacy) -> Result<()> {
     let text = serde_json::to_string_pretty(report).map_err(|e| Error::internal(e.to_string()))?;
-    crate::store::write_report(path, text.as_bytes())
+    crate::store::write_report(path, &text, privacy)
 }
 
-pub fn write_junit(report: &RunReport, path: &Path) -> Result<()> {
+pub fn write_junit(report: &RunReport, path: &Path, privacy: &crate::privacy::Privacy) -> Result<()> {
     use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
     let mut junit = Report::new("doppel");
     for set in &report.sets {
@@ -229,5 +229,5 @@ pub fn write_junit(report: &RunReport, path: &Path) -> Result<()> {
         junit.add_test_suite(suite);
     }
     let xml = junit.to_string().map_err(|e| Error::internal(format!("cannot write JUnit XML: {e}")))?;
-    crate::store::write_report(path, xml.as_bytes())
+    crate::store::write_report(path, &xml, privacy)
 }

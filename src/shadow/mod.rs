@@ -155,10 +155,10 @@ pub async fn run(opts: DiffOptions) -> Result<i32> {
     }
     print!("{}", report::render_text(&report));
     if let Some(path) = &opts.json {
-        report::write_json(&report, path)?;
+        report::write_json(&report, path, opts.store.privacy())?;
     }
     if let Some(path) = &opts.html {
-        report::write_html(&report, path)?;
+        report::write_html(&report, path, opts.store.privacy())?;
     }
     Ok(if report.differing_fields > 0 { 1 } else { 0 })
 }

@@ -311,20 +311,20 @@ pub fn render_text(r: &DiffReport) -> String {
     out
 }
 
-fn write_file(path: &Path, text: &str) -> Result<()> {
-    crate::store::write_report(path, text.as_bytes())
+fn write_file(path: &Path, text: &str, privacy: &crate::privacy::Privacy) -> Result<()> {
+    crate::store::write_report(path, text, privacy)
 }
 
-pub fn write_json(r: &DiffReport, path: &Path) -> Result<()> {
+pub fn write_json(r: &DiffReport, path: &Path, privacy: &crate::privacy::Privacy) -> Result<()> {
     let text = serde_json::to_string_pretty(r).map_err(|e| Error::internal(format!("cannot write JSON: {e}")))?;
-    write_file(path, &text)
+    write_file(path, &text, privacy)
 }
 
-pub fn write_html(r: &DiffReport, path: &Path) -> Result<()> {
+pub fn write_html(r: &DiffReport, path: &Path, privacy: &crate::privacy::Privacy) -> Result<()> {
     let context = minijinja::context! {
         report => to_value(r),
         endpoints_with => r.endpoints.iter().filter(|e| e.differing() > 0).count(),
     };
     let html = render_template("diff-report.html", include_str!("report.html"), context)?;
-    write_file(path, &html)
+    write_file(path, &html, privacy)
 }

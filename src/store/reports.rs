@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use super::{Store, write_atomic};
 use crate::error::{Context, Kind, Result};
 
-/// Writes a report to `path`, creating its directory.
-pub(crate) fn write_report(path: &Path, text: &[u8]) -> Result<()> {
+/// Writes a report to `path`, creating its directory. Reports live outside the sealed recording, so the
+/// credentials in them are redacted first (`privacy::Privacy::redact_text`).
+pub(crate) fn write_report(path: &Path, text: &str, privacy: &crate::privacy::Privacy) -> Result<()> {
+    let text = privacy.redact_text(text);
+    let text = text.as_bytes();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).context(Kind::Environment, || format!("cannot create {}", dir.display()))?;
     }
