@@ -422,7 +422,7 @@ impl Privacy {
         if let Ok(state) = self.state.lock() {
             let mut known: Vec<(String, String)> = state.tables.values().flat_map(SealTable::known).collect();
             // Longest first, so a value inside a longer one does not cut it.
-            known.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            known.sort_by_key(|k| std::cmp::Reverse(k.0.len()));
             for (value, id) in known.iter().filter(|(v, _)| v.len() >= 6) {
                 if out.contains(value.as_str()) {
                     out = out.replace(value.as_str(), &format!("{}{id}", seal::PREFIX));
